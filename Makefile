@@ -1,0 +1,52 @@
+# chains_lite — build the book, run the tests, open the notebooks.
+#   make book    execute every notebook and build the HTML book (book/_build/html)
+#   make test    unit tests + every notebook in lite mode (this is what CI runs)
+#   make lab     JupyterLab on notebooks/
+#   make bench   run benchmarks/bench_*.py
+#   make clean   remove the built book
+# Everything installs into .venv from pyproject.toml, pinned by constraints.txt.
+
+PY     ?= python3
+VENV   := .venv
+PYTHON := $(VENV)/bin/python
+PIP    := $(PYTHON) -m pip install -c constraints.txt
+
+.PHONY: venv test book lab bench clean
+
+venv: $(VENV)/.installed
+
+# The stamp file is older than pyproject.toml or constraints.txt after an edit: reinstall.
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(PYTHON) || $(PY) -m venv $(VENV)
+	$(PYTHON) -m pip install -q --upgrade pip
+	$(PIP) -e ".[dev]"
+	touch $@
+
+# One pytest run over testpaths (tests/ and notebooks/, see pyproject.toml); nbmake executes
+# every notebook in lite mode on the CPU, as CI does. Plain `pytest` runs the unit tests only.
+test: venv
+	CHAINS_MODE=lite $(PYTHON) -m pytest --nbmake --nbmake-timeout=1200
+
+# Jupyter Book 1.x executes every notebook (execute_notebooks: force in book/_config.yml).
+# Lite mode unless the venv's torch sees a GPU; an explicit CHAINS_MODE=... wins.
+book: venv
+	export CHAINS_MODE=$${CHAINS_MODE:-$$($(PYTHON) -c 'import torch; print("full" if torch.cuda.is_available() else "lite")')}; \
+	echo "CHAINS_MODE=$$CHAINS_MODE"; \
+	$(VENV)/bin/jupyter-book build book
+	@echo "Book: $(CURDIR)/book/_build/html/index.html"
+
+lab: $(VENV)/.installed-lab
+	$(VENV)/bin/jupyter lab notebooks/
+
+$(VENV)/.installed-lab: $(VENV)/.installed
+	$(PIP) -e ".[dev,lab]"
+	touch $@
+
+bench: venv
+	for f in benchmarks/bench_*.py; do \
+	  [ -e "$$f" ] || continue; \
+	  echo "== $$f"; $(PYTHON) "$$f" || exit 1; \
+	done
+
+clean:
+	rm -rf book/_build

@@ -1,0 +1,404 @@
+"""Attention as a discrete-time Markov chain (paper Sec. 3-4).
+
+A post-softmax attention matrix ``A`` (``(..., n, n)``, rows sum to 1) is the
+transition matrix of a Markov chain whose states are tokens. Everything here is
+a few lines of linear algebra on that chain:
+
+* ``bounce``          one or more steps of the chain (Eq. 4, Sec. 4.2)
+* ``row_select``, ``column_select``, ``column_sum``   the familiar single bounces (Sec. 4.1)
+* ``teleport``        the PageRank revision ``alpha*A + (1-alpha)*e*p^T`` (Eq. 2)
+* ``tokenrank``       the steady state of the (teleported) chain (Sec. 4.3)
+* ``lambda2``         modulus of the second eigenvalue, the mixing speed (Sec. 4.4)
+* ``head_weights``, ``mix_heads``   lambda2-weighted (or uniform / random) head mixtures
+
+Conventions. Probability vectors are row vectors ``v`` of shape ``(..., n)``
+summing to 1. A chain is bounced through as ``v <- v P`` with a right-stochastic
+``P``: the *incoming* chain is ``P = A``; the *outgoing* chain normalises the
+columns of ``A`` (``A_l = A / colsum``, left-stochastic) and transposes it,
+``P = A_l^T``, so ``v P`` is the paper's ``A_l v``. Inputs of any float dtype are
+computed in float32 (float64 inputs stay float64).
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Callable, Union
+
+import torch
+
+DIRECTIONS = ("incoming", "outgoing")
+SCHEMES = ("lambda2", "uniform", "random")
+
+#: Default teleport weight. 0.99 keeps the chain almost untouched while making its
+#: steady state unique (the authors' released code uses the same value).
+DEFAULT_ALPHA = 0.99
+
+Start = Union[torch.Tensor, int, str]
+
+
+# --------------------------------------------------------------------------- validation
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def check_stochastic(A, name: str = "A") -> torch.Tensor:
+    """Validate a batch of right-stochastic matrices and return it in the working dtype.
+
+    A: ``(..., n, n)``, any real dtype (array-likes are converted). Returns ``(..., n, n)``
+    float32 (float64 for float64 input). Raises ``ValueError`` naming the problem when
+    A is not square, is empty, holds NaN/inf or negative entries, or has rows that do
+    not sum to 1 (tolerance 1e-3, 1e-2 for fp16/bf16). Rows within tolerance are
+    renormalised so that downstream results are exact probability vectors.
+    """
+    A = torch.as_tensor(A)
+    if A.ndim < 2 or A.shape[-1] != A.shape[-2]:
+        raise ValueError(f"{name} must be square with shape (..., n, n), got {tuple(A.shape)}")
+    if A.shape[-1] == 0:
+        raise ValueError(f"{name} is empty (n = 0)")
+    if A.dtype.is_complex:
+        raise ValueError(f"{name} must be real, got {A.dtype}")
+    tol = 1e-2 if A.dtype in (torch.float16, torch.bfloat16) else 1e-3
+    A = A.to(_work_dtype(A.dtype))
+    rows = A.sum(-1)
+    if not torch.isfinite(rows).all():
+        raise ValueError(f"{name} contains NaN or inf")
+    if A.numel() and A.amin() < 0:
+        raise ValueError(f"{name} has negative entries (min {A.amin().item():.3g}); "
+                         "a transition matrix must be non-negative")
+    deviation = (rows - 1).abs().max().item()
+    if deviation > tol:
+        raise ValueError(f"rows of {name} must sum to 1 (a post-softmax attention matrix); "
+                         f"the largest deviation is {deviation:.3g} > {tol:g}")
+    if deviation > 1e-6:
+        A = A / rows.unsqueeze(-1)
+    return A
+
+
+def _check_direction(direction: str) -> None:
+    if direction not in DIRECTIONS:
+        raise ValueError(f"unknown direction {direction!r}; expected one of {DIRECTIONS}")
+
+
+def _check_index(i, n: int, what: str = "token index") -> int:
+    if isinstance(i, torch.Tensor) and i.ndim == 0 and not i.is_floating_point():
+        i = int(i)
+    if isinstance(i, bool) or not isinstance(i, int):
+        raise ValueError(f"{what} must be an int, got {type(i).__name__}")
+    if not -n <= i < n:
+        raise ValueError(f"{what} {i} is out of range for n = {n}")
+    return i % n
+
+
+def _check_distribution(v, n: int, like: torch.Tensor, name: str) -> torch.Tensor:
+    """A non-negative vector ``(..., n)``, normalised to sum 1 along the last dim."""
+    v = torch.as_tensor(v, device=like.device)
+    if v.ndim == 0 or v.shape[-1] != n:
+        raise ValueError(f"{name} must have shape (..., {n}), got {tuple(v.shape)}")
+    v = v.to(like.dtype)
+    total = v.sum(-1, keepdim=True)
+    if not torch.isfinite(total).all():
+        raise ValueError(f"{name} contains NaN or inf")
+    if v.amin() < 0:
+        raise ValueError(f"{name} has negative entries")
+    if (total <= 0).any():
+        raise ValueError(f"{name} sums to 0; it must hold some probability mass")
+    return v / total
+
+
+def _check_alpha(alpha: float) -> float:
+    alpha = float(alpha)
+    if not 0.0 < alpha <= 1.0:
+        raise ValueError(f"alpha must be in (0, 1], got {alpha}")
+    return alpha
+
+
+def _broadcast_batch(shape_a, shape_b, what: str) -> torch.Size:
+    try:
+        return torch.broadcast_shapes(shape_a, shape_b)
+    except RuntimeError:
+        raise ValueError(f"{what}: batch shapes {tuple(shape_a)} and {tuple(shape_b)} "
+                         "do not broadcast") from None
+
+
+# --------------------------------------------------------------------------- the chain
+def transition_matrix(A, direction: str = "incoming") -> torch.Tensor:
+    """The right-stochastic matrix ``P`` that ``direction`` bounces through (``v <- v P``).
+
+    A: ``(..., n, n)`` right-stochastic. Returns ``(..., n, n)``.
+    incoming: ``P = A``. outgoing: ``P = A_l^T`` with ``A_l = A / colsum`` (Sec. 4.2,
+    "normalise the columns and transpose"). A column of ``A`` that nobody attends to
+    (sum 0) is a dangling state of the outgoing chain and jumps uniformly, as in PageRank.
+    """
+    _check_direction(direction)
+    A = check_stochastic(A)
+    if direction == "incoming":
+        return A
+    n = A.shape[-1]
+    cols = A.sum(-2, keepdim=True)
+    A_l = torch.where(cols > 0, A / cols.clamp_min(torch.finfo(A.dtype).tiny), 1.0 / n)
+    return A_l.mT
+
+
+def _stepper(A: torch.Tensor, direction: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Return ``step(V) = V P`` for row vectors ``V`` ``(..., m, n)``, without forming ``P``.
+
+    ``A`` must already be validated. For the outgoing chain, ``V A_l^T = (A_l V^T)^T`` and
+    ``A_l V^T = A (V^T / colsum)``, so only the column sums are stored.
+    """
+    if direction == "incoming":
+        return lambda V: V @ A
+    n = A.shape[-1]
+    cols = A.sum(-2).unsqueeze(-2)  # (..., 1, n)
+    dangling = cols <= 0
+    inv = torch.where(dangling, 0.0, 1.0 / cols.clamp_min(torch.finfo(A.dtype).tiny))
+    if not dangling.any():
+        return lambda V: (V * inv) @ A.mT
+    return lambda V: (V * inv) @ A.mT + (V * dangling).sum(-1, keepdim=True) / n
+
+
+def _normalize(v: torch.Tensor) -> torch.Tensor:
+    return v / v.sum(-1, keepdim=True)
+
+
+def _start_vector(v0: Start, A: torch.Tensor) -> torch.Tensor:
+    n = A.shape[-1]
+    if isinstance(v0, str):
+        if v0 != "uniform":
+            raise ValueError(f"unknown start {v0!r}; use 'uniform', an int or a tensor")
+        return torch.full((n,), 1.0 / n, dtype=A.dtype, device=A.device)
+    if isinstance(v0, torch.Tensor) and v0.ndim > 0 or not isinstance(v0, (int, torch.Tensor)):
+        return _check_distribution(v0, n, A, "v0")
+    i = _check_index(v0, n)
+    v = torch.zeros(n, dtype=A.dtype, device=A.device)
+    v[i] = 1.0
+    return v
+
+
+# --------------------------------------------------------------------------- bounces
+def bounce(A, v0: Start, steps: int = 1, direction: str = "incoming",
+           return_all: bool = False) -> torch.Tensor:
+    """Bounce a distribution through the attention chain ``steps`` times (Eq. 4).
+
+    A: ``(..., n, n)`` right-stochastic attention. v0: a tensor ``(..., n)`` whose batch
+    dims broadcast against A's, an int (one-hot start at that token) or ``"uniform"``.
+    incoming: ``v_{k+1}^T = v_k^T A``; outgoing: ``v_{k+1} = A_l v_k`` with the
+    column-normalised ``A_l = A / colsum``. Each step is renormalised to sum 1.
+    Returns ``(..., n)``, or ``(..., steps, n)`` holding bounces 1..steps if ``return_all``.
+    """
+    _check_direction(direction)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    A = check_stochastic(A)
+    v = _start_vector(v0, A)
+    _broadcast_batch(v.shape[:-1], A.shape[:-2], "v0 and A")
+    step = _stepper(A, direction)
+    history = []
+    for _ in range(steps):
+        v = _normalize(step(v.unsqueeze(-2)).squeeze(-2))
+        history.append(v)
+    return torch.stack(history, -2) if return_all else v
+
+
+def row_select(A, i: int) -> torch.Tensor:
+    """Row ``i`` of A: the attention token ``i`` gives, one incoming bounce from ``e_i``.
+
+    A: ``(..., n, n)``. Returns ``(..., n)``, summing to 1.
+    """
+    A = check_stochastic(A)
+    return _normalize(A[..., _check_index(i, A.shape[-1]), :])
+
+
+def column_select(A, j: int) -> torch.Tensor:
+    """Column ``j`` of A normalised to sum 1: one outgoing bounce from ``e_j`` (Sec. 4.1).
+
+    A: ``(..., n, n)``. Returns ``(..., n)``; entry i is how much token i attends to j,
+    relative to the others. A column of zeros (nobody attends to j) gives the uniform vector.
+    """
+    return bounce(A, j, 1, "outgoing")
+
+
+def column_sum(A) -> torch.Tensor:
+    """Column sums of A divided by n: one incoming bounce from the uniform vector (Sec. 4.1).
+
+    A: ``(..., n, n)``. Returns ``(..., n)``, summing to 1.
+    """
+    A = check_stochastic(A)
+    return A.mean(-2)
+
+
+# --------------------------------------------------------------------------- TokenRank
+def teleport(A, alpha: float, personalization=None) -> torch.Tensor:
+    """PageRank revision ``alpha*A + (1-alpha)*e*p^T`` (paper Eq. 2).
+
+    A: ``(..., n, n)``; alpha in (0, 1]; personalization ``p``: ``(..., n)`` non-negative
+    (normalised here), uniform by default. Returns ``(..., n, n)``, rows still summing to 1.
+    With alpha < 1 and p > 0 every entry is positive, so the steady state is unique.
+    """
+    alpha = _check_alpha(alpha)
+    A = check_stochastic(A)
+    n = A.shape[-1]
+    p = (torch.full((n,), 1.0 / n, dtype=A.dtype, device=A.device) if personalization is None
+         else _check_distribution(personalization, n, A, "personalization"))
+    _broadcast_batch(p.shape[:-1], A.shape[:-2], "personalization and A")
+    return alpha * A + (1.0 - alpha) * p.unsqueeze(-2)
+
+
+def tokenrank(A, alpha: float = DEFAULT_ALPHA, direction: str = "incoming",
+              personalization=None, tol: float = 1e-6, max_iter: int = 1000) -> torch.Tensor:
+    """TokenRank: the steady state of the teleported attention chain (Sec. 4.3).
+
+    A: ``(..., n, n)`` right-stochastic. Returns ``(..., n)`` summing to 1: the ``pi`` with
+    ``pi^T P' = pi^T`` where ``P' = alpha*P + (1-alpha)*e*p^T`` and ``P`` is the
+    ``direction`` chain (``transition_matrix``). incoming ranks "authorities" (tokens
+    attention flows into), outgoing ranks "hubs". ``alpha=1.0`` means no teleport (then
+    the steady state is unique only for irreducible, aperiodic chains).
+
+    Power iteration from the uniform vector that never forms ``P'``:
+    ``v <- alpha * v P + (1-alpha) * p``. It stops when the estimated L1 distance to the
+    fixed point, ``|v_k - v_{k-1}|_1 * r / (1 - r)``, is below ``tol`` for every chain in the
+    batch; ``r`` is the observed contraction rate, capped by ``alpha`` (the teleported chain
+    contracts L1 distances by at least ``alpha``). It also stops when the steps stall at the
+    dtype's rounding noise, and warns if ``max_iter`` is reached. In float32 the attainable
+    accuracy on slowly mixing chains is about 1e-6 (L1); pass float64 for more.
+    """
+    alpha = _check_alpha(alpha)
+    _check_direction(direction)
+    if tol <= 0 or max_iter < 1:
+        raise ValueError(f"tol must be > 0 and max_iter >= 1, got tol={tol}, max_iter={max_iter}")
+    A = check_stochastic(A)
+    n = A.shape[-1]
+    p = (torch.full((n,), 1.0 / n, dtype=A.dtype, device=A.device) if personalization is None
+         else _check_distribution(personalization, n, A, "personalization"))
+    batch = _broadcast_batch(p.shape[:-1], A.shape[:-2], "personalization and A")
+    step = _stepper(A, direction)
+    v = p.expand(*batch, n).unsqueeze(-2)  # (..., 1, n): the uniform start when p is uniform
+    teleport_mass = (1.0 - alpha) * p.unsqueeze(-2)
+    # The teleported chain contracts L1 distances by at least alpha, so alpha bounds the rate.
+    max_rate = min(alpha, 0.999)
+    noise_floor = 100 * torch.finfo(A.dtype).eps
+    prev_diff = None
+    for _ in range(max_iter):
+        v_new = _normalize(alpha * step(v) + teleport_mass)
+        diff = (v_new - v).abs().sum(-1)
+        v = v_new
+        if prev_diff is not None:
+            # geometric convergence: the remaining error is about diff * r / (1 - r)
+            ratio = diff / prev_diff.clamp_min(1e-30)
+            rate = ratio.clamp(0.0, max_rate)
+            done = diff * rate / (1 - rate) <= tol
+            stalled = (ratio >= 1) & (diff <= noise_floor)  # rounding noise, cannot improve
+            if (done | stalled).all():
+                return v.squeeze(-2)
+        prev_diff = diff
+    warnings.warn(f"tokenrank did not reach tol={tol} in max_iter={max_iter} iterations "
+                  "(alpha close to 1 on a slowly mixing chain?); returning the last iterate",
+                  RuntimeWarning, stacklevel=2)
+    return v.squeeze(-2)
+
+
+# --------------------------------------------------------------------------- lambda2
+def lambda2(A, direction: str = "incoming", k: int = 8, tol: float = 1e-6,
+            max_iter: int = 500) -> torch.Tensor:
+    """|lambda_2|: modulus of the second-largest-modulus eigenvalue of each chain (Sec. 4.4).
+
+    A: ``(..., n, n)`` right-stochastic. Returns ``A.shape[:-2]`` (float32 or float64).
+    For a reducible or periodic chain this is 1. ``direction`` picks the chain as in
+    ``transition_matrix``.
+
+    Why it is cheap: since ``P e = e``, row vectors summing to 0 stay summing to 0 under
+    ``x <- x P``. On that invariant subspace ``P`` has every eigenvalue but the leading 1,
+    so lambda_2 is its dominant eigenvalue. Subspace iteration with ``k`` zero-sum vectors
+    plus a Rayleigh-Ritz step (a ``k x k`` eigenproblem, which also resolves complex pairs)
+    finds it in ``O(k n^2)`` per iteration instead of the ``O(n^3)`` of a full ``eigvals``.
+    Iterates until |lambda_2| changes by less than ``tol``; warns at ``max_iter``.
+    """
+    _check_direction(direction)
+    A = check_stochastic(A)
+    n = A.shape[-1]
+    if n == 1:
+        return torch.zeros(A.shape[:-2], dtype=A.dtype, device=A.device)
+    k = max(1, min(int(k), n - 1))
+    step = _stepper(A, direction)
+    # fixed seed: the answer must not depend on global RNG state
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(k, n, generator=g, dtype=A.dtype).to(A.device).expand(*A.shape[:-2], k, n)
+    X = _orthonormal_zero_sum(X)
+    last = None
+    for _ in range(max_iter):
+        Y = step(X)
+        # Rayleigh-Ritz: eigenvalues of the k x k projection Q P Q^T (rows of X orthonormal)
+        H = (Y @ X.mT).to(torch.float64)
+        lam = torch.linalg.eigvals(H).abs().amax(-1).to(A.dtype)
+        X = _orthonormal_zero_sum(Y)
+        if last is not None and ((lam - last).abs() <= tol).all():
+            return lam
+        last = lam
+    warnings.warn(f"lambda2 did not converge to tol={tol} in max_iter={max_iter} iterations; "
+                  "increase k or max_iter", RuntimeWarning, stacklevel=2)
+    return lam
+
+
+def _orthonormal_zero_sum(X: torch.Tensor) -> torch.Tensor:
+    """Orthonormalise the rows of ``X`` ``(..., k, n)`` inside the zero-sum subspace."""
+    X = X - X.mean(-1, keepdim=True)  # re-project: rounding leaks into the e direction
+    Q, _ = torch.linalg.qr(X.mT)
+    return Q.mT
+
+
+# --------------------------------------------------------------------------- heads
+def _weights_dim(A: torch.Tensor, dim: int) -> int:
+    """Map a head dim of ``A`` (``(..., n, n)``) to the matching dim of ``A.shape[:-2]``."""
+    nb = A.ndim - 2
+    d = dim + A.ndim if dim < 0 else dim
+    if not 0 <= d < nb:
+        raise ValueError(f"dim={dim} is not a batch (head) dim of A with shape {tuple(A.shape)}; "
+                         f"use one of the first {nb} dims, e.g. -3")
+    return d
+
+
+def head_weights(A, scheme: str = "lambda2", dim: int = -3, generator=None,
+                 direction: str = "incoming") -> torch.Tensor:
+    """Weights for mixing heads, summing to 1 over ``dim`` (Sec. 4.4).
+
+    A: ``(..., h, n, n)`` with heads on ``dim`` (default -3). Returns ``A.shape[:-2]``.
+    ``"lambda2"``: ``w_h ∝ |lambda_2(A_h)|`` (slowly mixing, structured heads count more; if
+    every head has lambda_2 = 0 the weights fall back to uniform); ``"uniform"``: ``1/h``;
+    ``"random"``: uniform random weights from ``generator`` (a ``torch.Generator``).
+    """
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown scheme {scheme!r}; expected one of {SCHEMES}")
+    A = check_stochastic(A)
+    d = _weights_dim(A, dim)
+    shape = A.shape[:-2]
+    if scheme == "uniform":
+        w = torch.ones(shape, dtype=A.dtype, device=A.device)
+    elif scheme == "random":
+        w = torch.rand(shape, generator=generator, dtype=A.dtype).to(A.device)
+    else:
+        w = lambda2(A, direction=direction)
+        w = torch.where(w.sum(d, keepdim=True) > 0, w, torch.ones_like(w))
+    return w / w.sum(d, keepdim=True)
+
+
+def mix_heads(A, weights, dim: int = -3) -> torch.Tensor:
+    """Weighted mixture of chains over ``dim``: ``sum_h w_h A_h``, still right-stochastic.
+
+    A: ``(..., h, n, n)``; weights: ``A.shape[:-2]`` (as from ``head_weights``) or ``(h,)``,
+    non-negative and summing to 1 over the head dim. Returns A with ``dim`` removed,
+    ``(..., n, n)``. Uniform weights give the usual head average.
+    """
+    A = check_stochastic(A)
+    d = _weights_dim(A, dim)
+    w = torch.as_tensor(weights, device=A.device).to(A.dtype)
+    h = A.shape[d]
+    if w.ndim == 1 and w.shape[0] == h:
+        w = w.reshape((h,) + (1,) * (A.ndim - 3 - d))
+    try:
+        w = torch.broadcast_to(w, A.shape[:-2])
+    except RuntimeError:
+        raise ValueError(f"weights of shape {tuple(torch.as_tensor(weights).shape)} do not fit "
+                         f"A of shape {tuple(A.shape)} (expected {tuple(A.shape[:-2])} or ({h},))") from None
+    if not torch.isfinite(w).all() or w.amin() < 0:
+        raise ValueError("weights must be finite and non-negative")
+    if ((w.sum(d) - 1).abs() > 1e-4).any():
+        raise ValueError(f"weights must sum to 1 over the head dim {dim}")
+    return (A * w[..., None, None]).sum(d)

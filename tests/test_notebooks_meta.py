@@ -1,0 +1,57 @@
+"""Notebooks are committed clean, listed in the book, and carry the right Colab badge and install line."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+BOOK = ROOT / "book"
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+def _load_colab_badges():
+    # book/ is not a package: import the script by path.
+    spec = importlib.util.spec_from_file_location("colab_badges", BOOK / "colab_badges.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _toc_files(node) -> list[str]:
+    """Every `file:` (and `root:`) entry of book/_toc.yml, in order."""
+    if isinstance(node, dict):
+        own = [node[k] for k in ("root", "file") if k in node]
+        return own + [f for k, v in node.items() if k not in ("root", "file") for f in _toc_files(v)]
+    if isinstance(node, list):
+        return [f for item in node for f in _toc_files(item)]
+    return []
+
+
+TOC = _toc_files(yaml.safe_load((BOOK / "_toc.yml").read_text()))
+
+
+def test_colab_badges_and_install_cells_match_config():
+    out_of_sync = _load_colab_badges().check()
+    assert not out_of_sync, f"run `python book/colab_badges.py` to fix: {out_of_sync}"
+
+
+def test_notebooks_are_committed_without_outputs():
+    dirty = []
+    for path in NOTEBOOKS:
+        for i, cell in enumerate(json.loads(path.read_text(encoding="utf-8"))["cells"]):
+            if cell["cell_type"] == "code" and (cell.get("outputs") or cell.get("execution_count") is not None):
+                dirty.append(f"{path.name} cell {i}")
+    assert not dirty, f"clear outputs before committing: {dirty}"
+
+
+def test_every_notebook_is_in_the_toc():
+    missing = [p.name for p in NOTEBOOKS if f"notebooks/{p.stem}" not in TOC]
+    assert not missing, f"add to book/_toc.yml: {missing}"
+
+
+def test_every_toc_entry_exists():
+    # Entries are paths relative to book/ without suffix; book/notebooks links to ../notebooks.
+    missing = [f for f in TOC if not any((BOOK / f).with_suffix(s).exists() for s in (".md", ".ipynb"))]
+    assert not missing, f"book/_toc.yml lists missing files: {missing}"
