@@ -371,7 +371,8 @@ def lambda2(A, direction: str = "incoming", k: int = 8, tol: float = 1e-5,
         # Rayleigh-Ritz: eigenvalues of the k x k projection X P X^T (rows of X orthonormal)
         H = (Y @ X.mT).to(torch.float64)
         lam = torch.linalg.eigvals(H).abs().amax(-1).to(A.dtype)
-        X = _orthonormal_zero_sum(Y)
+        # the small shift keeps the basis full rank when P annihilates it (e.g. a uniform P)
+        X = _orthonormal_zero_sum(Y + 1e-3 * X)
         if last is not None:
             changes = (changes + [(lam - last).abs().reshape(-1)])[-(_WINDOW + 1):]
             if _geometric_converged(changes, tol, 0.999, noise, cautious=False).all():
@@ -384,10 +385,8 @@ def lambda2(A, direction: str = "incoming", k: int = 8, tol: float = 1e-5,
 
 def _orthonormal_zero_sum(X: torch.Tensor) -> torch.Tensor:
     """Orthonormalise the rows of ``X`` ``(..., k, n)`` inside the zero-sum subspace."""
-    for _ in range(2):  # twice: rounding leaks into e, and a collapsed X (X P = 0) needs refilling
-        X = X - X.mean(-1, keepdim=True)
-        X = torch.linalg.qr(X.mT)[0].mT
-    return X
+    X = X - X.mean(-1, keepdim=True)  # re-project: rounding leaks into the e direction
+    return torch.linalg.qr(X.mT)[0].mT
 
 
 # --------------------------------------------------------------------------- heads
