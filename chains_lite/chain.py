@@ -159,12 +159,17 @@ def _normalize(v: torch.Tensor) -> torch.Tensor:
     return v / v.sum(-1, keepdim=True)
 
 
+def _uniform(A: torch.Tensor) -> torch.Tensor:
+    n = A.shape[-1]
+    return torch.full((n,), 1.0 / n, dtype=A.dtype, device=A.device)
+
+
 def _start_vector(v0: Start, A: torch.Tensor) -> torch.Tensor:
     n = A.shape[-1]
     if isinstance(v0, str):
         if v0 != "uniform":
             raise ValueError(f"unknown start {v0!r}; use 'uniform', an int or a tensor")
-        return torch.full((n,), 1.0 / n, dtype=A.dtype, device=A.device)
+        return _uniform(A)
     if isinstance(v0, torch.Tensor) and v0.ndim > 0 or not isinstance(v0, (int, torch.Tensor)):
         return _check_distribution(v0, n, A, "v0")
     i = _check_index(v0, n)
@@ -226,6 +231,14 @@ def column_sum(A) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- TokenRank
+def _personalization(personalization, A: torch.Tensor):
+    """The teleport distribution ``p`` ``(..., n)`` (uniform if None) and the joint batch shape."""
+    n = A.shape[-1]
+    p = (_uniform(A) if personalization is None
+         else _check_distribution(personalization, n, A, "personalization"))
+    return p, _broadcast_batch(p.shape[:-1], A.shape[:-2], "personalization and A")
+
+
 def teleport(A, alpha: float, personalization=None) -> torch.Tensor:
     """PageRank revision ``alpha*A + (1-alpha)*e*p^T`` (paper Eq. 2).
 
@@ -235,10 +248,7 @@ def teleport(A, alpha: float, personalization=None) -> torch.Tensor:
     """
     alpha = _check_alpha(alpha)
     A = check_stochastic(A)
-    n = A.shape[-1]
-    p = (torch.full((n,), 1.0 / n, dtype=A.dtype, device=A.device) if personalization is None
-         else _check_distribution(personalization, n, A, "personalization"))
-    _broadcast_batch(p.shape[:-1], A.shape[:-2], "personalization and A")
+    p, _ = _personalization(personalization, A)
     return alpha * A + (1.0 - alpha) * p.unsqueeze(-2)
 
 
@@ -256,9 +266,11 @@ def tokenrank(A, alpha: float = DEFAULT_ALPHA, direction: str = "incoming",
     ``v <- alpha * v P + (1-alpha) * p``. It stops when the estimated L1 distance to the
     fixed point, ``|v_k - v_{k-1}|_1 * r / (1 - r)``, is below ``tol`` for every chain in the
     batch; ``r`` is the observed contraction rate, capped by ``alpha`` (the teleported chain
-    contracts L1 distances by at least ``alpha``). It also stops when the steps stall at the
-    dtype's rounding noise, and warns if ``max_iter`` is reached. In float32 the attainable
-    accuracy on slowly mixing chains is about 1e-6 (L1); pass float64 for more.
+    shrinks L1 distances by a factor ``alpha`` at least), and a 4x safety margin is kept.
+    It also stops when the steps stall at the dtype's rounding noise, and warns if
+    ``max_iter`` is reached. float32 rounding limits the accuracy on slowly mixing chains to
+    a few 1e-6 in L1 (measured in ``benchmarks/bench_core.py``); pass float64 for more.
+    Chains that converge leave the batch early, so fast heads cost few iterations.
     """
     alpha = _check_alpha(alpha)
     _check_direction(direction)
@@ -266,9 +278,7 @@ def tokenrank(A, alpha: float = DEFAULT_ALPHA, direction: str = "incoming",
         raise ValueError(f"tol must be > 0 and max_iter >= 1, got tol={tol}, max_iter={max_iter}")
     A = check_stochastic(A)
     n = A.shape[-1]
-    p = (torch.full((n,), 1.0 / n, dtype=A.dtype, device=A.device) if personalization is None
-         else _check_distribution(personalization, n, A, "personalization"))
-    batch = _broadcast_batch(p.shape[:-1], A.shape[:-2], "personalization and A")
+    p, batch = _personalization(personalization, A)
     A = A.expand(*batch, n, n).reshape(-1, n, n)
     p = p.expand(*batch, n).reshape(-1, n)
     return _power_iteration(A, p, alpha, direction, tol, max_iter).reshape(*batch, n)
