@@ -253,7 +253,7 @@ def teleport(A, alpha: float, personalization=None) -> torch.Tensor:
 
 
 def tokenrank(A, alpha: float = DEFAULT_ALPHA, direction: str = "incoming",
-              personalization=None, tol: float = 1e-6, max_iter: int = 1000) -> torch.Tensor:
+              personalization=None, tol: float = 1e-6, max_iter: int = 3000) -> torch.Tensor:
     """TokenRank: the steady state of the teleported attention chain (Sec. 4.3).
 
     A: ``(..., n, n)`` right-stochastic. Returns ``(..., n)`` summing to 1: the ``pi`` with
@@ -381,8 +381,8 @@ def lambda2(A, direction: str = "incoming", k: int = 8, tol: float = 1e-5,
         # Rayleigh-Ritz: eigenvalues of the k x k projection X P X^T (rows of X orthonormal)
         H = (Y @ X.mT).to(torch.float64)
         lam = torch.linalg.eigvals(H).abs().amax(-1).to(A.dtype)
-        # the small shift keeps the basis full rank when P annihilates it (e.g. a uniform P)
-        X = _orthonormal_zero_sum(Y + 1e-3 * X)
+        # a tiny shift keeps the basis full rank when P annihilates it (e.g. a uniform P)
+        X = _orthonormal_zero_sum(Y + 1e-6 * X)
         if last is not None:
             changes = (changes + [(lam - last).abs().reshape(-1)])[-(_WINDOW + 1):]
             if _geometric_converged(changes, tol, 0.999, noise, cautious=False).all():
