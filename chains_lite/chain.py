@@ -25,6 +25,8 @@ from typing import Callable, Union
 
 import torch
 
+from .krylov import arnoldi, gmres
+
 DIRECTIONS = ("incoming", "outgoing")
 SCHEMES = ("lambda2", "uniform", "random")
 
@@ -138,21 +140,48 @@ def transition_matrix(A, direction: str = "incoming") -> torch.Tensor:
     return A_l.mT
 
 
-def _stepper(A: torch.Tensor, direction: str) -> Callable[[torch.Tensor], torch.Tensor]:
+def _stepper(A: torch.Tensor, direction: str, float64: bool = False,
+             rows: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """Return ``step(V) = V P`` for row vectors ``V`` ``(..., m, n)``, without forming ``P``.
 
     ``A`` must already be validated. For the outgoing chain, ``V A_l^T = (A_l V^T)^T`` and
-    ``A_l V^T = A (V^T / colsum)``, so only the column sums are stored.
+    ``A_l V^T = A (V^T / colsum)``, so only the column sums are stored. ``float64``:
+    accumulate in float64 (for residuals) without a float64 copy of ``A``. ``rows``: the
+    float64 row sums ``(..., n)`` of ``A`` if already known.
     """
+    matmul = _matmul_float64 if float64 else torch.matmul
+    dtype = torch.float64 if float64 else A.dtype
+    # divide by the row sums on the fly: P is exactly stochastic even when float32 rows are off
+    # by rounding (~1e-7), at the cost of an n-vector per step instead of a copy of A
+    rows = (_rowsum_float64(A) if rows is None else rows).to(dtype).unsqueeze(-2)
     if direction == "incoming":
-        return lambda V: V @ A
+        return lambda V: matmul(V / rows, A)
     n = A.shape[-1]
-    cols = A.sum(-2).unsqueeze(-2)  # (..., 1, n)
+    cols = matmul(1.0 / rows, A)  # (..., 1, n): column sums of the row-normalised A
     dangling = cols <= 0
     inv = torch.where(dangling, 0.0, 1.0 / cols.clamp_min(torch.finfo(A.dtype).tiny))
     if not dangling.any():
-        return lambda V: (V * inv) @ A.mT
-    return lambda V: (V * inv) @ A.mT + (V * dangling).sum(-1, keepdim=True) / n
+        return lambda V: matmul(V * inv, A.mT) / rows
+    return lambda V: matmul(V * inv, A.mT) / rows + (V * dangling).sum(-1, keepdim=True) / n
+
+
+def _rowsum_float64(A: torch.Tensor) -> torch.Tensor:
+    """Row sums ``(..., n)`` accumulated in float64 (``A.sum(dtype=float64)`` is 25x slower)."""
+    if A.dtype == torch.float64:
+        return A.sum(-1)
+    block = 128  # contiguous row blocks: converting a few rows at a time stays in cache
+    return torch.cat([A[..., i:i + block, :].double().sum(-1)
+                      for i in range(0, A.shape[-2], block)], dim=-1)
+
+
+def _matmul_float64(V: torch.Tensor, A: torch.Tensor, block: int = 128) -> torch.Tensor:
+    """``V @ A`` in float64, converting ``A`` a block of rows at a time (cheap, cache-sized)."""
+    if A.dtype == torch.float64:
+        return V.double() @ A
+    out = 0.0
+    for i in range(0, A.shape[-2], block):
+        out = out + V[..., i:i + block].double() @ A[..., i:i + block, :].double()
+    return out
 
 
 def _normalize(v: torch.Tensor) -> torch.Tensor:
@@ -253,7 +282,8 @@ def teleport(A, alpha: float, personalization=None) -> torch.Tensor:
 
 
 def tokenrank(A, alpha: float = DEFAULT_ALPHA, direction: str = "incoming",
-              personalization=None, tol: float = 1e-6, max_iter: int = 3000) -> torch.Tensor:
+              personalization=None, tol: float = 1e-6, max_iter: int = 3000,
+              method: str = "auto") -> torch.Tensor:
     """TokenRank: the steady state of the teleported attention chain (Sec. 4.3).
 
     A: ``(..., n, n)`` right-stochastic. Returns ``(..., n)`` summing to 1: the ``pi`` with
@@ -262,15 +292,25 @@ def tokenrank(A, alpha: float = DEFAULT_ALPHA, direction: str = "incoming",
     attention flows into), outgoing ranks "hubs". ``alpha=1.0`` means no teleport (then
     the steady state is unique only for irreducible, aperiodic chains).
 
-    Power iteration from the uniform vector that never forms ``P'``:
-    ``v <- alpha * v P + (1-alpha) * p``. It stops when the estimated L1 distance to the
-    fixed point, ``|v_k - v_{k-1}|_1 * r / (1 - r)``, is below ``tol`` for every chain in the
-    batch; ``r`` is the observed contraction rate, capped by ``alpha`` (the teleported chain
-    shrinks L1 distances by a factor ``alpha`` at least), and a 4x safety margin is kept.
-    It also stops when the steps stall at the dtype's rounding noise, and warns if
-    ``max_iter`` is reached. float32 rounding limits the accuracy on slowly mixing chains to
-    a few 1e-6 in L1 (measured in ``benchmarks/bench_core.py``); pass float64 for more.
-    Chains that converge leave the batch early, so fast heads cost few iterations.
+    Three solvers give the same answer (tested against each other and against scipy);
+    ``method="auto"`` (default) takes ``"dense"`` for ``n <= 256`` and ``"krylov"`` above:
+
+    * ``method="dense"``: the linear system below solved directly in float64 (``O(n^3)``,
+      exact, fastest for short sequences).
+    * ``method="krylov"``: ``pi`` solves the linear system
+      ``pi (I - alpha P + alpha e p^T) = p^T``. GMRES (``chains_lite.krylov``) solves it in
+      float32 and each residual is recomputed in float64 (iterative refinement), so float32
+      attention still gets float64-grade answers. It stops when the residual ``r`` certifies
+      the L1 error, ``4 |r|_1 / (1 - alpha) <= tol`` (``1 - alpha`` floored at 1e-3),
+      using that ``I - alpha P`` has an inverse of L1 norm at most ``1 / (1 - alpha)``.
+      ``max_iter`` bounds the refinement rounds' bounces.
+    * ``method="power"`` (the paper's): ``v <- alpha * v P + (1-alpha) * p`` from the
+      uniform vector, never forming ``P'``. It stops when the estimated L1 distance to the
+      fixed point, ``|v_k - v_{k-1}|_1 * r / (1 - r)`` (``r`` the observed contraction rate,
+      capped by ``alpha``, with a 4x margin), is below ``tol``, or when the steps stall at
+      rounding noise. float32 rounding limits it to a few 1e-6 (L1) on slowly mixing chains.
+
+    Chains that converge leave the batch early; both warn if ``max_iter`` is reached.
     """
     alpha = _check_alpha(alpha)
     _check_direction(direction)
@@ -281,7 +321,85 @@ def tokenrank(A, alpha: float = DEFAULT_ALPHA, direction: str = "incoming",
     p, batch = _personalization(personalization, A)
     A = A.expand(*batch, n, n).reshape(-1, n, n)
     p = p.expand(*batch, n).reshape(-1, n)
-    return _power_iteration(A, p, alpha, direction, tol, max_iter).reshape(*batch, n)
+    solvers = {"dense": _dense_steady_state, "krylov": _krylov_steady_state,
+               "power": _power_iteration}
+    if method == "auto":
+        method = "dense" if n <= _DENSE_MAX_N else "krylov"
+    if method not in solvers:
+        raise ValueError(f"unknown method {method!r}; expected 'auto' or one of {tuple(solvers)}")
+    return solvers[method](A, p, alpha, direction, tol, max_iter).reshape(*batch, n)
+
+
+_DENSE_MAX_N = 256  # below this a float64 LU solve beats any iteration (bench_core.py)
+
+
+def _dense_steady_state(A, p, alpha, direction, tol, max_iter):
+    """``pi (I - alpha P + alpha e p^T) = p^T`` by a float64 LU solve; ``(B, n, n)`` -> ``(B, n)``."""
+    P = transition_matrix(A.double(), direction)
+    P = P / P.sum(-1, keepdim=True)
+    n = P.shape[-1]
+    p64 = p.double()
+    M = torch.eye(n, dtype=P.dtype, device=P.device) - alpha * P + alpha * p64.unsqueeze(-2)
+    pi, info = torch.linalg.solve_ex(M.mT, p64.unsqueeze(-1))
+    pi = pi.squeeze(-1)
+    if (info != 0).any() or not torch.isfinite(pi).all():
+        raise ValueError("the chain has no unique steady state (alpha = 1 on a reducible chain?); "
+                         "use alpha < 1")
+    return _normalize(pi.clamp_min(0)).to(A.dtype)
+
+
+_GMRES_RTOL = (1e-5, 1e-5)  # relative residual asked of GMRES: first solve, refinements
+
+
+def _krylov_steady_state(A, p, alpha, direction, tol, max_iter):
+    """Steady states of ``B`` teleported chains by GMRES with float64 refinement.
+
+    ``A`` ``(B, n, n)``, ``p`` ``(B, n)`` -> ``(B, n)``. With ``M = I - alpha P + alpha e p^T``
+    (nonsingular for alpha < 1; for alpha = 1 when the steady state is unique),
+    ``pi M = p^T`` is the fixed point of the teleported chain with ``pi e = 1``.
+    """
+    n = A.shape[-1]
+
+    rows = _rowsum_float64(A)  # once: summing A costs about a bounce
+
+    def operator(A_, p_, float64=False, rows_=rows):
+        step = _stepper(A_, direction, float64, rows_)
+        return lambda x: (x - alpha * step(x.unsqueeze(-2)).squeeze(-2)
+                          + alpha * x.sum(-1, keepdim=True) * p_)
+
+    cache = {}
+
+    def subset(idx):  # the float32 operator for the systems idx (they leave as they converge)
+        key = tuple(idx.tolist())
+        if key not in cache:
+            cache.clear()  # only the current set is ever needed again
+            everything = len(idx) == A.shape[0]
+            cache[key] = (operator(A, p) if everything
+                          else operator(A[idx], p[idx], rows_=rows[idx]))
+        return cache[key]
+
+    # the error of x (and of x / sum(x)) is at most 3 |r|_1 / (1 - alpha) in L1: (I - alpha P)
+    # has an inverse of L1 norm <= 1 / (1 - alpha), and sum(x) - 1 = -sum(r)
+    certify = tol * max(1.0 - alpha, 1e-3) / 4
+    exact = operator(A, p.double(), float64=True)
+    x = torch.zeros_like(p, dtype=torch.float64)
+    r = p.double()
+    spent = 0
+    rtol = _GMRES_RTOL[0]
+    while spent < max_iter:
+        d, used = gmres(subset, r.to(A.dtype), rtol=rtol, atol=0.1 * certify / n ** 0.5,
+                        max_matvecs=max_iter - spent)
+        rtol = _GMRES_RTOL[1]
+        spent += used
+        x = x + d.double()
+        r = p.double() - exact(x)
+        if (r.abs().sum(-1) <= certify).all():
+            break
+    else:
+        warnings.warn(f"tokenrank did not reach tol={tol} within max_iter={max_iter} bounces "
+                      "(alpha = 1 on a chain without a unique steady state?); returning the "
+                      "last iterate", RuntimeWarning, stacklevel=3)
+    return _normalize(x.clamp_min(0)).to(A.dtype)
 
 
 _WINDOW = 4  # iterations over which the contraction rate is measured (complex pairs oscillate)
@@ -345,8 +463,8 @@ def _power_iteration(A, p, alpha, direction, tol, max_iter):
 
 
 # --------------------------------------------------------------------------- lambda2
-def lambda2(A, direction: str = "incoming", k: int = 8, tol: float = 1e-5,
-            max_iter: int = 500) -> torch.Tensor:
+def lambda2(A, direction: str = "incoming", tol: float = 1e-3, max_iter: int = 400,
+            krylov_dim: int = 40) -> torch.Tensor:
     """|lambda_2|: modulus of the second-largest-modulus eigenvalue of each chain (Sec. 4.4).
 
     A: ``(..., n, n)`` right-stochastic. Returns ``A.shape[:-2]`` (float32 or float64).
@@ -355,48 +473,63 @@ def lambda2(A, direction: str = "incoming", k: int = 8, tol: float = 1e-5,
 
     Why it is cheap: since ``P e = e``, row vectors summing to 0 stay summing to 0 under
     ``x <- x P``. On that invariant subspace ``P`` has every eigenvalue but the leading 1,
-    so lambda_2 is its dominant eigenvalue. Subspace iteration with ``k`` zero-sum vectors
-    plus a Rayleigh-Ritz step (a ``k x k`` eigenproblem, which also resolves complex pairs)
-    finds it in ``O(k n^2)`` per iteration instead of the ``O(n^3)`` of a full ``eigvals``.
-    Iterates until the estimated error of |lambda_2| (from how fast the Ritz value settles)
-    is below ``tol``; warns at ``max_iter``. The estimate is a heuristic: on heads whose top
-    eigenvalues crowd near 1 the float32 result can be off by a few 1e-4 (measured in
-    ``benchmarks/bench_core.py``); pass float64 or raise ``k`` for more.
+    so lambda_2 is its dominant eigenvalue, and no steady state is needed to remove the 1.
+    Arnoldi (``chains_lite.krylov``) from a zero-sum start builds the space of its bounces;
+    the eigenvalues of the small projected matrix ``H`` (Ritz values; complex pairs come out
+    as pairs) converge to the largest eigenvalues in a few dozen bounces, instead of the
+    ``O(n^3)`` of a full ``eigvals``. It stops when the top Ritz pair's residual
+    ``|h_{k+1,k} s_k|`` is below ``tol`` for every chain, restarting from the top Ritz vector
+    every ``krylov_dim`` bounces, and warns if ``max_iter`` bounces are not enough. The
+    eigenvalue's error is far below the residual (about residual^2 / gap): on attention-like
+    heads ``tol=1e-3`` gave |error| <= 2e-5 against float64 ``eigvals`` (``bench_core.py``).
     """
     _check_direction(direction)
     A = check_stochastic(A)
     n = A.shape[-1]
+    batch = A.shape[:-2]
     if n == 1:
-        return torch.zeros(A.shape[:-2], dtype=A.dtype, device=A.device)
-    k = max(1, min(int(k), n - 1))
+        return torch.zeros(batch, dtype=A.dtype, device=A.device)
+    A = A.reshape(-1, n, n)
     step = _stepper(A, direction)
+
+    def matvec(x):  # one bounce, re-projected: rounding leaks into the e direction
+        y = step(x.unsqueeze(-2)).squeeze(-2)
+        return y - y.mean(-1, keepdim=True)
+
     # fixed seed: the answer must not depend on global RNG state
     g = torch.Generator().manual_seed(0)
-    X = torch.randn(k, n, generator=g, dtype=A.dtype).to(A.device).expand(*A.shape[:-2], k, n)
-    X = _orthonormal_zero_sum(X)
-    changes, last = [], None
-    noise = 10 * torch.finfo(A.dtype).eps
-    for _ in range(max_iter):
-        Y = step(X)
-        # Rayleigh-Ritz: eigenvalues of the k x k projection X P X^T (rows of X orthonormal)
-        H = (Y @ X.mT).to(torch.float64)
-        lam = torch.linalg.eigvals(H).abs().amax(-1).to(A.dtype)
-        # a tiny shift keeps the basis full rank when P annihilates it (e.g. a uniform P)
-        X = _orthonormal_zero_sum(Y + 1e-6 * X)
-        if last is not None:
-            changes = (changes + [(lam - last).abs().reshape(-1)])[-(_WINDOW + 1):]
-            if _geometric_converged(changes, tol, 0.999, noise, cautious=False).all():
-                return lam
-        last = lam
-    warnings.warn(f"lambda2 did not converge to tol={tol} in max_iter={max_iter} iterations; "
-                  "increase k or max_iter", RuntimeWarning, stacklevel=2)
-    return lam
+    v = torch.randn(n, generator=g, dtype=A.dtype).to(A.device)
+    v = (v - v.mean()).expand(A.shape[0], n)
+    m = max(1, min(krylov_dim, n - 1))
+    spent = 0
+    while True:
+        V, H = arnoldi(matvec, v, m, stop=lambda V, H: bool((_top_ritz(H)[1] <= tol).all()))
+        spent += H.shape[-1]
+        lam, residual, s = _top_ritz(H)
+        # m == n - 1 steps span the whole zero-sum space: the Ritz values are exact
+        if (residual <= tol).all() or H.shape[-1] == n - 1:
+            return lam.to(A.dtype).reshape(batch)
+        if spent >= max_iter:
+            break
+        # restart from the top Ritz vector; real + imaginary part keeps a complex pair's plane
+        v = ((s.real + s.imag).to(A.dtype).unsqueeze(-2) @ V[:, :-1]).squeeze(-2)
+    warnings.warn(f"lambda2 did not converge to tol={tol} in max_iter={max_iter} bounces; "
+                  "increase max_iter or krylov_dim", RuntimeWarning, stacklevel=2)
+    return lam.to(A.dtype).reshape(batch)
 
 
-def _orthonormal_zero_sum(X: torch.Tensor) -> torch.Tensor:
-    """Orthonormalise the rows of ``X`` ``(..., k, n)`` inside the zero-sum subspace."""
-    X = X - X.mean(-1, keepdim=True)  # re-project: rounding leaks into the e direction
-    return torch.linalg.qr(X.mT)[0].mT
+def _top_ritz(H: torch.Tensor):
+    """Largest Ritz value modulus ``(B,)``, its residual ``(B,)`` and vector ``(B, k)``.
+
+    H: ``(B, k+1, k)`` from ``arnoldi``. The residual of the Ritz pair ``(theta, V_k^T s)`` is
+    ``|h_{k+1,k}| |s_k|`` for a unit eigenvector ``s`` of the square part of ``H``.
+    """
+    k = H.shape[-1]
+    theta, S = torch.linalg.eig(H[:, :k, :k].double())
+    i = theta.abs().argmax(-1)
+    s = S.gather(-1, i[:, None, None].expand(-1, k, 1)).squeeze(-1)
+    residual = H[:, k, k - 1].double().abs() * s[:, -1].abs()
+    return theta.abs().amax(-1), residual, s
 
 
 # --------------------------------------------------------------------------- heads

@@ -1,0 +1,104 @@
+"""Batched Krylov methods on row vectors: Arnoldi and restarted GMRES.
+
+A chain is only ever touched through products ``x -> x M`` (a bounce), so everything here
+takes a ``matvec`` that maps row vectors ``(B, n)`` to ``(B, n)``. The Krylov space
+``span(v, v M, v M^2, ...)`` is the space of multi-bounces of ``v``; Arnoldi builds an
+orthonormal basis of it, and
+
+* GMRES picks the combination that best solves ``x M = b`` (TokenRank as a linear system),
+* the eigenvalues of the small projected matrix ``H`` approximate the largest eigenvalues
+  of ``M`` (|lambda_2|).
+
+Both need far fewer bounces than the power method when the chain mixes slowly, because
+they combine all bounces instead of keeping only the last one.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+Matvec = Callable[[torch.Tensor], torch.Tensor]
+
+
+def arnoldi(matvec: Matvec, v0: torch.Tensor, m: int,
+            stop: Callable[[torch.Tensor, torch.Tensor], bool] | None = None, every: int = 4):
+    """Up to ``m`` Arnoldi steps from the row vectors ``v0`` ``(B, n)``.
+
+    Returns ``V`` ``(B, k+1, n)`` with orthonormal rows spanning the Krylov space and the
+    upper-Hessenberg ``H`` ``(B, k+1, k)`` with ``V[:, :k] M = H^T V`` (row form of
+    ``M V_k = V_{k+1} H``), where ``k <= m`` is the number of steps taken: every ``every``
+    steps ``stop(V, H)`` (on the first k steps) may end the process early. Classical
+    Gram-Schmidt done twice (stable, and batched as matrix products). A direction that
+    vanishes (the space is exhausted) stays zero.
+    """
+    B, n = v0.shape
+    V = v0.new_zeros(B, m + 1, n)
+    H = v0.new_zeros(B, m + 1, m)
+    V[:, 0] = v0 / v0.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+    k = m
+    for j in range(m):
+        w = matvec(V[:, j])
+        basis = V[:, : j + 1]
+        for _ in range(2):
+            h = (basis @ w.unsqueeze(-1)).squeeze(-1)  # (B, j+1)
+            w = w - (h.unsqueeze(-2) @ basis).squeeze(-2)
+            H[:, : j + 1, j] += h
+        norm = w.norm(dim=-1)
+        H[:, j + 1, j] = norm
+        V[:, j + 1] = torch.where((norm > 1e-30)[:, None], w / norm.clamp_min(1e-30)[:, None], 0.0)
+        if stop is not None and (j + 1) % every == 0 and j + 1 < m and stop(V[:, : j + 2], H[:, : j + 2, : j + 1]):
+            k = j + 1
+            break
+    return V[:, : k + 1], H[:, : k + 1, :k]
+
+
+def _least_squares(H: torch.Tensor, beta: torch.Tensor):
+    """``y = argmin |beta e_1 - H y|`` and that minimum, for ``H`` ``(B, k+1, k)``.
+
+    Normal equations in float64 on the tiny ``k x k`` system (fast on CPU and GPU); the
+    ridge of 1e-14 * trace only matters after a breakdown, where it zeroes the dead column.
+    """
+    H64 = H.double()
+    G = H64.mT @ H64
+    ridge = 1e-14 * G.diagonal(dim1=-2, dim2=-1).sum(-1).clamp_min(1e-300)
+    G = G + ridge[:, None, None] * torch.eye(G.shape[-1], dtype=G.dtype, device=G.device)
+    rhs = H64[:, 0, :] * beta.double()[:, None]  # H^T (beta e_1)
+    y = torch.linalg.solve(G, rhs)
+    res = (H64 @ y.unsqueeze(-1)).squeeze(-1)
+    res[:, 0] -= beta.double()
+    return y.to(H.dtype), res.norm(dim=-1).to(H.dtype)
+
+
+def gmres(operator: Callable[[torch.Tensor], Matvec], b: torch.Tensor, rtol: float = 1e-5,
+          atol: torch.Tensor | float = 0.0, restart: int = 24, max_matvecs: int = 400):
+    """Solve ``x M = b`` for a batch of row vectors by restarted GMRES.
+
+    b: ``(B, n)``. ``operator(idx)`` returns the matvec ``x -> x M`` for the systems ``idx``
+    (an index tensor), so systems that have converged leave the batch at each restart.
+    A system is done when ``|b - x M|_2 <= max(rtol * |b|_2, atol)``; ``atol`` may be a
+    ``(B,)`` tensor. Returns ``x`` ``(B, n)`` and the number of (batched) matvecs spent.
+    """
+    B, n = b.shape
+    x = torch.zeros_like(b)
+    limit = torch.maximum(rtol * b.norm(dim=-1), torch.as_tensor(atol, dtype=b.dtype, device=b.device))
+    todo = torch.arange(B, device=b.device)
+    m = max(1, min(restart, n))
+    spent = 0
+    while todo.numel() and spent < max_matvecs:
+        matvec = operator(todo)
+        r = b[todo] - matvec(x[todo])
+        beta = r.norm(dim=-1)
+        keep = beta > limit[todo]
+        if not keep.all():
+            todo, r, beta = todo[keep], r[keep], beta[keep]
+            if not todo.numel():
+                break
+            matvec = operator(todo)
+        lim = limit[todo]
+        V, H = arnoldi(matvec, r, min(m, max_matvecs - spent),
+                       stop=lambda V, H: bool((_least_squares(H, beta)[1] <= lim).all()))
+        spent += H.shape[-1] + 1
+        y, _ = _least_squares(H, beta)
+        x[todo] = x[todo] + (y.unsqueeze(-2) @ V[:, :-1]).squeeze(-2)
+    return x, spent
