@@ -405,26 +405,21 @@ def _krylov_steady_state(A, p, alpha, direction, tol, max_iter):
 _WINDOW = 4  # iterations over which the contraction rate is measured (complex pairs oscillate)
 
 
-def _geometric_converged(steps, tol, max_rate, noise, cautious=True):
+def _geometric_converged(steps, tol, max_rate, noise):
     """Which sequences have converged, from their last ``_WINDOW + 1`` step sizes ``(B,)`` each.
 
     For geometric convergence at rate ``r`` the error left after a step of size ``d`` is
-    about ``d * r / (1 - r)``, with ``r`` capped by ``max_rate``. ``cautious``: ``r`` is the
-    largest step-to-step ratio in the window (steps oscillate when a complex pair dominates)
-    and the estimate must be 4x below ``tol`` (with several slow modes the single-mode
-    estimate runs low, about 2x measured); otherwise ``r`` is the mean rate over the window.
-    A sequence whose steps stopped shrinking at the level of rounding ``noise`` is done too.
+    about ``d * r / (1 - r)``. ``r`` is the largest step-to-step ratio in the window (steps
+    oscillate when a complex pair dominates), capped by ``max_rate``, and the estimate must
+    be 4x below ``tol`` (with several slow modes the single-mode estimate runs low, about 2x
+    measured). A sequence whose steps stopped shrinking at rounding ``noise`` is done too.
     """
     if len(steps) <= _WINDOW:
         return torch.zeros_like(steps[-1], dtype=torch.bool)
     D = torch.stack(steps)  # (W+1, B)
     ratio = (D[-1] / D[0].clamp_min(1e-30)) ** (1.0 / _WINDOW)  # mean rate over the window
-    if cautious:
-        rate, safety = (D[1:] / D[:-1].clamp_min(1e-30)).amax(0), 4.0
-    else:
-        rate, safety = ratio, 1.0
-    rate = rate.clamp(0.0, max_rate)
-    done = safety * D[1:].amax(0) * rate / (1 - rate) <= tol
+    rate = (D[1:] / D[:-1].clamp_min(1e-30)).amax(0).clamp(0.0, max_rate)
+    done = 4 * D[1:].amax(0) * rate / (1 - rate) <= tol
     return done | ((ratio >= 1) & (D.amax(0) <= noise))
 
 
