@@ -310,7 +310,8 @@ def tokenrank(A, alpha: float = DEFAULT_ALPHA, direction: str = "incoming",
       capped by ``alpha``, with a 4x margin), is below ``tol``, or when the steps stall at
       rounding noise. float32 rounding limits it to a few 1e-6 (L1) on slowly mixing chains.
 
-    Chains that converge leave the batch early; both warn if ``max_iter`` is reached.
+    In the iterative solvers chains that converge leave the batch early, and both warn if
+    ``max_iter`` is reached.
     """
     alpha = _check_alpha(alpha)
     _check_direction(direction)
@@ -348,9 +349,6 @@ def _dense_steady_state(A, p, alpha, direction, tol, max_iter):
     return _normalize(pi.clamp_min(0)).to(A.dtype)
 
 
-_GMRES_RTOL = (1e-5, 1e-5)  # relative residual asked of GMRES: first solve, refinements
-
-
 def _krylov_steady_state(A, p, alpha, direction, tol, max_iter):
     """Steady states of ``B`` teleported chains by GMRES with float64 refinement.
 
@@ -359,7 +357,6 @@ def _krylov_steady_state(A, p, alpha, direction, tol, max_iter):
     ``pi M = p^T`` is the fixed point of the teleported chain with ``pi e = 1``.
     """
     n = A.shape[-1]
-
     rows = _rowsum_float64(A)  # once: summing A costs about a bounce
 
     def operator(A_, p_, float64=False, rows_=rows):
@@ -385,11 +382,9 @@ def _krylov_steady_state(A, p, alpha, direction, tol, max_iter):
     x = torch.zeros_like(p, dtype=torch.float64)
     r = p.double()
     spent = 0
-    rtol = _GMRES_RTOL[0]
-    while spent < max_iter:
-        d, used = gmres(subset, r.to(A.dtype), rtol=rtol, atol=0.1 * certify / n ** 0.5,
+    while spent < max_iter:  # each round: a float32 GMRES solve for the float64 residual
+        d, used = gmres(subset, r.to(A.dtype), rtol=1e-5, atol=0.1 * certify / n ** 0.5,
                         max_matvecs=max_iter - spent)
-        rtol = _GMRES_RTOL[1]
         spent += used
         x = x + d.double()
         r = p.double() - exact(x)
