@@ -47,7 +47,8 @@ def arnoldi(matvec: Matvec, v0: torch.Tensor, m: int,
         norm = w.norm(dim=-1)
         H[:, j + 1, j] = norm
         V[:, j + 1] = torch.where((norm > 1e-30)[:, None], w / norm.clamp_min(1e-30)[:, None], 0.0)
-        if stop is not None and (j + 1) % every == 0 and j + 1 < m and stop(V[:, : j + 2], H[:, : j + 2, : j + 1]):
+        checkpoint = stop is not None and (j + 1) % every == 0 and j + 1 < m
+        if checkpoint and stop(V[:, : j + 2], H[:, : j + 2, : j + 1]):
             k = j + 1
             break
     return V[:, : k + 1], H[:, : k + 1, :k]
