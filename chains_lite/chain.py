@@ -472,6 +472,9 @@ def lambda2(A, direction: str = "incoming", tol: float = 1e-3, max_iter: int = 4
     every ``krylov_dim`` bounces, and warns if ``max_iter`` bounces are not enough. The
     eigenvalue's error is far below the residual (about residual^2 / gap): on attention-like
     heads ``tol=1e-3`` gave |error| <= 2e-5 against float64 ``eigvals`` (``bench_core.py``).
+    Eigenvalues of nearly equal modulus (closer than about ``tol``) can be confused: with a
+    small ``krylov_dim`` a slowly mixing head returned |lambda_3|, 3e-3 below |lambda_2|; lower
+    ``tol`` or raise ``krylov_dim`` for such spectra.
     """
     _check_direction(direction)
     A = check_stochastic(A)
@@ -501,11 +504,25 @@ def lambda2(A, direction: str = "incoming", tol: float = 1e-3, max_iter: int = 4
             return lam.to(A.dtype).reshape(batch)
         if spent >= max_iter:
             break
-        # restart from the top Ritz vector; real + imaginary part keeps a complex pair's plane
-        v = ((s.real + s.imag).to(A.dtype).unsqueeze(-2) @ V[:, :-1]).squeeze(-2)
+        v = _restart_vector(H, V)
     warnings.warn(f"lambda2 did not converge to tol={tol} in max_iter={max_iter} bounces; "
                   "increase max_iter or krylov_dim", RuntimeWarning, stacklevel=2)
     return lam.to(A.dtype).reshape(batch)
+
+
+def _restart_vector(H: torch.Tensor, V: torch.Tensor, keep: int = 4) -> torch.Tensor:
+    """A restart vector ``(B, n)`` holding the ``keep`` largest Ritz directions.
+
+    Restarting from the top Ritz vector alone can lock onto a wrong eigenvalue when the
+    top Ritz value is not yet the true lambda_2; the real + imaginary parts of the leading
+    few keep their planes (complex pairs included) in the next Krylov space.
+    """
+    k = H.shape[-1]
+    theta, S = torch.linalg.eig(H[:, :k, :k].double())
+    top = theta.abs().topk(min(keep, k), dim=-1).indices  # (B, keep)
+    S = S.gather(-1, top[:, None, :].expand(-1, k, -1))  # (B, k, keep), unit columns
+    y = (S.real + S.imag).sum(-1).to(V.dtype)  # (B, k)
+    return (y.unsqueeze(-2) @ V[:, :k]).squeeze(-2)
 
 
 def _top_ritz(H: torch.Tensor):

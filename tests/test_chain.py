@@ -1,4 +1,6 @@
 """Tests of chains_lite.chain against independent references (numpy / scipy, hand-computed cases)."""
+import warnings
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -232,6 +234,15 @@ def test_lambda2_on_attention_like_heads():
     ref = np.array([ref_lambda2(a) for a in A.double().numpy()])
     assert ref.min() < 0.2 and ref.max() > 0.9  # the generator spans slow and fast heads
     np.testing.assert_allclose(cl.lambda2(A), ref, atol=1e-3)
+
+
+def test_lambda2_with_restarts():
+    """A small Krylov space forces restarts; they must keep the leading directions."""
+    A = attention_like(8, 60, seed=12)
+    ref = np.array([ref_lambda2(a) for a in A.double().numpy()])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # must converge, not just stop at max_iter
+        np.testing.assert_allclose(cl.lambda2(A, krylov_dim=12, max_iter=3000), ref, atol=1e-3)
 
 
 def test_lambda2_special_chains():
