@@ -353,7 +353,9 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 def test_cuda_matches_cpu():
     A = attention_like(8, 197, seed=10)
     Ac = A.cuda()
-    for f in (cl.tokenrank, cl.lambda2, cl.column_sum, lambda a: cl.bounce(a, 5, 3, "outgoing"),
+    for f in (cl.tokenrank, lambda a: cl.tokenrank(a, method="krylov"),
+              lambda a: cl.tokenrank(a, method="power"), lambda a: cl.lambda2(a, tol=1e-6), cl.column_sum,
+              lambda a: cl.bounce(a, 5, 3, "outgoing"),
               lambda a: cl.mix_heads(a, cl.head_weights(a, "lambda2", dim=0), dim=0)):
         out = f(Ac)
         assert out.is_cuda
