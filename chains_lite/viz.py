@@ -15,7 +15,7 @@ import networkx as nx
 import numpy as np
 import torch
 
-from .chain import bounce, check_stochastic, lambda2
+from .chain import _start_vector, bounce, check_stochastic, lambda2
 
 BAR = "tab:blue"
 HIGHLIGHT = "tab:orange"
@@ -52,21 +52,11 @@ def bounce_sequence(A, start="uniform", steps: int = 6, direction: str = "incomi
     (``chains_lite.bounce`` returns only bounces 1..steps).
     """
     A = check_stochastic(A)
-    n = A.shape[-1]
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be an int >= 0, got {steps!r}")
-    if isinstance(start, str):
-        if start != "uniform":
-            raise ValueError(f"unknown start {start!r}; use 'uniform', an int or a vector")
-        v0 = torch.full((n,), 1.0 / n, dtype=A.dtype, device=A.device)
-    elif isinstance(start, (int, np.integer)) and not isinstance(start, bool):
-        if not 0 <= start < n:
-            raise ValueError(f"start state {start} is out of range for n = {n}")
-        v0 = torch.zeros(n, dtype=A.dtype, device=A.device)
-        v0[start] = 1.0
-    else:
-        v0 = torch.as_tensor(start, dtype=A.dtype, device=A.device)
-        v0 = v0 / v0.sum()
+    if isinstance(start, np.integer):
+        start = int(start)
+    v0 = _start_vector(start, A)  # the same starts (and checks) as chains_lite.bounce
     if steps == 0:
         return v0[None]
     return torch.cat([v0[None], bounce(A, v0, steps, direction, return_all=True)])
