@@ -1,0 +1,16 @@
+"""The model zoo: ShapeWorld, the lite models trained on it, and loaders for the paper's models.
+
+    from chains_lite import zoo
+    batch = zoo.shapeworld(16, split="test")
+    vit = zoo.load("shapes-vit")            # or a paper model: zoo.load("dino-vitb8", mode="full")
+    logits = vit.model(batch.images)        # (16, 6), classes in zoo.CLASS_NAMES order
+
+Modules: ``shapeworld`` (data), ``models`` (lite configs), ``train`` (``python -m
+chains_lite.zoo.train NAME``), ``evaluate`` (card numbers), ``generate`` (MiniLM text encoder,
+samplers), ``load`` (lite and full loading), ``registry`` (checkpoint files and cards).
+"""
+from .load import FULL_MODELS, LITE_NAMES, Loaded, load, load_full, resolve_mode
+from .shapeworld import CLASS_NAMES, ShapeBatch, shapeworld
+
+__all__ = ["CLASS_NAMES", "FULL_MODELS", "LITE_NAMES", "Loaded", "ShapeBatch", "load", "load_full",
+           "resolve_mode", "shapeworld"]

@@ -1,0 +1,112 @@
+"""The numbers on the model cards, computed on fresh ShapeWorld images.
+
+* classifiers: accuracy on the largest shape;
+* ``shapes-flux``: the share of generated images that ``shapes-vit`` classifies as the captioned
+  (largest) shape;
+* ``shapes-unet``: the share of samples ``shapes-vit`` classifies with confidence >= 0.9, and a
+  Fréchet distance in ``shapes-vit``'s feature space against real images.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import linalg
+
+from .shapeworld import CLASS_NAMES, DEFAULT_SIZE, shapeworld
+
+
+@torch.no_grad()
+def classify(vit, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """``(B, 3, H, W)`` images in [0, 1] (any H; resized to 64) -> ``(B, classes)`` probabilities."""
+    out = []
+    for x in images.split(batch):
+        x = x.to(next(vit.parameters()).device)
+        if x.shape[-1] != DEFAULT_SIZE:
+            x = F.interpolate(x, size=DEFAULT_SIZE, mode="nearest")
+        out.append(vit(x).softmax(-1).cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def features(vit, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """``(B, D)`` pre-logit CLS features of ``shapes-vit`` (the space of the Fréchet distance)."""
+    out = []
+    for x in images.split(batch):
+        x = x.to(next(vit.parameters()).device)
+        if x.shape[-1] != DEFAULT_SIZE:
+            x = F.interpolate(x, size=DEFAULT_SIZE, mode="nearest")
+        out.append(vit.forward_head(vit.forward_features(x), pre_logits=True).cpu())
+    return torch.cat(out).double()
+
+
+def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Fréchet distance between Gaussians fitted to feature sets ``a`` ``(N, D)`` and ``b`` ``(M, D)``."""
+    mu1, mu2 = a.mean(0).numpy(), b.mean(0).numpy()
+    s1, s2 = np.cov(a.numpy(), rowvar=False), np.cov(b.numpy(), rowvar=False)
+    covmean = linalg.sqrtm(s1 @ s2)
+    covmean = covmean.real if np.iscomplexobj(covmean) else covmean
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
+
+
+def vit_metrics(model, split: str = "val", n: int = 500, seed: int = 0, device=None) -> dict:
+    """Accuracy (largest shape) of a classifier on ``n`` fresh images of ``split``."""
+    data = shapeworld(n, seed=seed, split=split)
+    probs = classify(model, data.images)
+    pred = probs.argmax(-1)
+    per_class = {c: round(float((pred[data.labels == i] == i).float().mean()), 4)
+                 for i, c in enumerate(CLASS_NAMES)}
+    return {"accuracy": round(float((pred == data.labels).float().mean()), 4), "n_images": n,
+            "split": split, "seed": seed, "per_class_accuracy": per_class}
+
+
+@functools.lru_cache(maxsize=1)
+def _judge():
+    """The trained ``shapes-vit`` (on the CPU), which judges the generative models' samples."""
+    from .load import load
+    return load("shapes-vit", mode="lite", device="cpu", verbose=False).model
+
+
+def _frechet_to_real(imgs: torch.Tensor, seed: int) -> dict:
+    """Fréchet distance of ``imgs`` to as many real val images, and of real to real (the floor)."""
+    n, size = len(imgs), imgs.shape[-1]
+    real_a = features(_judge(), shapeworld(n, seed=seed + 1000, split="val", size=size).images)
+    real_b = features(_judge(), shapeworld(n, seed=seed + 2000, split="val", size=size).images)
+    return {"frechet_distance_vit": round(frechet_distance(features(_judge(), imgs), real_a), 3),
+            "frechet_distance_real_vs_real": round(frechet_distance(real_b, real_a), 3)}
+
+
+def flux_metrics(model, encoder, n: int = 200, seed: int = 0, steps: int = 20,
+                 frechet: bool = True) -> dict:
+    """Generate one image per val caption; the share ``shapes-vit`` classifies as the captioned
+    (largest) shape, and the same share for the real images of those captions (the ceiling)."""
+    from .generate import flux_sample
+    data = shapeworld(n, seed=seed, split="val", size=model_size(model))
+    imgs = flux_sample(model, encoder, data.captions, steps=steps, seed=seed)
+    match = (classify(_judge(), imgs).argmax(-1) == data.labels).float().mean()
+    real = (classify(_judge(), data.images).argmax(-1) == data.labels).float().mean()
+    out = {"caption_match": round(float(match), 4), "caption_match_real": round(float(real), 4),
+           "chance": round(1 / len(CLASS_NAMES), 4), "n_samples": n, "sampler_steps": steps}
+    return {**out, **(_frechet_to_real(imgs, seed) if frechet else {})}
+
+
+def unet_metrics(model, n: int = 200, seed: int = 0, steps: int = 50, frechet: bool = True) -> dict:
+    """Share of samples classified with confidence >= 0.9 (and of real images, the ceiling), and
+    the Fréchet distance to real images in ``shapes-vit`` feature space."""
+    from .generate import unet_sample
+    imgs = unet_sample(model, n, steps=steps, seed=seed)
+    conf = classify(_judge(), imgs).max(-1).values
+    real = shapeworld(n, seed=seed, split="val", size=imgs.shape[-1]).images
+    real_conf = classify(_judge(), real).max(-1).values
+    out = {"confident_fraction": round(float((conf >= 0.9).float().mean()), 4),
+           "confident_fraction_real": round(float((real_conf >= 0.9).float().mean()), 4),
+           "n_samples": n, "sampler_steps": steps}
+    return {**out, **(_frechet_to_real(imgs, seed) if frechet else {})}
+
+
+def model_size(model) -> int:
+    """Image side the generative lite models work at."""
+    from .models import GEN_SIZE
+    return getattr(getattr(model, "config", None), "sample_size", None) or GEN_SIZE

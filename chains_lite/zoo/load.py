@@ -1,0 +1,211 @@
+"""``zoo.load(name, mode="auto")``: one call for the lite models and the paper's hub models.
+
+Lite names (trained here on ShapeWorld, shipped in the package, load offline on a CPU):
+
+* ``shapes-vit``, ``shapes-vit-reg`` — classifiers; ``loaded.model(batch.images)`` gives logits in
+  ``CLASS_NAMES`` order for images in [0, 1] (no normalisation).
+* ``shapes-flux`` — FLUX-architecture rectified-flow transformer; ``loaded.text_encoder`` is MiniLM.
+* ``shapes-unet`` — unconditional DDPM UNet; ``loaded.scheduler`` is its noise schedule.
+* ``minilm`` — the pretrained all-MiniLM-L6-v2 BERT (6 layers x 12 heads) with its tokenizer.
+
+Full names map to the paper's models on the Hugging Face hub (see :data:`FULL_MODELS`). They need
+the network the first time (then the hub cache), and FLUX needs a GPU and an accepted licence.
+``mode="auto"`` chooses full only when a GPU is present and the weights load; otherwise it uses
+the lite counterpart, and it always prints which and why. ``mode="full"`` never falls back.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .models import LITE_CONFIGS, build
+from .registry import load_weights, read_card
+from .shapeworld import CLASS_NAMES
+
+MODES = ("auto", "lite", "full")
+
+
+@dataclass
+class Loaded:
+    """What :func:`load` returns: the model in eval mode and what it needs around it."""
+
+    model: nn.Module
+    name: str
+    mode: str                      # "lite" or "full"
+    why: str                       # why this mode was chosen
+    preprocess: Any = None         # images -> model input (None: the model takes them as they are)
+    tokenizer: Any = None
+    text_encoder: Any = None
+    scheduler: Any = None
+    pipeline: Any = None
+    class_names: list[str] | None = None
+    card: dict | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def _load_lite(name: str, device) -> Loaded:
+    from . import generate
+    if name == "minilm":
+        enc = generate.TextEncoder(device=device)
+        return Loaded(enc.model, name, "lite", "", tokenizer=enc.tokenizer, text_encoder=enc)
+    model = load_weights(build(name), name).to(device).eval()
+    out = Loaded(model, name, "lite", "", card=read_card(name))
+    if name.startswith("shapes-vit"):
+        out.class_names = list(CLASS_NAMES)
+    elif name == "shapes-flux":
+        out.text_encoder = generate.TextEncoder(device=device)
+        out.tokenizer = out.text_encoder.tokenizer
+    elif name == "shapes-unet":
+        out.scheduler = generate.unet_scheduler()
+    return out
+
+
+LITE_NAMES = sorted([*LITE_CONFIGS, "minilm"])
+
+
+@dataclass(frozen=True)
+class FullSpec:
+    """A paper model on the hub: its library, id, and the lite model that stands in for it."""
+
+    family: str          # "timm", "open_clip", "flux" or "sd"
+    hub_id: str
+    lite: str
+    note: str = ""
+
+
+FULL_MODELS = {
+    "dino-vits16": FullSpec("timm", "vit_small_patch16_224.dino", "shapes-vit", "DINOv1 ViT-S/16 (no classifier head)"),
+    "dino-vitb8": FullSpec("timm", "vit_base_patch8_224.dino", "shapes-vit", "DINOv1 ViT-B/8 (paper Fig. 4, 15, 16)"),
+    "dinov2-vits14-reg": FullSpec("timm", "vit_small_patch14_reg4_dinov2.lvd142m", "shapes-vit-reg",
+                                  "DINOv2 ViT-S/14 with 4 registers (paper Fig. 8)"),
+    "dinov2-vitb14-reg": FullSpec("timm", "vit_base_patch14_reg4_dinov2.lvd142m", "shapes-vit-reg",
+                                  "DINOv2 ViT-B/14 with 4 registers"),
+    "vit-b16": FullSpec("timm", "vit_base_patch16_224.augreg2_in21k_ft_in1k", "shapes-vit",
+                        "supervised ViT-B/16, ImageNet-1k classifier"),
+    "clip-vitb32": FullSpec("open_clip", "ViT-B-32/openai", "shapes-vit", "CLIP ViT-B/32 (OpenAI weights)"),
+    "flux-schnell": FullSpec("flux", "black-forest-labs/FLUX.1-schnell", "shapes-flux",
+                             "FLUX.1-schnell (gated: accept the licence on the hub, `hf auth login`)"),
+    "sd15": FullSpec("sd", "stable-diffusion-v1-5/stable-diffusion-v1-5", "shapes-unet", "Stable Diffusion 1.5"),
+}
+
+
+def _full_timm(spec: FullSpec, device, pretrained=True, **overrides) -> Loaded:
+    import timm
+    from timm.data import create_transform, resolve_data_config
+    model = timm.create_model(spec.hub_id, pretrained=pretrained, **overrides).to(device).eval()
+    preprocess = create_transform(**resolve_data_config({}, model=model))
+    return Loaded(model, "", "full", "", preprocess=preprocess)
+
+
+def _full_open_clip(spec: FullSpec, device, pretrained=True, **overrides) -> Loaded:
+    import open_clip
+    arch, tag = spec.hub_id.split("/")
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        arch, pretrained=tag if pretrained else None, **overrides)
+    return Loaded(model.to(device).eval(), "", "full", "", preprocess=preprocess,
+                  tokenizer=open_clip.get_tokenizer(arch))
+
+
+def _full_flux(spec: FullSpec, device, pretrained=True, **overrides) -> Loaded:
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+    if not pretrained:  # tests: the same transformer class from a small config
+        return Loaded(FluxTransformer2DModel(**overrides).to(device).eval(), "", "full", "")
+    pipe = FluxPipeline.from_pretrained(spec.hub_id, torch_dtype=torch.bfloat16).to(device)
+    return Loaded(pipe.transformer.eval(), "", "full", "", pipeline=pipe, tokenizer=pipe.tokenizer_2,
+                  text_encoder=pipe.text_encoder_2, scheduler=pipe.scheduler)
+
+
+def _full_sd(spec: FullSpec, device, pretrained=True, **overrides) -> Loaded:
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    if not pretrained:
+        return Loaded(UNet2DConditionModel(**overrides).to(device).eval(), "", "full", "")
+    pipe = StableDiffusionPipeline.from_pretrained(spec.hub_id, torch_dtype=torch.float16,
+                                                   safety_checker=None).to(device)
+    return Loaded(pipe.unet.eval(), "", "full", "", pipeline=pipe, tokenizer=pipe.tokenizer,
+                  text_encoder=pipe.text_encoder, scheduler=pipe.scheduler)
+
+
+_FULL_LOADERS = {"timm": _full_timm, "open_clip": _full_open_clip, "flux": _full_flux, "sd": _full_sd}
+
+_HOW_TO_FIX = (
+    "Full mode downloads {hub_id} from the Hugging Face hub. Check: network access; for gated models "
+    "(FLUX) accept the licence on the model page and run `hf auth login`; enough disk for the weights "
+    "(FLUX.1-schnell ~34 GB, SD1.5 ~5 GB, ViTs < 1 GB) and GPU memory (FLUX ~24 GB in bf16). "
+    "Or run lite mode: load({name!r}, mode='lite') or CHAINS_MODE=lite."
+)
+
+
+def load_full(name: str, device=None, pretrained: bool = True, **overrides) -> Loaded:
+    """Load a full (hub) model. ``pretrained=False`` builds the same class from its config (and
+    ``overrides``, e.g. a small depth) with random weights and no download: that is how tests
+    exercise these loaders."""
+    if name not in FULL_MODELS:
+        raise ValueError(f"unknown full model {name!r}; choose from {sorted(FULL_MODELS)}")
+    spec = FULL_MODELS[name]
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        out = _FULL_LOADERS[spec.family](spec, device, pretrained=pretrained, **overrides)
+    except (OSError, RuntimeError, ImportError, ValueError) as e:
+        raise RuntimeError(f"could not load {name} ({spec.hub_id}): {e}\n"
+                           + _HOW_TO_FIX.format(hub_id=spec.hub_id, name=name)) from e
+    out.name, out.mode, out.extra["hub_id"], out.extra["note"] = name, "full", spec.hub_id, spec.note
+    return out
+
+
+def resolve_mode(mode: str = "auto") -> str:
+    """``CHAINS_MODE`` from the environment wins over ``"auto"``; an explicit argument wins over both."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode == "auto":
+        env = os.environ.get("CHAINS_MODE", "auto")
+        if env not in MODES:
+            raise ValueError(f"CHAINS_MODE must be one of {MODES}, got {env!r}")
+        return env
+    return mode
+
+
+def load(name: str, mode: str = "auto", device=None, verbose: bool = True) -> Loaded:
+    """Load a model of the zoo by name.
+
+    Args:
+        name: a lite name (``LITE_NAMES``) or a full name (``FULL_MODELS``).
+        mode: ``"lite"``, ``"full"`` or ``"auto"`` (env ``CHAINS_MODE`` overrides ``"auto"``).
+            A full name in lite mode loads its lite counterpart (``FULL_MODELS[name].lite``);
+            a lite name loads the lite model in every mode.
+        device: torch device; default CUDA when available, else CPU.
+        verbose: print the mode chosen and why.
+
+    Returns:
+        :class:`Loaded` with ``.model`` in eval mode, ``.mode``, ``.name`` and helpers.
+    """
+    mode = resolve_mode(mode)
+    if name not in LITE_NAMES and name not in FULL_MODELS:
+        raise ValueError(f"unknown model {name!r}; lite: {LITE_NAMES}; full: {sorted(FULL_MODELS)}")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if name in LITE_NAMES:
+        out = _load_lite(name, device)
+        out.why = f"{name} is a lite model (trained on ShapeWorld, shipped with chains_lite)"
+    elif mode == "full":
+        out = load_full(name, device)
+        out.why = f"mode='full' requested: {FULL_MODELS[name].hub_id}"
+    elif mode == "lite":
+        out = _load_lite(FULL_MODELS[name].lite, device)
+        out.why = f"mode='lite' requested: {FULL_MODELS[name].lite} stands in for {name}"
+    elif device.type != "cuda":
+        out = _load_lite(FULL_MODELS[name].lite, device)
+        out.why = f"auto: no GPU, so {FULL_MODELS[name].lite} stands in for {name}"
+    else:
+        try:
+            out = load_full(name, device)
+            out.why = f"auto: a GPU is present and {FULL_MODELS[name].hub_id} loaded"
+        except RuntimeError as e:
+            out = _load_lite(FULL_MODELS[name].lite, device)
+            out.why = (f"auto: {name} did not load ({str(e).splitlines()[0]}), "
+                       f"so {FULL_MODELS[name].lite} stands in for it")
+    if verbose:
+        print(f"[chains_lite] mode={out.mode} model={out.name}: {out.why}")
+    return out

@@ -1,0 +1,65 @@
+"""Where the lite checkpoints live, and how they are written and read (safetensors + a JSON card)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
+# The card number a new run must beat to replace the shipped checkpoint (higher is better).
+HEADLINE = {"shapes-vit": "accuracy", "shapes-vit-reg": "accuracy",
+            "shapes-flux": "caption_match", "shapes-unet": "confident_fraction"}
+
+
+def card_path(name: str, folder: Path = CHECKPOINT_DIR) -> Path:
+    return Path(folder) / f"{name}.json"
+
+
+def weights_path(name: str, folder: Path = CHECKPOINT_DIR) -> Path:
+    return Path(folder) / f"{name}.safetensors"
+
+
+def save_checkpoint(model: nn.Module, card: dict, folder: Path) -> None:
+    """Write ``NAME.safetensors`` (fp16, to keep the repository small), ``NAME.json`` and ``NAME.md``."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(weights_path(card["name"], folder)), metadata={"name": card["name"]})
+    card_path(card["name"], folder).write_text(json.dumps(card, indent=1) + "\n")
+    (folder / f"{card['name']}.md").write_text(render_card(card))
+
+
+def load_weights(model: nn.Module, name: str, folder: Path = CHECKPOINT_DIR) -> nn.Module:
+    """Load ``NAME.safetensors`` into ``model`` (cast to the model's float32 parameters)."""
+    from safetensors.torch import load_file
+
+    path = weights_path(name, folder)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint {path}; train it with `python -m chains_lite.zoo.train {name}`")
+    state = load_file(str(path))
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    return model
+
+
+def read_card(name: str, folder: Path = CHECKPOINT_DIR) -> dict:
+    return json.loads(card_path(name, folder).read_text())
+
+
+def render_card(card: dict) -> str:
+    """The model card as Markdown."""
+    lines = [f"# {card['name']}", "",
+             f"Trained by `python -m chains_lite.zoo.train {card['name']}` on {card['date']}.", "",
+             f"* **Parameters:** {card['params']:,} (stored as float16 safetensors)",
+             f"* **Data:** {card['data']}",
+             f"* **Training:** " + ", ".join(f"{k} = {v}" for k, v in card["training"].items()),
+             f"* **Wall time:** {card['wall_time_s']:.0f} s on {card['hardware']} (torch {card['torch']})",
+             "", "## Validation (fresh ShapeWorld images, split=val)", "",
+             "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in card["validation"].items()]
+    lines += ["", "## Samples", "", f"![{card['name']} samples]({card['name']}-samples.png)",
+              "", "## Config", "", "```json", json.dumps(card["config"], indent=1), "```", ""]
+    return "\n".join(lines)

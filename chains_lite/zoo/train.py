@@ -1,0 +1,227 @@
+"""Train a lite model on ShapeWorld: ``python -m chains_lite.zoo.train NAME [options]``.
+
+Deterministic for a given seed and device (CPU runs repeat bit for bit). Uses the GPU when
+present. The run is written to ``runs/NAME/`` (weights, card); it replaces the checkpoint shipped
+in the package only when its card's headline number beats the shipped card's (or ``--force``),
+so a worse run never overwrites a better model.
+
+    python -m chains_lite.zoo.train shapes-vit --steps 1500
+    python -m chains_lite.zoo.train shapes-flux --minutes 20
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import evaluate, generate
+from .models import FLUX_PACK, GEN_SIZE, LITE_CONFIGS, build, image_ids, pack
+from .registry import CHECKPOINT_DIR, HEADLINE, card_path, save_checkpoint
+from .shapeworld import shapeworld
+
+DEFAULTS = {  # steps, batch, lr, train-pool size, image size
+    "shapes-vit": dict(steps=1500, batch=64, lr=1e-3, pool=20000, size=64),
+    "shapes-vit-reg": dict(steps=1500, batch=64, lr=1e-3, pool=20000, size=64),
+    "shapes-flux": dict(steps=600, batch=64, lr=1e-3, pool=20000, size=GEN_SIZE),
+    "shapes-unet": dict(steps=700, batch=64, lr=1e-3, pool=20000, size=GEN_SIZE),
+}
+
+
+def _lr(step, steps, lr, warmup=100):
+    """Linear warm-up then cosine decay to 5% of ``lr``."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup))))
+
+
+def _loop(model, loss_fn, pool_size, args, device):
+    """The shared training loop: AdamW, warm-up + cosine, a time cap, a progress bar."""
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
+    gen = torch.Generator().manual_seed(args.seed)
+    start, losses = time.time(), []
+    bar = tqdm(range(args.steps), desc=f"train {args.name}")
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, args.steps, args.lr)
+        idx = torch.randint(pool_size, (args.batch,), generator=gen)
+        loss = loss_fn(idx, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}")
+        if args.minutes and time.time() - start > 60 * args.minutes:
+            print(f"time cap of {args.minutes} min reached at step {step + 1}")
+            break
+    return dict(steps_done=step + 1, final_loss=sum(losses[-50:]) / len(losses[-50:]),
+                train_seconds=round(time.time() - start, 1))
+
+
+def train_vit(args, device):
+    data = shapeworld(args.pool, seed=args.seed, split="train", size=args.size)
+    images, labels = data.images.to(device), data.labels.to(device)
+    model = build(args.name).to(device).train()
+
+    def loss_fn(idx, gen):
+        x = images[idx]
+        flip = torch.rand(len(idx), generator=gen) < 0.5  # mirror images: a mirrored shape keeps its class
+        x = torch.where(flip.to(device)[:, None, None, None], x.flip(-1), x)
+        return F.cross_entropy(model(x), labels[idx])
+
+    stats = _loop(model, loss_fn, args.pool, args, device)
+    model.eval()
+    metrics = evaluate.vit_metrics(model, split="val", n=args.eval_n, device=device)
+    metrics["test_accuracy"] = evaluate.vit_metrics(model, split="test", n=args.eval_n, device=device)["accuracy"]
+    return model, stats, metrics
+
+
+def train_flux(args, device):
+    data = shapeworld(args.pool, seed=args.seed, split="train", size=args.size)
+    encoder = generate.TextEncoder(device=device)
+    txt, pooled = encoder(data.captions)  # frozen MiniLM: encode every caption once
+    x1 = pack(data.images.to(device) * 2 - 1)
+    model = build(args.name).to(device).train()
+    ids = image_ids(args.size // FLUX_PACK, device)
+    txt_ids = torch.zeros(txt.shape[1], 3, device=device)
+
+    def loss_fn(idx, gen):
+        # Rectified flow: x_t = (1 - t) x_data + t noise, the model predicts noise - x_data.
+        data_x = x1[idx]
+        noise = torch.randn(data_x.shape, generator=gen).to(device)
+        t = torch.sigmoid(torch.randn(len(idx), generator=gen)).to(device)  # logit-normal, as SD3/FLUX
+        xt = (1 - t[:, None, None]) * data_x + t[:, None, None] * noise
+        pred = model(xt, txt[idx], pooled[idx], t, ids, txt_ids).sample
+        return F.mse_loss(pred, noise - data_x)
+
+    stats = _loop(model, loss_fn, args.pool, args, device)
+    model.eval()
+    return model, stats, evaluate.flux_metrics(model, encoder, n=args.eval_n)
+
+
+def train_unet(args, device):
+    data = shapeworld(args.pool, seed=args.seed, split="train", size=args.size)
+    x0 = (data.images * 2 - 1).to(device)
+    model = build(args.name).to(device).train()
+    sched = generate.unet_scheduler()
+    abar = sched.alphas_cumprod.to(device)
+
+    def loss_fn(idx, gen):
+        # DDPM epsilon-prediction objective.
+        t = torch.randint(len(abar), (len(idx),), generator=gen).to(device)
+        noise = torch.randn(x0[idx].shape, generator=gen).to(device)
+        a = abar[t][:, None, None, None]
+        xt = a.sqrt() * x0[idx] + (1 - a).sqrt() * noise
+        return F.mse_loss(model(xt, t).sample, noise)
+
+    stats = _loop(model, loss_fn, args.pool, args, device)
+    model.eval()
+    return model, stats, evaluate.unet_metrics(model, n=args.eval_n)
+
+
+def save_sample_grid(name, model, path, encoder=None, n=16, seed=0):
+    """A PNG of what the model does on 16 val images: predictions (classifiers) or samples."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = shapeworld(n, seed=seed, split="val", size=64 if name.startswith("shapes-vit") else GEN_SIZE)
+    if name.startswith("shapes-vit"):
+        imgs = data.images
+        pred = evaluate.classify(model, imgs).argmax(-1)
+        titles = [f"{data.class_names[p]}" + ("" if p == y else f" (is {data.class_names[y]})")
+                  for p, y in zip(pred.tolist(), data.labels.tolist())]
+    elif name == "shapes-flux":
+        imgs = generate.flux_sample(model, encoder, data.captions, steps=20, seed=seed, progress=False)
+        titles = [c.replace(" and ", " &\n").replace(", ", ",\n") for c in data.captions]
+    else:
+        imgs = generate.unet_sample(model, n, steps=50, seed=seed, progress=False)
+        titles = [""] * n
+    fig, axes = plt.subplots(2, n // 2, figsize=(1.6 * n // 2, 4.2))
+    for ax, img, t in zip(axes.flat, imgs, titles):
+        ax.imshow(img.permute(1, 2, 0).numpy(), interpolation="nearest")
+        ax.set_title(t, fontsize=6)
+        ax.axis("off")
+    fig.suptitle(f"{name}: " + {"shapes-flux": "samples for val captions (20 Euler steps)",
+                                "shapes-unet": "unconditional samples (50 DDIM steps)"}.get(
+        name, "val images, predicted class (true class when wrong)"), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+TRAINERS = {"shapes-vit": train_vit, "shapes-vit-reg": train_vit,
+            "shapes-flux": train_flux, "shapes-unet": train_unet}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name", choices=sorted(TRAINERS))
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--pool", type=int, help="number of ShapeWorld training images")
+    p.add_argument("--minutes", type=float, default=0, help="stop training after this many minutes")
+    p.add_argument("--eval-n", type=int, default=500, help="validation images for the card")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", default="runs", help="where the run is written (default runs/NAME)")
+    p.add_argument("--force", action="store_true", help="install even if the card's number is worse")
+    p.add_argument("--no-install", action="store_true", help="never replace the shipped checkpoint")
+    args = p.parse_args(argv)
+    for k, v in DEFAULTS[args.name].items():
+        if getattr(args, k, None) is None:
+            setattr(args, k, v)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(args.seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+    model, stats, metrics = TRAINERS[args.name](args, device)
+    card = {
+        "name": args.name,
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in LITE_CONFIGS[args.name].items()},
+        "params": sum(p.numel() for p in model.parameters()),
+        "data": f"ShapeWorld split=train seed={args.seed}: a pool of {args.pool} images of "
+                f"{args.size}x{args.size}, batches drawn with replacement",
+        "training": {"steps": stats["steps_done"], "batch": args.batch, "lr": args.lr,
+                     "optimizer": "AdamW(wd=0.05), 100 warm-up steps, cosine to 5%",
+                     "final_loss": round(stats["final_loss"], 5), "seed": args.seed},
+        "wall_time_s": stats["train_seconds"],
+        "hardware": f"{device.type}: " + (torch.cuda.get_device_name(device) if device.type == "cuda"
+                                          else f"{platform.processor() or platform.machine()}, "
+                                               f"{torch.get_num_threads()} threads"),
+        "torch": torch.__version__,
+        "validation": metrics,
+        "headline": HEADLINE[args.name],
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    run_dir = Path(args.out) / args.name
+    save_checkpoint(model, card, run_dir)
+    encoder = generate.TextEncoder(device=device) if args.name == "shapes-flux" else None
+    save_sample_grid(args.name, model, run_dir / f"{args.name}-samples.png", encoder=encoder)
+    print(json.dumps(card["validation"], indent=1))
+
+    shipped = card_path(args.name)
+    key = HEADLINE[args.name]
+    old = json.loads(shipped.read_text())["validation"][key] if shipped.exists() else None
+    better = old is None or metrics[key] > old
+    print(f"{key}: this run {metrics[key]:.4f}, shipped {old}")
+    if args.no_install or not (better or args.force):
+        print(f"kept the shipped checkpoint; this run is in {run_dir}")
+        return
+    for f in run_dir.iterdir():
+        shutil.copy2(f, CHECKPOINT_DIR / f.name)
+    print(f"installed {args.name} into {CHECKPOINT_DIR}")
+
+
+if __name__ == "__main__":
+    main()
