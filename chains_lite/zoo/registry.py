@@ -27,7 +27,8 @@ def save_checkpoint(model: nn.Module, card: dict, folder: Path) -> None:
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.state_dict().items()}
+    state = {k: (v.detach().to("cpu", torch.float16) if v.is_floating_point() else v.detach().cpu()).contiguous()
+             for k, v in model.state_dict().items()}
     save_file(state, str(weights_path(card["name"], folder)), metadata={"name": card["name"]})
     card_path(card["name"], folder).write_text(json.dumps(card, indent=1) + "\n")
     (folder / f"{card['name']}.md").write_text(render_card(card))
@@ -41,7 +42,7 @@ def load_weights(model: nn.Module, name: str, folder: Path = CHECKPOINT_DIR) -> 
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint {path}; train it with `python -m chains_lite.zoo.train {name}`")
     state = load_file(str(path))
-    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
     return model
 
 
@@ -59,7 +60,8 @@ def render_card(card: dict) -> str:
              f"* **Wall time:** {card['wall_time_s']:.0f} s on {card['hardware']} (torch {card['torch']})",
              "", "## Validation (fresh ShapeWorld images, split=val)", "",
              "| metric | value |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in card["validation"].items()]
+    fmt = lambda v: ", ".join(f"{k} {x}" for k, x in v.items()) if isinstance(v, dict) else v  # noqa: E731
+    lines += [f"| {k} | {fmt(v)} |" for k, v in card["validation"].items()]
     lines += ["", "## Samples", "", f"![{card['name']} samples]({card['name']}-samples.png)",
               "", "## Config", "", "```json", json.dumps(card["config"], indent=1), "```", ""]
     return "\n".join(lines)

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from . import evaluate, generate
 from .models import FLUX_PACK, GEN_SIZE, LITE_CONFIGS, build, image_ids, pack
-from .registry import CHECKPOINT_DIR, HEADLINE, card_path, save_checkpoint
+from .registry import CHECKPOINT_DIR, HEADLINE, card_path, read_card, render_card, save_checkpoint
 from .shapeworld import shapeworld
 
 DEFAULTS = {  # steps, batch, lr, train-pool size, image size
@@ -159,6 +159,16 @@ def save_sample_grid(name, model, path, encoder=None, n=16, seed=0):
     plt.close(fig)
 
 
+def refresh_card(name):
+    """Re-render ``NAME.md`` and ``NAME-samples.png`` of the shipped checkpoint from its JSON card."""
+    from .load import load
+    loaded = load(name, mode="lite", device="cpu", verbose=False)
+    card = read_card(name)
+    save_sample_grid(name, loaded.model, CHECKPOINT_DIR / f"{name}-samples.png", encoder=loaded.text_encoder)
+    (CHECKPOINT_DIR / f"{name}.md").write_text(render_card(card))
+    print(f"re-rendered the card and sample grid of {name} in {CHECKPOINT_DIR}")
+
+
 TRAINERS = {"shapes-vit": train_vit, "shapes-vit-reg": train_vit,
             "shapes-flux": train_flux, "shapes-unet": train_unet}
 
@@ -177,7 +187,11 @@ def main(argv=None):
     p.add_argument("--out", default="runs", help="where the run is written (default runs/NAME)")
     p.add_argument("--force", action="store_true", help="install even if the card's number is worse")
     p.add_argument("--no-install", action="store_true", help="never replace the shipped checkpoint")
+    p.add_argument("--card-only", action="store_true",
+                   help="no training: re-render the shipped card (Markdown) and sample grid")
     args = p.parse_args(argv)
+    if args.card_only:
+        return refresh_card(args.name)
     for k, v in DEFAULTS[args.name].items():
         if getattr(args, k, None) is None:
             setattr(args, k, v)
