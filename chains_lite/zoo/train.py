@@ -185,6 +185,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--out", default="runs", help="where the run is written (default runs/NAME)")
+    p.add_argument("--checkpoint-dir", default=str(CHECKPOINT_DIR),
+                   help="where shipped checkpoints live (default: the package's checkpoints/)")
     p.add_argument("--force", action="store_true", help="install even if the card's number is worse")
     p.add_argument("--no-install", action="store_true", help="never replace the shipped checkpoint")
     p.add_argument("--card-only", action="store_true",
@@ -224,7 +226,8 @@ def main(argv=None):
     save_sample_grid(args.name, model, run_dir / f"{args.name}-samples.png", encoder=encoder)
     print(json.dumps(card["validation"], indent=1))
 
-    shipped = card_path(args.name)
+    ship_dir = Path(args.checkpoint_dir)
+    shipped = card_path(args.name, ship_dir)
     key = HEADLINE[args.name]
     old = json.loads(shipped.read_text())["validation"][key] if shipped.exists() else None
     better = old is None or metrics[key] > old
@@ -232,9 +235,10 @@ def main(argv=None):
     if args.no_install or not (better or args.force):
         print(f"kept the shipped checkpoint; this run is in {run_dir}")
         return
+    ship_dir.mkdir(parents=True, exist_ok=True)
     for f in run_dir.iterdir():
-        shutil.copy2(f, CHECKPOINT_DIR / f.name)
-    print(f"installed {args.name} into {CHECKPOINT_DIR}")
+        shutil.copy2(f, ship_dir / f.name)
+    print(f"installed {args.name} into {ship_dir}")
 
 
 if __name__ == "__main__":

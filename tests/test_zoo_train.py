@@ -1,0 +1,55 @@
+"""The training CLI: a tiny run end to end, checkpoints round-trip, a worse run never overwrites."""
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("timm")
+pytest.importorskip("safetensors")
+
+from chains_lite.zoo import train  # noqa: E402
+from chains_lite.zoo.models import build  # noqa: E402
+from chains_lite.zoo.registry import load_weights, read_card, save_checkpoint  # noqa: E402
+
+TINY = ["--steps", "2", "--batch", "4", "--pool", "8", "--eval-n", "8"]
+
+
+def test_lr_schedule_warms_up_then_decays():
+    lrs = [train._lr(s, 1000, 1.0) for s in range(1000)]
+    assert lrs[0] == pytest.approx(0.01) and lrs[99] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[100:], lrs[101:]))
+    assert lrs[-1] == pytest.approx(0.05, abs=1e-4)
+
+
+def test_checkpoint_round_trip_is_float16_exact(tmp_path):
+    torch.manual_seed(0)
+    model = build("shapes-vit").eval()
+    card = {"name": "shapes-vit", "date": "x", "params": 1, "data": "d", "training": {}, "wall_time_s": 1.0,
+            "hardware": "h", "torch": "t", "validation": {"accuracy": 0.5}, "config": {}}
+    save_checkpoint(model, card, tmp_path)
+    again = load_weights(build("shapes-vit"), "shapes-vit", tmp_path)
+    for (k, a), b in zip(model.state_dict().items(), again.state_dict().values()):
+        expect = a.half().float() if a.is_floating_point() else a
+        assert torch.equal(expect, b), k
+    assert read_card("shapes-vit", tmp_path)["validation"]["accuracy"] == 0.5
+    assert (tmp_path / "shapes-vit.md").read_text().startswith("# shapes-vit")
+
+
+def test_tiny_run_installs_only_when_better(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ship = tmp_path / "ship"
+    ship.mkdir()
+    # a shipped card no run can beat
+    (ship / "shapes-vit-reg.json").write_text(json.dumps({"validation": {"accuracy": 2.0}}))
+    (ship / "shapes-vit-reg.safetensors").write_bytes(b"keep me")
+    args = ["shapes-vit-reg", *TINY, "--out", str(tmp_path / "runs"), "--checkpoint-dir", str(ship)]
+    train.main(args)
+    run = tmp_path / "runs" / "shapes-vit-reg"
+    assert {p.name for p in run.iterdir()} >= {"shapes-vit-reg.safetensors", "shapes-vit-reg.json",
+                                               "shapes-vit-reg.md", "shapes-vit-reg-samples.png"}
+    assert (ship / "shapes-vit-reg.safetensors").read_bytes() == b"keep me"
+    card = read_card("shapes-vit-reg", run)
+    assert card["training"]["steps"] == 2 and 0 <= card["validation"]["accuracy"] <= 1
+    # --force installs, and the run is deterministic: same seed, same weights
+    train.main([*args, "--force", "--out", str(tmp_path / "runs2")])
+    assert (ship / "shapes-vit-reg.safetensors").read_bytes() == (run / "shapes-vit-reg.safetensors").read_bytes()
