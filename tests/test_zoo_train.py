@@ -53,3 +53,15 @@ def test_tiny_run_installs_only_when_better(tmp_path, monkeypatch):
     # --force installs, and the run is deterministic: same seed, same weights
     train.main([*args, "--force", "--out", str(tmp_path / "runs2")])
     assert (ship / "shapes-vit-reg.safetensors").read_bytes() == (run / "shapes-vit-reg.safetensors").read_bytes()
+
+
+def test_frechet_distance_hand_cases():
+    from chains_lite.zoo.evaluate import frechet_distance
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(400, 5, generator=g, dtype=torch.float64)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-8)
+    shift = torch.tensor([1.0, -2.0, 0.0, 0.5, 0.0], dtype=torch.float64)
+    assert frechet_distance(a, a + shift) == pytest.approx(float(shift @ shift), rel=1e-6)
+    # scaling by s: covariance C -> s^2 C, so FD = tr(C + s^2 C - 2 s C) = (1 - s)^2 tr(C)
+    c = torch.cov(a.T)
+    assert frechet_distance(a, 3 * a) == pytest.approx(4 * float(torch.trace(c)), rel=1e-6)

@@ -19,27 +19,25 @@ from .shapeworld import CLASS_NAMES, DEFAULT_SIZE, shapeworld
 
 
 @torch.no_grad()
-def classify(vit, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
-    """``(B, 3, H, W)`` images in [0, 1] (any H; resized to 64) -> ``(B, classes)`` probabilities."""
+def _apply(vit, images: torch.Tensor, fn, batch: int = 256) -> torch.Tensor:
+    """``fn(vit, x)`` over batches of images, resized to the ViT's 64 x 64 (nearest: keeps edges)."""
     out = []
     for x in images.split(batch):
         x = x.to(next(vit.parameters()).device)
         if x.shape[-1] != DEFAULT_SIZE:
             x = F.interpolate(x, size=DEFAULT_SIZE, mode="nearest")
-        out.append(vit(x).softmax(-1).cpu())
+        out.append(fn(vit, x).cpu())
     return torch.cat(out)
 
 
-@torch.no_grad()
-def features(vit, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
-    """``(B, D)`` pre-logit CLS features of ``shapes-vit`` (the space of the Fréchet distance)."""
-    out = []
-    for x in images.split(batch):
-        x = x.to(next(vit.parameters()).device)
-        if x.shape[-1] != DEFAULT_SIZE:
-            x = F.interpolate(x, size=DEFAULT_SIZE, mode="nearest")
-        out.append(vit.forward_head(vit.forward_features(x), pre_logits=True).cpu())
-    return torch.cat(out).double()
+def classify(vit, images: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, H, W)`` images in [0, 1] (any H; resized to 64) -> ``(B, classes)`` probabilities."""
+    return _apply(vit, images, lambda m, x: m(x).softmax(-1))
+
+
+def features(vit, images: torch.Tensor) -> torch.Tensor:
+    """``(B, D)`` float64 pre-logit CLS features of ``shapes-vit`` (the space of the Fréchet distance)."""
+    return _apply(vit, images, lambda m, x: m.forward_head(m.forward_features(x), pre_logits=True)).double()
 
 
 def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -197,7 +197,7 @@ def load(name: str, mode: str = "auto", device=None, verbose: bool = True) -> Lo
         out.why = f"mode='lite' requested: {FULL_MODELS[name].lite} stands in for {name}"
     elif device.type != "cuda":
         out = _load_lite(FULL_MODELS[name].lite, device)
-        out.why = f"auto: no GPU, so {FULL_MODELS[name].lite} stands in for {name}"
+        out.why = f"auto: no GPU (device={device.type}), so {FULL_MODELS[name].lite} stands in for {name}"
     else:
         try:
             out = load_full(name, device)
