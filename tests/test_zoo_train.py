@@ -65,3 +65,18 @@ def test_frechet_distance_hand_cases():
     # scaling by s: mean -> s mu, covariance C -> s^2 C, so FD = (1 - s)^2 (|mu|^2 + tr C)
     mu, c = a.mean(0), torch.cov(a.T)
     assert frechet_distance(a, 3 * a) == pytest.approx(4 * float(mu @ mu + torch.trace(c)), rel=1e-6)
+
+
+def test_init_continues_from_the_shipped_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ship, common = tmp_path / "ship", ["shapes-vit", *TINY, "--checkpoint-dir", str(tmp_path / "ship")]
+    train.main([*common, "--out", str(tmp_path / "a")])             # nothing shipped: installs
+    first = read_card("shapes-vit", ship)
+    assert first["training"]["init"] == "random" and first["training"]["total_steps"] == 2
+    train.main([*common, "--init", "--no-install", "--out", str(tmp_path / "b")])
+    second = read_card("shapes-vit", tmp_path / "b" / "shapes-vit")
+    assert second["training"]["init"] == "the shipped checkpoint" and second["training"]["total_steps"] == 4
+    assert second["wall_time_s"] >= first["wall_time_s"]
+    a = load_weights(build("shapes-vit"), "shapes-vit", ship).state_dict()
+    b = load_weights(build("shapes-vit"), "shapes-vit", tmp_path / "b" / "shapes-vit").state_dict()
+    assert not torch.equal(a["head.weight"], b["head.weight"])  # it trained further

@@ -6,7 +6,7 @@ in the package only when its card's headline number beats the shipped card's (or
 so a worse run never overwrites a better model.
 
     python -m chains_lite.zoo.train shapes-vit --steps 1500
-    python -m chains_lite.zoo.train shapes-flux --minutes 20
+    python -m chains_lite.zoo.train shapes-flux --init --steps 1000   # train the shipped model further
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from . import evaluate, generate
 from .models import FLUX_PACK, GEN_SIZE, LITE_CONFIGS, build, image_ids, pack
-from .registry import CHECKPOINT_DIR, HEADLINE, card_path, read_card, render_card, save_checkpoint
+from .registry import CHECKPOINT_DIR, HEADLINE, card_path, load_weights, read_card, render_card, save_checkpoint
 from .shapeworld import shapeworld
 
 DEFAULTS = {  # steps, batch, lr, train-pool size, image size
@@ -67,10 +67,18 @@ def _loop(model, loss_fn, pool_size, args, device):
                 train_seconds=round(time.time() - start, 1))
 
 
+def _initial_model(args):
+    """Random weights (seeded), or with ``--init`` the shipped checkpoint, to train it further."""
+    model = build(args.name)
+    if args.init:
+        load_weights(model, args.name, Path(args.checkpoint_dir))
+    return model
+
+
 def train_vit(args, device):
     data = shapeworld(args.pool, seed=args.seed, split="train", size=args.size)
     images, labels = data.images.to(device), data.labels.to(device)
-    model = build(args.name).to(device).train()
+    model = _initial_model(args).to(device).train()
 
     def loss_fn(idx, gen):
         x = images[idx]
@@ -90,7 +98,7 @@ def train_flux(args, device):
     encoder = generate.TextEncoder(device=device)
     txt, pooled = encoder(data.captions)  # frozen MiniLM: encode every caption once
     x1 = pack(data.images.to(device) * 2 - 1)
-    model = build(args.name).to(device).train()
+    model = _initial_model(args).to(device).train()
     ids = image_ids(args.size // FLUX_PACK, device)
     txt_ids = torch.zeros(txt.shape[1], 3, device=device)
 
@@ -111,7 +119,7 @@ def train_flux(args, device):
 def train_unet(args, device):
     data = shapeworld(args.pool, seed=args.seed, split="train", size=args.size)
     x0 = (data.images * 2 - 1).to(device)
-    model = build(args.name).to(device).train()
+    model = _initial_model(args).to(device).train()
     sched = generate.unet_scheduler()
     abar = sched.alphas_cumprod.to(device)
 
@@ -187,6 +195,8 @@ def main(argv=None):
     p.add_argument("--out", default="runs", help="where the run is written (default runs/NAME)")
     p.add_argument("--checkpoint-dir", default=str(CHECKPOINT_DIR),
                    help="where shipped checkpoints live (default: the package's checkpoints/)")
+    p.add_argument("--init", action="store_true",
+                   help="start from the shipped checkpoint instead of random weights (train it further)")
     p.add_argument("--force", action="store_true", help="install even if the card's number is worse")
     p.add_argument("--no-install", action="store_true", help="never replace the shipped checkpoint")
     p.add_argument("--card-only", action="store_true",
@@ -201,6 +211,7 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
 
+    previous = read_card(args.name, Path(args.checkpoint_dir)) if args.init else None
     model, stats, metrics = TRAINERS[args.name](args, device)
     card = {
         "name": args.name,
@@ -209,9 +220,12 @@ def main(argv=None):
         "data": f"ShapeWorld split=train seed={args.seed}: a pool of {args.pool} images of "
                 f"{args.size}x{args.size}, batches drawn with replacement",
         "training": {"steps": stats["steps_done"], "batch": args.batch, "lr": args.lr,
+                     "total_steps": stats["steps_done"] + (previous["training"].get("total_steps", previous[
+                         "training"]["steps"]) if previous else 0),
+                     "init": "the shipped checkpoint" if previous else "random",
                      "optimizer": "AdamW(wd=0.05), 100 warm-up steps, cosine to 5%",
                      "final_loss": round(stats["final_loss"], 5), "seed": args.seed},
-        "wall_time_s": stats["train_seconds"],
+        "wall_time_s": stats["train_seconds"] + (previous["wall_time_s"] if previous else 0),
         "hardware": f"{device.type}: " + (torch.cuda.get_device_name(device) if device.type == "cuda"
                                           else f"{platform.processor() or platform.machine()}, "
                                                f"{torch.get_num_threads()} threads"),
