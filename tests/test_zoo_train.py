@@ -80,3 +80,12 @@ def test_init_continues_from_the_shipped_checkpoint(tmp_path, monkeypatch):
     a = load_weights(build("shapes-vit"), "shapes-vit", ship).state_dict()
     b = load_weights(build("shapes-vit"), "shapes-vit", tmp_path / "b" / "shapes-vit").state_dict()
     assert not torch.equal(a["head.weight"], b["head.weight"])  # it trained further
+
+
+def test_dominant_color_names_the_largest_object():
+    from chains_lite.zoo import shapeworld
+    from chains_lite.zoo.evaluate import dominant_color
+    b = shapeworld(100, seed=11, split="test")
+    assert dominant_color(b.images) == [c[0] for c in b.colors]
+    grey = torch.full((1, 3, 8, 8), 0.5)
+    assert dominant_color(grey) == [None]

@@ -2,7 +2,7 @@
 
 * classifiers: accuracy on the largest shape;
 * ``shapes-flux``: the share of generated images that ``shapes-vit`` classifies as the captioned
-  (largest) shape;
+  (largest) shape, and the share whose dominant object colour is the captioned (largest) one;
 * ``shapes-unet``: the share of samples ``shapes-vit`` classifies with confidence >= 0.9, and a
   Fréchet distance in ``shapes-vit``'s feature space against real images.
 """
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from scipy import linalg
 
-from .shapeworld import CLASS_NAMES, DEFAULT_SIZE, shapeworld
+from .shapeworld import CLASS_NAMES, COLOR_NAMES, COLORS, DEFAULT_SIZE, shapeworld
 
 
 @torch.no_grad()
@@ -49,7 +49,7 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
 
 
-def vit_metrics(model, split: str = "val", n: int = 500, seed: int = 0, device=None) -> dict:
+def vit_metrics(model, split: str = "val", n: int = 500, seed: int = 0) -> dict:
     """Accuracy (largest shape) of a classifier on ``n`` fresh images of ``split``."""
     data = shapeworld(n, seed=seed, split=split)
     probs = classify(model, data.images)
@@ -76,6 +76,25 @@ def _frechet_to_real(imgs: torch.Tensor, seed: int) -> dict:
             "frechet_distance_real_vs_real": round(frechet_distance(real_b, real_a), 3)}
 
 
+def dominant_color(images: torch.Tensor, min_saturation: float = 0.35) -> list:
+    """Name of the most frequent object colour in each image (``None`` if no pixel is saturated).
+
+    ShapeWorld backgrounds are muted (channel spread <= 0.16) and objects saturated (>= 0.6), so
+    a pixel with spread >= ``min_saturation`` is an object pixel; it is named by the nearest
+    colour of the palette. The largest object covers the most pixels, so on real images this is
+    the colour of the largest object.
+    """
+    palette = torch.tensor(list(COLORS.values()))                       # (C, 3)
+    x = images.permute(0, 2, 3, 1).reshape(len(images), -1, 3)          # (B, HW, 3)
+    sat = x.max(-1).values - x.min(-1).values >= min_saturation
+    nearest = torch.cdist(x, palette.expand(len(images), -1, -1)).argmin(-1)
+    names = []
+    for s_, n_ in zip(sat, nearest):
+        counts = torch.bincount(n_[s_], minlength=len(COLORS))
+        names.append(COLOR_NAMES[int(counts.argmax())] if counts.sum() > 0 else None)
+    return names
+
+
 def flux_metrics(model, encoder, n: int = 200, seed: int = 0, steps: int = 20,
                  frechet: bool = True) -> dict:
     """Generate one image per val caption; the share ``shapes-vit`` classifies as the captioned
@@ -85,8 +104,13 @@ def flux_metrics(model, encoder, n: int = 200, seed: int = 0, steps: int = 20,
     imgs = flux_sample(model, encoder, data.captions, steps=steps, seed=seed)
     match = (classify(_judge(), imgs).argmax(-1) == data.labels).float().mean()
     real = (classify(_judge(), data.images).argmax(-1) == data.labels).float().mean()
+    wanted = [c[0] for c in data.colors]
+    color = sum(a == b for a, b in zip(dominant_color(imgs), wanted)) / n
+    color_real = sum(a == b for a, b in zip(dominant_color(data.images), wanted)) / n
     out = {"caption_match": round(float(match), 4), "caption_match_real": round(float(real), 4),
-           "chance": round(1 / len(CLASS_NAMES), 4), "n_samples": n, "sampler_steps": steps}
+           "chance": round(1 / len(CLASS_NAMES), 4),
+           "color_match": round(color, 4), "color_match_real": round(color_real, 4),
+           "color_chance": round(1 / len(COLORS), 4), "n_samples": n, "sampler_steps": steps}
     return {**out, **(_frechet_to_real(imgs, seed) if frechet else {})}
 
 

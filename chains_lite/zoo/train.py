@@ -88,9 +88,7 @@ def train_vit(args, device):
 
     stats = _loop(model, loss_fn, args.pool, args, device)
     model.eval()
-    metrics = evaluate.vit_metrics(model, split="val", n=args.eval_n, device=device)
-    metrics["test_accuracy"] = evaluate.vit_metrics(model, split="test", n=args.eval_n, device=device)["accuracy"]
-    return model, stats, metrics
+    return model, stats, evaluate_model(args.name, model, args.eval_n)
 
 
 def train_flux(args, device):
@@ -113,7 +111,7 @@ def train_flux(args, device):
 
     stats = _loop(model, loss_fn, args.pool, args, device)
     model.eval()
-    return model, stats, evaluate.flux_metrics(model, encoder, n=args.eval_n)
+    return model, stats, evaluate_model(args.name, model, args.eval_n, encoder)
 
 
 def train_unet(args, device):
@@ -133,7 +131,7 @@ def train_unet(args, device):
 
     stats = _loop(model, loss_fn, args.pool, args, device)
     model.eval()
-    return model, stats, evaluate.unet_metrics(model, n=args.eval_n)
+    return model, stats, evaluate_model(args.name, model, args.eval_n)
 
 
 def save_sample_grid(name, model, path, encoder=None, n=16, seed=0):
@@ -167,11 +165,26 @@ def save_sample_grid(name, model, path, encoder=None, n=16, seed=0):
     plt.close(fig)
 
 
-def refresh_card(name):
-    """Re-render ``NAME.md`` and ``NAME-samples.png`` of the shipped checkpoint from its JSON card."""
+def evaluate_model(name, model, n, encoder=None):
+    """The card's validation numbers for a trained lite model (``n`` val images or samples)."""
+    if name.startswith("shapes-vit"):
+        metrics = evaluate.vit_metrics(model, split="val", n=n)
+        metrics["test_accuracy"] = evaluate.vit_metrics(model, split="test", n=n)["accuracy"]
+        return metrics
+    if name == "shapes-flux":
+        return evaluate.flux_metrics(model, encoder, n=n)
+    return evaluate.unet_metrics(model, n=n)
+
+
+def refresh_card(name, reevaluate=False, n=500):
+    """Re-render ``NAME.md`` and ``NAME-samples.png`` of the shipped checkpoint from its JSON card;
+    with ``reevaluate``, recompute its validation numbers first (after a change of the metrics)."""
     from .load import load
     loaded = load(name, mode="lite", device="cpu", verbose=False)
     card = read_card(name)
+    if reevaluate:
+        card["validation"] = evaluate_model(name, loaded.model, n, loaded.text_encoder)
+        card_path(name).write_text(json.dumps(card, indent=1) + "\n")
     save_sample_grid(name, loaded.model, CHECKPOINT_DIR / f"{name}-samples.png", encoder=loaded.text_encoder)
     (CHECKPOINT_DIR / f"{name}.md").write_text(render_card(card))
     print(f"re-rendered the card and sample grid of {name} in {CHECKPOINT_DIR}")
@@ -201,9 +214,11 @@ def main(argv=None):
     p.add_argument("--no-install", action="store_true", help="never replace the shipped checkpoint")
     p.add_argument("--card-only", action="store_true",
                    help="no training: re-render the shipped card (Markdown) and sample grid")
+    p.add_argument("--reevaluate", action="store_true",
+                   help="with --card-only: also recompute the card's validation numbers")
     args = p.parse_args(argv)
     if args.card_only:
-        return refresh_card(args.name)
+        return refresh_card(args.name, reevaluate=args.reevaluate, n=args.eval_n)
     for k, v in DEFAULTS[args.name].items():
         if getattr(args, k, None) is None:
             setattr(args, k, v)
