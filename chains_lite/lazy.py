@@ -107,10 +107,15 @@ class _LazyChain:
     def _broadcast(self, V: torch.Tensor, dtype, transpose: bool) -> torch.Tensor:
         k, n = V.shape[-2:]
         batch = torch.broadcast_shapes(V.shape[:-2], self.batch)
-        A = self if batch == self.batch else self.expand(*batch, n, n)
-        V = V.to(dtype).expand(*batch, k, n).reshape(-1, k, n)
-        out = A._times_t(V) if transpose else A._times(V)
-        return out.reshape(*batch, k, n)
+        extra = len(batch) - len(self.batch)
+        if batch[extra:] != self.batch:  # V's batch is wider than the chains': copy them
+            return self.expand(*batch, n, n)._broadcast(V, dtype, transpose)
+        # V's extra leading dims become more vectors per chain: still one pass
+        E, B = math.prod(batch[:extra]), math.prod(self.batch)
+        V = V.to(dtype).expand(*batch, k, n).reshape(E, B, k, n).transpose(0, 1)
+        V = V.reshape(B, E * k, n)
+        out = self._times_t(V) if transpose else self._times(V)
+        return out.reshape(B, E, k, n).transpose(0, 1).reshape(*batch, k, n)
 
     def colsums(self) -> torch.Tensor:
         """Column sums ``(..., n)`` (float64) of the row-normalised matrices; one pass, cached."""
