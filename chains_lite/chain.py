@@ -345,6 +345,10 @@ def tokenrank(A, alpha: float = DEFAULT_ALPHA, direction: str = "incoming",
 
     In the iterative solvers chains that converge leave the batch early, and both warn if
     ``max_iter`` is reached.
+
+    A ``LazyAttention`` is solved on dense chunks of heads when they fit its ``max_bytes``,
+    matrix-free otherwise; ``"dense"`` then raises ``ValueError`` and ``"auto"`` takes
+    ``"krylov"``.
     """
     alpha = _check_alpha(alpha)
     _check_direction(direction)

@@ -23,6 +23,8 @@ The chain functions accept these objects wherever they accept ``A`` (they dispat
 ``device``; ``products(float64)`` -> ``(V -> V P, V -> V P^T, column sums)`` of the
 row-normalised ``P``; ``row(i)``; ``pieces(copies)``; ``mix(w, dim)``; ``reshape``,
 ``expand`` and indexing of the batch dims; ``dense()``.
+
+("Lazy" as in lazy evaluation: the paper's lazy chain ``0.5 (I + A)``, Sec. 4.1, is another thing.)
 """
 from __future__ import annotations
 
