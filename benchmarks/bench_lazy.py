@@ -18,7 +18,8 @@ measured, not estimated: on CPU the peak RSS (``VmHWM``, reset with ``/proc/self
 after q and k exist), on CUDA ``torch.cuda.max_memory_allocated``. "peak" is the process's
 whole peak (interpreter, torch and q, k included); "extra" is the peak minus the memory
 before the call. Dense cases whose matrix (and one working copy) would not fit
-``--dense-limit-gib`` (default: 80% of the available memory) are skipped, not run.
+``--dense-limit-gib`` (default: 80% of the available memory) are skipped, not run; a case
+that runs past ``--timeout`` is reported as such.
 Ratios are lazy / dense; "max |diff|" compares the two results.
 """
 from __future__ import annotations
@@ -156,10 +157,12 @@ def main():
           f"heads={args.heads} d={args.d} max_bytes={max_bytes / 2**20:.0f} MiB "
           f"dense limit={limit:.1f} GiB", flush=True)
 
-    rows = []
+    rows, start = [], time.perf_counter()
     for n in sizes:
-        stream_bytes = (3 * n * n * 4) // 2  # one head needs 2 copies: below, no dense chunk
-        modes = [("dense", 0), ("lazy", max_bytes)] + ([("lazy", stream_bytes)] if args.stream else [])
+        # a budget below one dense head with a working copy: no dense chunks, all matrix-free
+        stream_bytes = (3 * n * n * 4) // 2
+        stream = args.stream and max_bytes > stream_bytes  # (else the default streams already)
+        modes = [("dense", 0), ("lazy", max_bytes)] + ([("lazy", stream_bytes)] if stream else [])
         needs = 2 * args.heads * n * n * 4 / 2**30  # the matrices and one working copy
         for op in ops:
             results = {}
@@ -172,6 +175,7 @@ def main():
                     results[label] = run_case(args, op, mode, n, mb)
             rows.append((n, op, results))
     print_table(rows)
+    print(f"\n(whole run: {time.perf_counter() - start:.0f} s)")
 
 
 def print_table(rows):
