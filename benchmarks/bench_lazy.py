@@ -16,8 +16,8 @@ q and k are ``chains_lite.synthetic.attention_qk`` (structured heads, |lambda2| 
 Every case runs in its own subprocess, after a small warm-up of the same call. Memory is
 measured, not estimated: on CPU the peak RSS (``VmHWM``, reset with ``/proc/self/clear_refs``
 after q and k exist), on CUDA ``torch.cuda.max_memory_allocated``. "peak" is the process's
-whole peak (interpreter, torch and q, k included); "extra" is the peak minus the memory
-before the call. Dense cases whose matrix (and one working copy) would not fit
+peak during the call (interpreter, torch and q, k included); "extra" is that peak minus the
+memory just before the call: what the call itself needed. Dense cases whose matrix (and one working copy) would not fit
 ``--dense-limit-gib`` (default: 80% of the available memory) are skipped, not run; a case
 that runs past ``--timeout`` is reported as such.
 Ratios are lazy / dense; "max |diff|" compares the two results.
