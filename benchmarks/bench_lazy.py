@@ -161,7 +161,7 @@ def main():
     for n in sizes:
         # a budget below one dense head with a working copy: no dense chunks, all matrix-free
         stream_bytes = (3 * n * n * 4) // 2
-        stream = args.stream and max_bytes > stream_bytes  # (else the default streams already)
+        stream = args.stream and max_bytes >= 3 * n * n * 4  # (else the default streams already)
         modes = [("dense", 0), ("lazy", max_bytes)] + ([("lazy", stream_bytes)] if stream else [])
         needs = 2 * args.heads * n * n * 4 / 2**30  # the matrices and one working copy
         for op in ops:

@@ -381,7 +381,8 @@ def _pieces(A, dense: bool = False):
     """
     if not _is_lazy(A):
         return [(slice(None), A)]
-    return A.pieces(copies=_DENSE_COPIES if dense else 2, dense=dense)
+    # iterative solvers: the chunk, a solver's copy of it, the next chunk while it is built
+    return A.pieces(copies=_DENSE_COPIES if dense else 3, dense=dense)
 
 
 _DENSE_MAX_N = 256  # below this a float64 LU solve beats any iteration (bench_core.py)

@@ -7,12 +7,12 @@ through products ``V P`` with row vectors (a bounce), so the matrix never has to
 * ``LazyAttention(q, k)`` computes ``S = q k^T * scale`` tile by tile, exponentiates it and
   multiplies, like flash attention. The row normalisers (each row's max ``m`` and the
   float64 sum of ``exp(S - m)``) come from the first pass and are cached; the column sums that
-  the outgoing chain needs from one more pass, cached too.
+  the outgoing chain needs from one more pass, cached too. One tile exists at a time.
 * The memory budget ``max_bytes`` sizes the tiles: whole ``n x n`` matrices of a few heads
   when they fit (``chunked dense``), blocks of query rows otherwise, blocks of rows x keys
   when even a row block does not fit (then the normalisers take two extra passes).
 * Iterative solvers (``tokenrank``, ``lambda2``) would recompute every tile at every bounce.
-  When the dense matrices of a chunk of heads fit the budget (with a copy to spare), they
+  When the dense matrices of a chunk of heads fit the budget (three times over), they
   are solved chunk by chunk on dense matrices instead (``pieces``): dense speed, the memory
   of one chunk. Only chains too large for that run matrix-free.
 * ``mix_heads(lazy, w)`` returns a ``LazyMixture``: its products are weighted sums of the
@@ -127,11 +127,11 @@ class _LazyChain:
             self._cols = self._times(ones)[:, 0].reshape(*self.batch, self.n)
         return self._cols
 
-    def chunk_size(self, copies: int = 2) -> int:
+    def chunk_size(self, copies: int = 3) -> int:
         """How many chains' dense matrices fit ``max_bytes`` with ``copies`` copies of each."""
         return self.max_bytes // (copies * self._dense_bytes())
 
-    def pieces(self, copies: int = 2, dense: bool = False):
+    def pieces(self, copies: int = 3, dense: bool = False):
         """``(slice, chains)`` over the ``B`` chains of a flat ``(B, n, n)`` lazy chain.
 
         Dense chunks of ``chunk_size(copies)`` chains (a solver may copy what it is given);
@@ -202,11 +202,10 @@ class LazyAttention(_LazyChain):
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
             raise ValueError(f"max_bytes must be a positive int, got {max_bytes!r}")
         dtype = _work_dtype(torch.promote_types(q.dtype, k.dtype))
-        q = (q.to(dtype) * scale).expand(*batch, n, d)  # fold the scale into q once
-        k = k.to(dtype).expand(*batch, n, d)
+        q, k = q.to(dtype).expand(*batch, n, d), k.to(dtype).expand(*batch, n, d)  # no copies
         if mask is not None:
             mask = self._check_mask(mask, batch, n, q.device)
-        self._set(q, k, mask, max_bytes)
+        self._set(q, k, scale, mask, max_bytes)
 
     @staticmethod
     def _check_mask(mask, batch, n, device) -> torch.Tensor | None:
@@ -224,8 +223,8 @@ class LazyAttention(_LazyChain):
             raise ValueError("mask hides every key of some chain; each query needs a key")
         return None if mask.all() else mask
 
-    def _set(self, q, k, mask, max_bytes, m=None, rows=None, cols=None):
-        self.q, self.k, self.mask, self.max_bytes = q, k, mask, max_bytes
+    def _set(self, q, k, scale, mask, max_bytes, m=None, rows=None, cols=None):
+        self.q, self.k, self.scale, self.mask, self.max_bytes = q, k, scale, mask, max_bytes
         self.batch, self.n = q.shape[:-2], q.shape[-2]
         self.dtype, self.device = q.dtype, q.device
         self._m, self._rows, self._cols = m, rows, cols  # cached normalisers, column sums
@@ -235,7 +234,7 @@ class LazyAttention(_LazyChain):
         """The same object with ``f(tensor, trailing dims to keep)`` applied to the batch dims."""
         opt = lambda t, tail: None if t is None else f(t, tail + keep)
         return LazyAttention.__new__(LazyAttention)._set(
-            f(self.q, 2 + keep), f(self.k, 2 + keep), opt(self.mask, 1), self.max_bytes,
+            f(self.q, 2 + keep), f(self.k, 2 + keep), self.scale, opt(self.mask, 1), self.max_bytes,
             opt(self._m, 1), opt(self._rows, 1), opt(self._cols, 1))
 
     def _dense_bytes(self) -> int:
@@ -259,17 +258,19 @@ class LazyAttention(_LazyChain):
         return 1, 1, entries  # blocks of keys too (normalisers then take two passes)
 
     def _logits(self, q, k, mask, b, i, j):
-        S = q[b, i] @ k[b, j].mT  # (heads, rows, keys)
+        # (heads, rows, keys); the scale inside the GEMM (beta=0 ignores the input)
+        S = torch.baddbmm(q.new_zeros(1, 1, 1), q[b, i], k[b, j].mT, beta=0, alpha=self.scale)
         if mask is not None:
             S.masked_fill_(~mask[b, None, j], float("-inf"))
         return S
 
-    def _tiles(self):
-        """Yield ``(b, i, j, T, r)``: ``T = exp(S - m)`` on heads ``b``, rows ``i``, keys ``j``
-        and the float64 row sums ``r`` ``(heads, rows)`` of the whole rows ``i``.
+    def _each_tile(self, fn):
+        """Call ``fn(b, i, j, T, r)`` on every tile: ``T = exp(S - m)`` on heads ``b``, rows
+        ``i``, keys ``j`` and the float64 row sums ``r`` ``(heads, rows)`` of the whole rows ``i``.
 
         With whole rows in a tile the normalisers are computed on the way (and cached after a
-        complete pass); otherwise ``_normalise`` takes two passes first.
+        complete pass); otherwise ``_normalise`` takes two passes first. One tile exists at a
+        time (a callback, not a generator: the caller holds no tile while the next is made).
         """
         hc, bq, bk = self._plan()
         q, k, mask = self._flat()
@@ -288,13 +289,14 @@ class LazyAttention(_LazyChain):
                 i = slice(i0, i0 + bq)
                 for j0 in range(0, n, bk):
                     j = slice(j0, j0 + bk)
-                    S = self._logits(q, k, mask, b, i, j)
+                    T = self._logits(q, k, mask, b, i, j)
                     if fresh:
-                        m[b, i] = S.amax(-1)
-                    T = S.sub_(m[b, i].unsqueeze(-1)).exp_()
+                        m[b, i] = T.amax(-1)
+                    T.sub_(m[b, i].unsqueeze(-1)).exp_()
                     if fresh:
                         rows[b, i] = _rowsum_float64(T)
-                    yield b, i, j, T, rows[b, i]
+                    fn(b, i, j, T, rows[b, i])
+                    del T
         if fresh:
             self._m, self._rows = m.reshape(*self.batch, n), rows.reshape(*self.batch, n)
 
@@ -319,23 +321,27 @@ class LazyAttention(_LazyChain):
         """``V P`` for flat ``V`` ``(B, k, n)``: ``out[:, :, j] += (V[:, :, i] / r_i) T_ij``."""
         mm = _matmul_float64 if V.dtype == torch.float64 else torch.matmul
         out = torch.zeros_like(V)
-        for b, i, j, T, r in self._tiles():
+
+        def add(b, i, j, T, r):
             out[b, :, j] += mm(V[b, :, i] / r.unsqueeze(-2).to(V.dtype), T)
+        self._each_tile(add)
         return out
 
     def _times_t(self, V: torch.Tensor) -> torch.Tensor:
         """``V P^T`` for flat ``V`` ``(B, k, n)``: ``out[:, :, i] += V[:, :, j] T_ij^T``, then ``/ r``."""
         mm = _matmul_float64 if V.dtype == torch.float64 else torch.matmul
         out = torch.zeros_like(V)
-        for b, i, j, T, _ in self._tiles():
+
+        def add(b, i, j, T, r):
             out[b, :, i] += mm(V[b, :, j], T.mT)
+        self._each_tile(add)
         rows = self._rows.reshape(-1, 1, self.n).to(V.dtype)
         return out / rows
 
     def row(self, i: int) -> torch.Tensor:
         """Row ``i`` of every chain, ``(..., n)``: the attention query ``i`` gives."""
         i = _check_index(i, self.n)
-        S = (self.q[..., i, None, :] @ self.k.mT).squeeze(-2)  # (..., n)
+        S = (self.q[..., i, None, :] @ self.k.mT).squeeze(-2) * self.scale  # (..., n)
         if self.mask is not None:
             S = S.masked_fill(~self.mask, float("-inf"))
         return torch.softmax(S, -1)
@@ -343,7 +349,7 @@ class LazyAttention(_LazyChain):
     def _dense(self, idx: torch.Tensor) -> torch.Tensor:
         """The softmax matrices ``(len(idx), n, n)`` of the flat chains ``idx``, built in place."""
         q, k, mask = self._flat()
-        S = q[idx] @ k[idx].mT
+        S = torch.baddbmm(q.new_zeros(1, 1, 1), q[idx], k[idx].mT, beta=0, alpha=self.scale)
         if mask is not None:
             S.masked_fill_(~mask[idx, None, :], float("-inf"))
         S.sub_(S.amax(-1, keepdim=True)).exp_()

@@ -282,7 +282,7 @@ def test_tiles_fit_the_budget(n, B, max_bytes):
     heads, rows, keys = L._plan()
     assert 1 <= heads <= B and 1 <= rows <= n and 1 <= keys <= n
     assert heads * rows * keys * (4 + 8) <= max_bytes  # the tile, float64 rows summing it
-    assert L.chunk_size() * 2 * 4 * n * n <= max_bytes
+    assert L.chunk_size() * 3 * 4 * n * n <= max_bytes
 
 
 # ----------------------------------------------------------------------------- bad input
