@@ -16,11 +16,12 @@ from .chain import (
     tokenrank,
     transition_matrix,
 )
+from .lazy import DEFAULT_MAX_BYTES, LazyAttention, LazyMixture
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_ALPHA", "bounce", "check_stochastic", "column_select", "column_sum",
     "head_weights", "lambda2", "mix_heads", "row_select", "teleport", "tokenrank",
-    "transition_matrix",
+    "transition_matrix", "LazyAttention", "LazyMixture", "DEFAULT_MAX_BYTES",
 ]

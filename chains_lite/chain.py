@@ -17,6 +17,10 @@ summing to 1. A chain is bounced through as ``v <- v P`` with a right-stochastic
 columns of ``A`` (``A_l = A / colsum``, left-stochastic) and transposes it,
 ``P = A_l^T``, so ``v P`` is the paper's ``A_l v``. Inputs of any float dtype are
 computed in float32 (float64 inputs stay float64).
+
+Every function also takes a matrix-free chain, ``chains_lite.LazyAttention(q, k)`` (issue 6):
+a bounce only needs products ``V P``, so ``_stepper`` asks the lazy chain for them, and the
+iterative solvers never see the difference (``chains_lite/lazy.py``).
 """
 from __future__ import annotations
 
@@ -38,6 +42,16 @@ Start = Union[torch.Tensor, int, str]
 
 
 # --------------------------------------------------------------------------- validation
+def _is_lazy(A) -> bool:
+    """A matrix-free chain (``chains_lite.lazy``): it provides products, not entries."""
+    return hasattr(A, "products") and not isinstance(A, torch.Tensor)
+
+
+def _needs_dense(A, what: str) -> None:
+    if _is_lazy(A):
+        raise ValueError(f"{what} needs the dense matrix; a LazyAttention gives it with .dense()")
+
+
 def _work_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -49,8 +63,11 @@ def check_stochastic(A, name: str = "A") -> torch.Tensor:
     float32 (float64 for float64 input). Raises ``ValueError`` naming the problem when
     A is not square, is empty, holds NaN/inf or negative entries, or has rows that do
     not sum to 1 (tolerance 1e-3, 1e-2 for fp16/bf16). Rows within tolerance are
-    renormalised so that downstream results are exact probability vectors.
+    renormalised so that downstream results are exact probability vectors. A lazy chain
+    (``LazyAttention``) is returned as is: it is stochastic by construction.
     """
+    if _is_lazy(A):
+        return A
     A = torch.as_tensor(A)
     if A.ndim < 2 or A.shape[-1] != A.shape[-2]:
         raise ValueError(f"{name} must be square with shape (..., n, n), got {tuple(A.shape)}")
@@ -131,6 +148,7 @@ def transition_matrix(A, direction: str = "incoming") -> torch.Tensor:
     (sum 0) is a dangling state of the outgoing chain and jumps uniformly, as in PageRank.
     """
     _check_direction(direction)
+    _needs_dense(A, "transition_matrix")
     A = check_stochastic(A)
     if direction == "incoming":
         return A
@@ -149,24 +167,37 @@ def _stepper(A: torch.Tensor, direction: str, float64: bool = False,
     accumulate in float64 (for residuals) without a float64 copy of ``A``. ``rows``: the
     float64 row sums ``(..., n)`` of ``A`` if already known.
     """
+    times, times_t, colsums = (A.products(float64) if _is_lazy(A)
+                               else _dense_products(A, float64, rows))
+    if direction == "incoming":
+        return times
+    n = A.shape[-1]
+    cols = colsums()  # (..., 1, n): column sums of the row-normalised A
+    dangling = cols <= 0
+    inv = torch.where(dangling, 0.0, 1.0 / cols.clamp_min(torch.finfo(A.dtype).tiny))
+    if not dangling.any():
+        return lambda V: times_t(V * inv)
+    return lambda V: times_t(V * inv) + (V * dangling).sum(-1, keepdim=True) / n
+
+
+def _dense_products(A: torch.Tensor, float64: bool, rows: torch.Tensor | None):
+    """``V -> V R``, ``V -> V R^T`` and the column sums ``(..., 1, n)`` of ``R = A / rowsum``.
+
+    A lazy chain provides the same three (``LazyAttention.products``).
+    """
     matmul = _matmul_float64 if float64 else torch.matmul
     dtype = torch.float64 if float64 else A.dtype
     # divide by the row sums on the fly: P is exactly stochastic even when float32 rows are off
     # by rounding (~1e-7), at the cost of an n-vector per step instead of a copy of A
     rows = (_rowsum_float64(A) if rows is None else rows).to(dtype).unsqueeze(-2)
-    if direction == "incoming":
-        return lambda V: matmul(V / rows, A)
-    n = A.shape[-1]
-    cols = matmul(1.0 / rows, A)  # (..., 1, n): column sums of the row-normalised A
-    dangling = cols <= 0
-    inv = torch.where(dangling, 0.0, 1.0 / cols.clamp_min(torch.finfo(A.dtype).tiny))
-    if not dangling.any():
-        return lambda V: matmul(V * inv, A.mT) / rows
-    return lambda V: matmul(V * inv, A.mT) / rows + (V * dangling).sum(-1, keepdim=True) / n
+    return (lambda V: matmul(V / rows, A), lambda V: matmul(V, A.mT) / rows,
+            lambda: matmul(1.0 / rows, A))
 
 
 def _rowsum_float64(A: torch.Tensor) -> torch.Tensor:
     """Row sums ``(..., n)`` accumulated in float64 (``A.sum(dtype=float64)`` is 25x slower)."""
+    if _is_lazy(A):  # its products are row-normalised already
+        return torch.ones(A.shape[:-1], dtype=torch.float64, device=A.device)
     if A.dtype == torch.float64:
         return A.sum(-1)
     block = 128  # contiguous row blocks: converting a few rows at a time stays in cache
@@ -238,7 +269,8 @@ def row_select(A, i: int) -> torch.Tensor:
     A: ``(..., n, n)``. Returns ``(..., n)``, summing to 1.
     """
     A = check_stochastic(A)
-    return _normalize(A[..., _check_index(i, A.shape[-1]), :])
+    i = _check_index(i, A.shape[-1])
+    return _normalize(A.row(i) if _is_lazy(A) else A[..., i, :])
 
 
 def column_select(A, j: int) -> torch.Tensor:
@@ -256,7 +288,7 @@ def column_sum(A) -> torch.Tensor:
     A: ``(..., n, n)``. Returns ``(..., n)``, summing to 1.
     """
     A = check_stochastic(A)
-    return A.mean(-2)
+    return bounce(A, "uniform") if _is_lazy(A) else A.mean(-2)
 
 
 # --------------------------------------------------------------------------- TokenRank
@@ -276,6 +308,7 @@ def teleport(A, alpha: float, personalization=None) -> torch.Tensor:
     With alpha < 1 and p > 0 every entry is positive, so the steady state is unique.
     """
     alpha = _check_alpha(alpha)
+    _needs_dense(A, "teleport")
     A = check_stochastic(A)
     p, _ = _personalization(personalization, A)
     return alpha * A + (1.0 - alpha) * p.unsqueeze(-2)
@@ -312,6 +345,10 @@ def tokenrank(A, alpha: float = DEFAULT_ALPHA, direction: str = "incoming",
 
     In the iterative solvers chains that converge leave the batch early, and both warn if
     ``max_iter`` is reached.
+
+    A ``LazyAttention`` is solved on dense chunks of heads when they fit its ``max_bytes``,
+    matrix-free otherwise; ``"dense"`` then raises ``ValueError`` and ``"auto"`` takes
+    ``"krylov"``.
     """
     alpha = _check_alpha(alpha)
     _check_direction(direction)
@@ -324,14 +361,32 @@ def tokenrank(A, alpha: float = DEFAULT_ALPHA, direction: str = "incoming",
     p = p.expand(*batch, n).reshape(-1, n)
     solvers = {"dense": _dense_steady_state, "krylov": _krylov_steady_state,
                "power": _power_iteration}
-    if method == "auto":
-        method = "dense" if n <= _DENSE_MAX_N else "krylov"
+    if method == "auto":  # (a lazy chain whose dense matrices do not fit its budget: krylov)
+        small = n <= _DENSE_MAX_N and (not _is_lazy(A) or A.chunk_size(_DENSE_COPIES) > 0)
+        method = "dense" if small else "krylov"
     if method not in solvers:
         raise ValueError(f"unknown method {method!r}; expected 'auto' or one of {tuple(solvers)}")
-    return solvers[method](A, p, alpha, direction, tol, max_iter).reshape(*batch, n)
+    out = []
+    for s, A_s in _pieces(A, dense=method == "dense"):
+        out.append(solvers[method](A_s, p[s], alpha, direction, tol, max_iter))
+    return torch.cat(out).reshape(*batch, n)
+
+
+def _pieces(A, dense: bool = False):
+    """``(batch slice, chains)`` pieces of ``B`` chains ``(B, n, n)`` to solve one at a time.
+
+    A tensor is one piece. A lazy chain comes as dense chunks of chains that fit its memory
+    budget (each solved at dense speed), else whole and matrix-free; ``dense``: the solver
+    needs the entries (raises ``ValueError`` if even one chain does not fit).
+    """
+    if not _is_lazy(A):
+        return [(slice(None), A)]
+    # iterative solvers: the chunk, a solver's copy of it, the next chunk while it is built
+    return A.pieces(copies=_DENSE_COPIES if dense else 3, dense=dense)
 
 
 _DENSE_MAX_N = 256  # below this a float64 LU solve beats any iteration (bench_core.py)
+_DENSE_COPIES = 12  # float32 copies of A that the float64 dense solve holds at its peak
 
 
 def _dense_steady_state(A, p, alpha, direction, tol, max_iter):
@@ -482,7 +537,15 @@ def lambda2(A, direction: str = "incoming", tol: float = 1e-3, max_iter: int = 4
     batch = A.shape[:-2]
     if n == 1:
         return torch.zeros(batch, dtype=A.dtype, device=A.device)
-    A = A.reshape(-1, n, n)
+    out = []
+    for _, A_s in _pieces(A.reshape(-1, n, n)):
+        out.append(_lambda2(A_s, direction, tol, max_iter, krylov_dim))
+    return torch.cat(out).reshape(batch)
+
+
+def _lambda2(A, direction, tol, max_iter, krylov_dim):
+    """|lambda_2| ``(B,)`` of ``B`` chains ``(B, n, n)``, ``n >= 2`` (see ``lambda2``)."""
+    n = A.shape[-1]
     step = _stepper(A, direction)
 
     def matvec(x):  # one bounce, re-projected: rounding leaks into the e direction
@@ -501,13 +564,13 @@ def lambda2(A, direction: str = "incoming", tol: float = 1e-3, max_iter: int = 4
         lam, residual = _top_ritz(H)
         # m == n - 1 steps span the whole zero-sum space: the Ritz values are exact
         if (residual <= tol).all() or H.shape[-1] == n - 1:
-            return lam.to(A.dtype).reshape(batch)
+            return lam.to(A.dtype)
         if spent >= max_iter:
             break
         v = _restart_vector(H, V)
     warnings.warn(f"lambda2 did not converge to tol={tol} in max_iter={max_iter} bounces; "
-                  "increase max_iter or krylov_dim", RuntimeWarning, stacklevel=2)
-    return lam.to(A.dtype).reshape(batch)
+                  "increase max_iter or krylov_dim", RuntimeWarning, stacklevel=3)
+    return lam.to(A.dtype)
 
 
 def _restart_vector(H: torch.Tensor, V: torch.Tensor, keep: int = 4) -> torch.Tensor:
@@ -596,4 +659,6 @@ def mix_heads(A, weights, dim: int = -3) -> torch.Tensor:
         raise ValueError("weights must be finite and non-negative")
     if ((w.sum(d) - 1).abs() > 1e-4).any():
         raise ValueError(f"weights must sum to 1 over the head dim {dim}")
+    if _is_lazy(A):  # a lazy mixture: its products are the weighted sums of the heads'
+        return A.mix(w, d)
     return (A * w[..., None, None]).sum(d)

@@ -24,6 +24,23 @@ def attention_like(heads: int, n: int, d: int = 64, seed: int = 0,
 
     Returns ``(heads, n, n)`` float32, rows summing to 1.
     """
+    q, k, temp = _features(heads, n, d, seed, temperature)
+    return torch.softmax(temp.view(heads, 1, 1) * (q @ k.mT) / d, dim=-1)
+
+
+def attention_qk(heads: int, n: int, d: int = 64, seed: int = 0,
+                 temperature: tuple[float, float] = (0.5, 4.0)):
+    """The queries and keys behind ``attention_like``, for matrix-free chains.
+
+    Returns ``q, k``, each ``(heads, n, d)`` float32, with the head temperatures folded into
+    ``q`` so that ``softmax(q k^T / sqrt(d))`` is ``attention_like(heads, n, d, seed,
+    temperature)`` (up to float32 rounding): ``LazyAttention(q, k)`` is that chain.
+    """
+    q, k, temp = _features(heads, n, d, seed, temperature)
+    return q * (temp.view(heads, 1, 1) / math.sqrt(d)), k
+
+
+def _features(heads, n, d, seed, temperature):
     g = torch.Generator().manual_seed(seed)
     side = max(math.isqrt(n), 1)
     idx = torch.arange(n)
@@ -34,7 +51,6 @@ def attention_like(heads: int, n: int, d: int = 64, seed: int = 0,
     x = x + 0.8 * torch.randn(heads, n, d, generator=g)
     w_q = torch.randn(heads, d, d, generator=g) / math.sqrt(d)
     w_k = w_q + 0.5 * torch.randn(heads, d, d, generator=g) / math.sqrt(d)
-    q, k = x @ w_q, x @ w_k
     lo, hi = temperature
     temp = torch.linspace(lo, hi, heads) if heads > 1 else torch.tensor([(lo + hi) / 2])
-    return torch.softmax(temp.view(heads, 1, 1) * (q @ k.mT) / d, dim=-1)
+    return x @ w_q, x @ w_k, temp
