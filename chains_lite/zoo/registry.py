@@ -56,7 +56,7 @@ def render_card(card: dict) -> str:
              f"Trained by `python -m chains_lite.zoo.train {card['name']}` on {card['date']}.", "",
              f"* **Parameters:** {card['params']:,} (stored as float16 safetensors)",
              f"* **Data:** {card['data']}",
-             f"* **Training:** " + ", ".join(f"{k} = {v}" for k, v in card["training"].items()),
+             "* **Training:** " + ", ".join(f"{k} = {v}" for k, v in card["training"].items()),
              f"* **Wall time:** {card['wall_time_s']:.0f} s on {card['hardware']} (torch {card['torch']})",
              "", "## Validation (fresh ShapeWorld images, split=val)", "",
              "| metric | value |", "|---|---|"]
