@@ -1,0 +1,96 @@
+"""Global incoming-attention maps of vision transformers (paper Sec. 4.1, 4.3, Fig. 4).
+
+Four ways to say "which tokens matter" from one layer's attention ``A`` ``(..., n, n)``:
+
+* ``"tokenrank"``  — the steady state of the (teleported) chain: indirect attention of all orders;
+* ``"column_sum"`` — the column means: one incoming bounce from the uniform start;
+* ``"center_row"`` — the row of the center patch: what one token attends to;
+* ``"cls_row"``    — the row of the CLS token: what the classifier token attends to.
+
+Heads are mixed first (``"uniform"`` average or ``"lambda2"`` weights, Sec. 4.4), then the map is
+computed on the mixed chain, as the paper does for Table 6. :func:`localisation` scores the maps
+of a whole dataset against ground-truth masks (AUROC, IoU at the mean threshold).
+"""
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from .capture import TokenLayout, capture
+from .chain import DEFAULT_ALPHA, column_sum, head_weights, mix_heads, row_select, tokenrank
+from .metrics import auroc, iou_at_mean, resize_maps
+
+GLOBAL_METHODS = ("tokenrank", "column_sum", "center_row", "cls_row")
+HEAD_MIX = ("uniform", "lambda2")
+
+
+def center_token(layout: TokenLayout) -> int:
+    """Index of the patch token at the grid's center (row h//2, column w//2)."""
+    h, w = layout.grid
+    return layout.patch_start + (h // 2) * w + w // 2
+
+
+def mix(A: torch.Tensor, heads: str = "uniform") -> torch.Tensor:
+    """``(..., H, n, n)`` -> ``(..., n, n)``: heads averaged (``"uniform"``) or weighted by |λ2|."""
+    if heads not in HEAD_MIX:
+        raise ValueError(f"heads must be one of {HEAD_MIX}, got {heads!r}")
+    return mix_heads(A, head_weights(A, heads))
+
+
+def global_map(A: torch.Tensor, method: str, layout: TokenLayout,
+               alpha: float = DEFAULT_ALPHA) -> torch.Tensor:
+    """One global map per chain: ``A`` ``(..., n, n)`` -> ``(..., n)`` summing to 1.
+
+    ``method`` is one of :data:`GLOBAL_METHODS`; ``alpha`` is TokenRank's teleport weight.
+    """
+    if method == "tokenrank":
+        return tokenrank(A, alpha=alpha)
+    if method == "column_sum":
+        return column_sum(A)
+    if method == "center_row":
+        return row_select(A, center_token(layout))
+    if method == "cls_row":
+        if layout.cls_index is None:
+            raise ValueError("cls_row needs a model with a CLS token")
+        return row_select(A, layout.cls_index)
+    raise ValueError(f"unknown method {method!r}; expected one of {GLOBAL_METHODS}")
+
+
+def patch_map(A: torch.Tensor, method: str, layout: TokenLayout,
+              alpha: float = DEFAULT_ALPHA) -> torch.Tensor:
+    """:func:`global_map` restricted to the patch tokens, as an image ``(..., h, w)``."""
+    return layout.to_grid(global_map(A, method, layout, alpha))
+
+
+def localisation(model, images: torch.Tensor, masks: torch.Tensor, layers=None,
+                 methods=GLOBAL_METHODS, heads: str = "uniform", batch_size: int = 50,
+                 alpha: float = DEFAULT_ALPHA, progress: bool = True) -> dict:
+    """Score every layer's global maps against ground-truth foreground masks.
+
+    images: ``(N, 3, H, W)`` model input; masks: ``(N, H, W)``, nonzero = foreground (ShapeWorld's
+    object masks). Maps are patch grids upsampled bilinearly to ``(H, W)``.
+    Returns ``{"layers": [...], method: {"auroc": (L, N), "iou": (L, N)}}`` (L captured layers).
+    """
+    images, masks = torch.as_tensor(images), torch.as_tensor(masks)
+    if images.ndim != 4 or masks.shape != (images.shape[0], *images.shape[-2:]):
+        raise ValueError(f"images must be (N, C, H, W) and masks (N, H, W) of the same N, H, W; got "
+                         f"{tuple(images.shape)} and {tuple(masks.shape)}")
+    device = next(model.parameters()).device
+    out = {m: {"auroc": [], "iou": []} for m in methods}
+    for i in tqdm(range(0, len(images), batch_size), desc="localisation", disable=not progress):
+        x, fg = images[i:i + batch_size].to(device), masks[i:i + batch_size] > 0
+        with torch.no_grad(), capture(model, layers=layers, device="cpu") as rec:
+            model(x)
+        for m in methods:
+            a, iou = [], []
+            for A in rec.attentions:
+                grid = patch_map(mix(A, heads), m, rec.layout, alpha)
+                up = resize_maps(grid, fg.shape[-2:])
+                a.append(auroc(up, fg))
+                iou.append(iou_at_mean(up, fg))
+            out[m]["auroc"].append(torch.stack(a))
+            out[m]["iou"].append(torch.stack(iou))
+    for m in methods:
+        out[m] = {k: torch.cat(v, 1) for k, v in out[m].items()}
+    out["layers"] = rec.layers
+    return out
