@@ -17,7 +17,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .capture import TokenLayout, capture
-from .chain import DEFAULT_ALPHA, column_sum, head_weights, mix_heads, row_select, tokenrank
+from .chain import (DEFAULT_ALPHA, bounce, column_sum, head_weights, mix_heads, row_select,
+                    tokenrank)
 from .metrics import auroc, iou_at_mean, resize_maps
 
 GLOBAL_METHODS = ("tokenrank", "column_sum", "center_row", "cls_row")
@@ -94,3 +95,53 @@ def localisation(model, images: torch.Tensor, masks: torch.Tensor, layers=None,
         out[m] = {k: torch.cat(v, 1) for k, v in out[m].items()}
     out["layers"] = rec.layers
     return out
+
+
+EXPLORE_METHODS = GLOBAL_METHODS + ("bounce_center",)
+
+
+def explore_map(A: torch.Tensor, layout: TokenLayout, head="uniform", method: str = "tokenrank",
+                bounces: int = 2, alpha: float = DEFAULT_ALPHA) -> torch.Tensor:
+    """The map behind the book's explorer widget: one image's layer ``A`` ``(H, n, n)`` -> ``(h, w)``.
+
+    head: an int (one head), ``"uniform"`` or ``"lambda2"`` (mixed). method: one of
+    :data:`EXPLORE_METHODS`; ``"bounce_center"`` bounces ``bounces`` times from the center token
+    (incoming), the others are :func:`global_map` (``alpha`` is TokenRank's teleport).
+    """
+    if A.ndim != 3:
+        raise ValueError(f"A must be one image's layer (H, n, n), got {tuple(A.shape)}")
+    chain = A[head] if isinstance(head, int) else mix(A, head)
+    if method == "bounce_center":
+        v = bounce(chain, center_token(layout), bounces)
+        return layout.to_grid(v)
+    return patch_map(chain, method, layout, alpha)
+
+
+def summary_table(results: dict, metric: str = "auroc") -> str:
+    """:func:`localisation` results as a text table: mean over images per layer and method."""
+    methods = [m for m in results if m != "layers"]
+    if metric not in ("auroc", "iou"):
+        raise ValueError(f"metric must be 'auroc' or 'iou', got {metric!r}")
+    lines = [f"{'layer':>5} " + " ".join(f"{m:>11}" for m in methods)]
+    for i, layer in enumerate(results["layers"]):
+        vals = [results[m][metric][i].nanmean().item() for m in methods]
+        best = max(range(len(vals)), key=vals.__getitem__)
+        lines.append(f"{layer:>5} " + " ".join(f"{v:>10.3f}" + ("*" if j == best else " ")
+                                               for j, v in enumerate(vals)))
+    return "\n".join(lines)
+
+
+def paired_comparison(results: dict, a: str = "tokenrank", b: str = "column_sum",
+                      metric: str = "auroc") -> list[dict]:
+    """Per layer: mean of ``a - b`` over images, the share of images where ``a`` beats ``b``, and a
+    one-sided Wilcoxon signed-rank p-value for "a > b" (scipy)."""
+    from scipy.stats import wilcoxon
+    rows = []
+    for i, layer in enumerate(results["layers"]):
+        d = (results[a][metric][i] - results[b][metric][i])
+        d = d[torch.isfinite(d)].double()
+        nz = d[d != 0]
+        p = wilcoxon(nz.numpy(), alternative="greater").pvalue if len(nz) >= 10 else float("nan")
+        rows.append(dict(layer=layer, mean_diff=d.mean().item(), wins=(d > 0).double().mean().item(),
+                         p_value=float(p), n=len(d)))
+    return rows

@@ -15,7 +15,7 @@ import networkx as nx
 import numpy as np
 import torch
 
-from .chain import _start_vector, bounce, check_stochastic, lambda2
+from .chain import DEFAULT_ALPHA, _start_vector, bounce, check_stochastic, lambda2
 
 BAR = "tab:blue"
 HIGHLIGHT = "tab:orange"
@@ -225,3 +225,88 @@ def plot_matrix(A, ax=None, title: str = "attention matrix A", annotate: bool | 
     ax.set_title(title)
     ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     return ax
+
+
+def plot_maps(maps, row_labels: Sequence[str], col_labels: Sequence[str], images=None,
+              title: str = "", cmap: str = "inferno", cell: float = 1.6):
+    """A grid of 2-D maps, each min-max scaled on its own (only the shape of a map matters).
+
+    maps: ``(R, C, h, w)``; row_labels: R names, col_labels: C names. images: optional
+    ``(R, 3, H, W)`` in [0, 1] shown in an extra first column (the input of each row).
+    Returns the figure.
+    """
+    M = torch.as_tensor(maps).detach().float().cpu()
+    if M.ndim != 4 or len(row_labels) != M.shape[0] or len(col_labels) != M.shape[1]:
+        raise ValueError(f"need maps (R, C, h, w) with R row and C column labels, got "
+                         f"{tuple(M.shape)}, {len(row_labels)} and {len(col_labels)}")
+    R, C = M.shape[:2]
+    extra = images is not None
+    fig, axes = plt.subplots(R, C + extra, figsize=(cell * (C + extra), cell * R + 0.5), squeeze=False)
+    for r in range(R):
+        if extra:
+            axes[r, 0].imshow(torch.as_tensor(images[r]).permute(1, 2, 0).cpu().clamp(0, 1).numpy())
+        for c in range(C):
+            m = M[r, c]
+            m = (m - m.min()) / (m.max() - m.min()).clamp_min(1e-12)
+            axes[r, c + extra].imshow(m.numpy(), cmap=cmap, vmin=0, vmax=1)
+        axes[r, 0].set_ylabel(row_labels[r], fontsize=9)
+    for c, label in enumerate((["input"] if extra else []) + list(col_labels)):
+        axes[0, c].set_title(label, fontsize=9)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def attention_explorer(views: dict, interactive: bool = True):
+    """Pick model / layer / head / method / bounces / alpha and see the map next to the image.
+
+    views: ``{model name: (attentions, layout, image)}`` with ``attentions`` a list over layers
+    of one image's ``(H, n, n)`` attention, its :class:`~chains_lite.capture.TokenLayout` and the
+    image ``(3, H, W)`` in [0, 1]. Draws the default view as a static figure (what the built book
+    shows) and, when ``interactive`` and ipywidgets is available, returns the widget that redraws it.
+    """
+    from .maps import EXPLORE_METHODS, explore_map
+
+    def draw(model, layer, head, method, bounces, alpha):
+        atts, layout, image = views[model]
+        layer = min(layer, len(atts) - 1)
+        H = atts[layer].shape[0]
+        h = int(head) if head.isdigit() and int(head) < H else ("lambda2" if head == "lambda2" else "uniform")
+        m = explore_map(atts[layer], layout, h, method, bounces, alpha)
+        fig, axes = plt.subplots(1, 2, figsize=(6, 3))
+        axes[0].imshow(torch.as_tensor(image).permute(1, 2, 0).cpu().clamp(0, 1).numpy())
+        axes[1].imshow(m.cpu().numpy(), cmap="inferno")
+        axes[0].set_title(model, fontsize=9)
+        what = f"{method}" + (f", n={bounces}" if method == "bounce_center" else "")
+        what += f", alpha={alpha:.2f}" if method == "tokenrank" else ""
+        axes[1].set_title(f"layer {layer}, head {h}: {what}", fontsize=9)
+        for ax in axes:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        fig.tight_layout()
+        plt.show()
+
+    first = next(iter(views))
+    n_layers = max(len(v[0]) for v in views.values())
+    n_heads = max(v[0][0].shape[0] for v in views.values())
+    defaults = dict(model=first, layer=n_layers - 1, head="uniform", method="tokenrank", bounces=2,
+                    alpha=DEFAULT_ALPHA)
+    draw(**defaults)
+    if not interactive:
+        return None
+    try:
+        import ipywidgets as w
+    except ImportError:
+        return None
+    controls = dict(
+        model=w.Dropdown(options=list(views), value=first),
+        layer=w.IntSlider(value=n_layers - 1, min=0, max=n_layers - 1),
+        head=w.Dropdown(options=["uniform", "lambda2"] + [str(i) for i in range(n_heads)], value="uniform"),
+        method=w.Dropdown(options=list(EXPLORE_METHODS), value="tokenrank"),
+        bounces=w.IntSlider(value=2, min=1, max=20),
+        alpha=w.FloatSlider(value=DEFAULT_ALPHA, min=0.5, max=1.0, step=0.01))
+    return w.interactive(draw, **controls)

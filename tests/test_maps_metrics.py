@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from chains_lite import column_sum, row_select, tokenrank
+from chains_lite import column_sum, tokenrank
 from chains_lite.capture import TokenLayout
 from chains_lite.maps import center_token, global_map, localisation, mix, patch_map
 from chains_lite.metrics import auroc, iou_at_mean, resize_maps
@@ -95,3 +95,46 @@ def test_localisation_scores_each_layer_and_image():
     up = resize_maps(grid, (16, 16))
     assert r["cls_row"]["auroc"][0, 3].item() == pytest.approx(auroc(up, masks[3:4] > 0).item(), abs=1e-6)
     assert r["cls_row"]["iou"][0, 3].item() == pytest.approx(iou_at_mean(up, masks[3:4] > 0).item(), abs=1e-6)
+
+
+def test_explore_map_matches_its_parts():
+    from chains_lite import bounce
+    from chains_lite.maps import explore_map
+    A = torch.rand(3, 8, 8).softmax(-1)
+    torch.testing.assert_close(explore_map(A, LAYOUT, 1, "cls_row"), A[1, 0, 2:].reshape(2, 3))
+    torch.testing.assert_close(explore_map(A, LAYOUT, "uniform", "bounce_center", bounces=3),
+                               bounce(A.mean(0), 6, 3)[2:].reshape(2, 3))
+    with pytest.raises(ValueError, match="one image"):
+        explore_map(A[None], LAYOUT)
+
+
+def test_summary_table_and_paired_comparison():
+    from chains_lite.maps import paired_comparison, summary_table
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(2, 40, generator=g)
+    r = {"layers": [0, 3], "tokenrank": {"auroc": base + 0.1, "iou": base},
+         "column_sum": {"auroc": base, "iou": base}}
+    table = summary_table(r).splitlines()
+    assert len(table) == 3 and table[2].split()[0] == "3" and "*" in table[2].split()[1]
+    rows = paired_comparison(r)
+    assert rows[0]["wins"] == 1.0 and rows[0]["mean_diff"] == pytest.approx(0.1)
+    assert rows[0]["p_value"] < 1e-6            # 40 positive differences out of 40
+    assert paired_comparison(r, "column_sum", "tokenrank")[1]["p_value"] > 0.99
+
+
+def test_model_input_resizes_and_normalises_like_the_library():
+    pytest.importorskip("timm")
+    from chains_lite.zoo import load_full
+    from chains_lite.zoo.inputs import input_size, model_input
+    from chains_lite.zoo.load import Loaded
+    loaded = load_full("dino-vits16", device="cpu", pretrained=False, depth=1, embed_dim=32, num_heads=2)
+    x = torch.rand(2, 3, 50, 50)
+    y = model_input(loaded, x)
+    assert y.shape == (2, 3, 224, 224) and input_size(loaded.model) == 224
+    cfg = loaded.model.pretrained_cfg
+    flat = model_input(loaded, torch.full((1, 3, 8, 8), 0.5))
+    torch.testing.assert_close(flat[0, :, 0, 0], (0.5 - torch.tensor(cfg["mean"])) / torch.tensor(cfg["std"]))
+    lite = Loaded(loaded.model, "x", "lite", "")
+    assert torch.equal(model_input(lite, x), x)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        model_input(lite, x * 2)

@@ -129,3 +129,19 @@ def test_bounce_sequence_plot_has_one_panel_per_vector_on_a_shared_axis():
 def test_plots_reject_a_batch_of_chains():
     with pytest.raises(ValueError, match=r"\(n, n\)"):
         viz.plot_chain_graph(torch.stack([TOY, TOY]))
+
+
+def test_plot_maps_grid_and_explorer():
+    import matplotlib.pyplot as plt
+    from chains_lite.capture import TokenLayout
+    fig = viz.plot_maps(torch.rand(2, 3, 4, 4), ["a", "b"], ["x", "y", "z"], images=torch.rand(2, 3, 8, 8))
+    assert len(fig.axes) == 8 and fig.axes[1].get_title() == "x"
+    plt.close(fig)
+    with pytest.raises(ValueError, match="labels"):
+        viz.plot_maps(torch.rand(2, 3, 4, 4), ["a"], ["x", "y", "z"])
+    lay = TokenLayout(0, (), (2, 2), 1)
+    atts = [torch.rand(2, 5, 5).softmax(-1) for _ in range(3)]
+    w = viz.attention_explorer({"m": (atts, lay, torch.rand(3, 8, 8))})
+    assert w is not None and [c.description for c in w.children[:6]] == [
+        "model", "layer", "head", "method", "bounces", "alpha"]
+    plt.close("all")

@@ -1,0 +1,83 @@
+"""Images in, model input out: one path for ShapeWorld tensors and for photos, lite and full.
+
+Every image here is a float tensor ``(N, 3, H, W)`` in [0, 1] (what ShapeWorld returns and what
+the book displays). :func:`model_input` turns it into what a loaded model expects: the lite ViTs
+take it as it is; the hub ViTs and CLIP need their input size and mean/std normalisation, read
+from the preprocessing transform their library ships.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .load import Loaded
+
+PHOTOS = ("chelsea", "astronaut", "coffee")   # scikit-image's bundled sample photos
+
+
+def _normalization(preprocess):
+    """(mean, std) of the Normalize step in a torchvision Compose, or None."""
+    for t in getattr(preprocess, "transforms", []):
+        if type(t).__name__ == "Normalize":
+            return (torch.as_tensor(t.mean, dtype=torch.float32).view(1, 3, 1, 1),
+                    torch.as_tensor(t.std, dtype=torch.float32).view(1, 3, 1, 1))
+    return None
+
+
+def input_size(model) -> int:
+    """Square input side of a ViT (timm ``patch_embed.img_size`` or open_clip ``visual.image_size``)."""
+    pe = getattr(model, "patch_embed", None)
+    size = pe.img_size if pe is not None else getattr(model, "visual", model).image_size
+    size = size if isinstance(size, int) else size[0]
+    return int(size)
+
+
+def model_input(loaded: Loaded, images: torch.Tensor) -> torch.Tensor:
+    """``(N, 3, H, W)`` in [0, 1] -> the model's input on its device (resized, normalised)."""
+    images = torch.as_tensor(images).float()
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be (N, 3, H, W), got {tuple(images.shape)}")
+    if images.min() < 0 or images.max() > 1:
+        raise ValueError("images must be in [0, 1]")
+    device = next(loaded.model.parameters()).device
+    if loaded.preprocess is None:
+        return images.to(device)
+    size = input_size(loaded.model)
+    x = F.interpolate(images, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+    norm = _normalization(loaded.preprocess)
+    if norm is not None:
+        x = (x.clamp(0, 1) - norm[0]) / norm[1]
+    return x.to(device)
+
+
+def _square(img: np.ndarray, size: int) -> torch.Tensor:
+    """``(H, W, 3)`` uint8 -> ``(3, size, size)`` in [0, 1], center-cropped to a square."""
+    h, w = img.shape[:2]
+    s = min(h, w)
+    img = img[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s, :3]
+    x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float()[None] / 255.0
+    return F.interpolate(x, size=(size, size), mode="bicubic", antialias=True).clamp(0, 1)[0]
+
+
+def photos(size: int = 224, paths=None) -> tuple[torch.Tensor, list[str]]:
+    """Natural photos for full mode: scikit-image's ``chelsea``, ``astronaut``, ``coffee`` plus any
+    image files in ``paths`` (or in the ``CHAINS_IMAGES`` environment variable, ``:``-separated).
+
+    Returns ``(N, 3, size, size)`` in [0, 1] (center-cropped squares) and their names.
+    """
+    try:
+        from skimage import data
+    except ImportError as e:
+        raise ImportError("full-mode photos come from scikit-image: pip install scikit-image") from e
+    imgs = [_square(getattr(data, name)(), size) for name in PHOTOS]
+    names = list(PHOTOS)
+    paths = list(paths or []) + [p for p in os.environ.get("CHAINS_IMAGES", "").split(":") if p]
+    if paths:
+        from PIL import Image
+        for p in paths:
+            imgs.append(_square(np.asarray(Image.open(p).convert("RGB")), size))
+            names.append(os.path.basename(p))
+    return torch.stack(imgs), names
