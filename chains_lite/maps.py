@@ -68,13 +68,13 @@ def localisation(model, images: torch.Tensor, masks: torch.Tensor, layers=None,
                  alpha: float = DEFAULT_ALPHA, progress: bool = True) -> dict:
     """Score every layer's global maps against ground-truth foreground masks.
 
-    images: ``(N, 3, H, W)`` model input; masks: ``(N, H, W)``, nonzero = foreground (ShapeWorld's
-    object masks). Maps are patch grids upsampled bilinearly to ``(H, W)``.
+    images: ``(N, 3, H, W)`` model input; masks: ``(N, H', W')``, nonzero = foreground (ShapeWorld's
+    object masks; any resolution). Maps are patch grids upsampled bilinearly to ``(H', W')``.
     Returns ``{"layers": [...], method: {"auroc": (L, N), "iou": (L, N)}}`` (L captured layers).
     """
     images, masks = torch.as_tensor(images), torch.as_tensor(masks)
-    if images.ndim != 4 or masks.shape != (images.shape[0], *images.shape[-2:]):
-        raise ValueError(f"images must be (N, C, H, W) and masks (N, H, W) of the same N, H, W; got "
+    if images.ndim != 4 or masks.ndim != 3 or len(masks) != len(images):
+        raise ValueError(f"images must be (N, C, H, W) and masks (N, H', W') of the same N; got "
                          f"{tuple(images.shape)} and {tuple(masks.shape)}")
     device = next(model.parameters()).device
     out = {m: {"auroc": [], "iou": []} for m in methods}
