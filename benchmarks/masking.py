@@ -1,0 +1,104 @@
+"""Mask the most influential tokens and measure accuracy (paper Sec. 5.5, Table 4).
+
+    python benchmarks/masking.py --mode lite --model shapes-vit --n-images 500 --out results.json
+    python benchmarks/masking.py --mode full --model vit-b16 --data /path/to/imagenet/val --n-images 5000
+
+Lite: ShapeWorld test images (seeded), classified by shapes-vit / shapes-vit-reg. Full: an ImageNet
+validation folder in ImageFolder layout (``val/<wnid>/*.JPEG``, classes in sorted wnid order = the
+ImageNet-1k index of timm classifiers), ``--n-images`` drawn with the seed; ``vit-b16`` (timm's
+classifier) or ``clip-vitb32`` (zero-shot, "A photo of a <class>."). The DINO models on the hub come
+without the linear heads the paper used, so they are not offered here.
+Prints accuracy per fraction and the normalised AUC (lower = the ranking found more important tokens),
+and writes JSON: per strategy the curve and AUC, plus mode, model, n_images, seed, layers, time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from chains_lite import masking, zoo
+from chains_lite.zoo.inputs import model_input
+
+LITE_MODELS = ("shapes-vit", "shapes-vit-reg")
+FULL_MODELS = ("vit-b16", "clip-vitb32")
+LITE_FRACTIONS = (0.0, 0.02, 0.04, 0.06, 0.08, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
+
+
+def imagenet_folder(path: Path, n: int, seed: int, loaded):
+    """``n`` images drawn with ``seed`` from an ImageFolder-style ImageNet val folder."""
+    from PIL import Image
+    from timm.data import create_transform, resolve_data_config
+    wnids = sorted(p.name for p in path.iterdir() if p.is_dir())
+    if len(wnids) != 1000:
+        raise SystemExit(f"{path} should hold 1000 class folders (ImageNet val by wnid), found {len(wnids)}")
+    files = [(f, i) for i, w in enumerate(wnids) for f in sorted((path / w).iterdir())]
+    pick = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed))[:n]
+    tf = loaded.preprocess or create_transform(**resolve_data_config({}, model=loaded.model))
+    x = torch.stack([tf(Image.open(files[j][0]).convert("RGB")) for j in pick.tolist()])
+    return x, torch.tensor([files[j][1] for j in pick.tolist()]), wnids
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--mode", choices=["lite", "full"], default="lite")
+    ap.add_argument("--model", default=None, help=f"lite: {LITE_MODELS}; full: {FULL_MODELS}")
+    ap.add_argument("--data", type=Path, help="full mode: ImageNet validation folder")
+    ap.add_argument("--n-images", type=int, default=None, help="default 500 lite, 5000 full")
+    ap.add_argument("--fractions", type=float, nargs="+", default=None)
+    ap.add_argument("--strategies", nargs="+", default=list(masking.STRATEGIES),
+                    choices=list(masking.STRATEGIES + masking.HEAD_WEIGHTING))
+    ap.add_argument("--layers", type=int, nargs="+", default=None, help="default: the first half")
+    ap.add_argument("--batch-size", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    model_name = args.model or ("shapes-vit" if args.mode == "lite" else "vit-b16")
+    allowed = LITE_MODELS if args.mode == "lite" else FULL_MODELS
+    if model_name not in allowed:
+        ap.error(f"--model {model_name} is not available in {args.mode} mode; choose from {allowed}")
+    n = args.n_images or (500 if args.mode == "lite" else 5000)
+    fractions = args.fractions or (LITE_FRACTIONS if args.mode == "lite" else masking.FRACTIONS)
+    if args.out and args.out.exists():
+        ap.error(f"{args.out} exists; pass another --out (results are never overwritten)")
+
+    loaded = zoo.load(model_name, mode=args.mode)
+    classify = None
+    if args.mode == "lite":
+        data = zoo.shapeworld(n, split="test", seed=args.seed)
+        x, y = model_input(loaded, data.images), data.labels
+    else:
+        if args.data is None:
+            ap.error("full mode needs --data: an ImageNet validation folder (val/<wnid>/*.JPEG)")
+        x, y, _ = imagenet_folder(args.data, n, args.seed, loaded)
+        x = x.to(next(loaded.model.parameters()).device)
+        if model_name == "clip-vitb32":
+            from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+            classify = masking.clip_classifier(loaded, IMAGENET_CLASSNAMES)
+    t0 = time.time()
+    curves = masking.masking_curves(loaded.model, x, y, classify=classify, strategies=args.strategies,
+                                    fractions=fractions, layers=args.layers,
+                                    batch_size=args.batch_size, seed=args.seed)
+    seconds = time.time() - t0
+    aucs = masking.auc_table(curves)
+    print(f"\n{model_name} [{loaded.mode} mode], {n} images, masked layers {curves['layers']}, "
+          f"clean accuracy {curves['clean_accuracy']:.3f}, {seconds:.0f} s")
+    print(f"{'strategy':>18} {'AUC':>6}  " + " ".join(f"{f:>5.2f}" for f in fractions))
+    for s in args.strategies:
+        print(f"{s:>18} {aucs[s]:6.3f}  " + " ".join(f"{a:5.2f}" for a in curves[s]))
+    if args.out:
+        result = dict(mode=loaded.mode, model=model_name, n_images=n, seed=args.seed,
+                      layers=curves["layers"], fractions=list(fractions),
+                      clean_accuracy=curves["clean_accuracy"], seconds=round(seconds, 1),
+                      strategies={s: dict(curve=curves[s], auc=aucs[s]) for s in args.strategies})
+        args.out.write_text(json.dumps(result, indent=1))
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""Masking the most influential tokens (paper Sec. 5.5, App. A, D): does a ranking find what a
+classifier needs?
+
+A clean pass records the attention of the masked layers and ranks, per image and head, the patch
+tokens by a *strategy* (a score per token; higher = more important). A masked pass then sets the
+whole column of each head's top-k tokens to ``-inf`` before the softmax in those layers (all heads
+at once), through :func:`chains_lite.capture.add_logit_bias`, and the accuracy is measured. CLS and
+register tokens are never masked. Sweeping the masked fraction gives a curve; a ranking that finds
+the important tokens makes accuracy fall fast, so **lower AUC is better** (paper Table 4).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .capture import TokenLayout, add_logit_bias, capture, family_of
+from .chain import bounce, head_weights, mix_heads, tokenrank
+from .maps import center_token
+
+STRATEGIES = ("random", "center_row", "center_column", "column_sum", "cls_row", "tokenrank",
+              "tokenrank_lambda2")
+HEAD_WEIGHTING = ("tokenrank_uniform", "tokenrank_random", "tokenrank_lambda2")  # paper Fig. 9
+FRACTIONS = tuple(round(0.1 * i, 1) for i in range(10))
+
+
+def token_scores(A: torch.Tensor, strategy: str, layout: TokenLayout,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """Importance of every token for every head: ``A`` ``(B, H, N, N)`` -> ``(B, H, N)``.
+
+    Per-head strategies: ``"random"`` (uniform random scores), ``"center_row"`` (what the center
+    patch attends to: its row), ``"center_column"`` (who attends to the center patch: its column,
+    normalised), ``"column_sum"``, ``"cls_row"``, ``"tokenrank"`` (each head's steady state).
+    Mixed strategies (one ranking per layer, used for every head): ``"tokenrank_lambda2"``,
+    ``"tokenrank_uniform"``, ``"tokenrank_random"`` (TokenRank of the heads mixed with |λ2|,
+    equal or random weights; random weights and scores come from ``generator``).
+    """
+    if A.ndim != 4:
+        raise ValueError(f"A must be (B, H, N, N), got {tuple(A.shape)}")
+    A = A.float()
+    if strategy == "random":
+        return torch.rand(A.shape[:-1], generator=generator).to(A.device)
+    if strategy == "center_row":
+        return A[..., center_token(layout), :]
+    if strategy == "center_column":
+        return bounce(A, center_token(layout), 1, "outgoing")
+    if strategy == "column_sum":
+        return A.mean(-2)
+    if strategy == "cls_row":
+        if layout.cls_index is None:
+            raise ValueError("cls_row needs a model with a CLS token")
+        return A[..., layout.cls_index, :]
+    if strategy == "tokenrank":
+        return tokenrank(A)
+    if strategy in HEAD_WEIGHTING:
+        scheme = strategy.removeprefix("tokenrank_")
+        w = head_weights(A, scheme, generator=generator)
+        return tokenrank(mix_heads(A, w))[:, None].expand(A.shape[:-1])
+    raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES + HEAD_WEIGHTING}")
+
+
+def column_mask(scores: torch.Tensor, k: int, layout: TokenLayout) -> torch.Tensor:
+    """Additive bias ``(B, H, 1, N)``: ``-inf`` on the ``k`` highest-scoring patch tokens per head.
+
+    Special tokens (CLS, registers) are never chosen; ties break towards lower index.
+    """
+    B, H, N = scores.shape
+    if not 0 <= k <= N - len(layout.special_indices):
+        raise ValueError(f"k={k} out of range for {N} tokens with {len(layout.special_indices)} special")
+    s = scores.float().clone()
+    s[..., list(layout.special_indices)] = -math.inf
+    bias = torch.zeros(B, H, 1, N, device=scores.device)
+    if k:
+        top = s.topk(k, dim=-1).indices
+        bias.scatter_(-1, top[:, :, None, :], -math.inf)
+    return bias
+
+
+def default_layers(model) -> list[int]:
+    """The first half of the attention layers (the paper's choice, App. A)."""
+    n = len(family_of(model).layers(model))
+    return list(range(max(1, n // 2)))
+
+
+def masking_curves(model, images: torch.Tensor, labels: torch.Tensor,
+                   classify: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                   strategies: Sequence[str] = STRATEGIES, fractions: Sequence[float] = FRACTIONS,
+                   layers: Sequence[int] | None = None, batch_size: int = 100, seed: int = 0,
+                   progress: bool = True) -> dict:
+    """Accuracy as the top-ranked patch tokens are masked, for every strategy and fraction.
+
+    model: a model :func:`~chains_lite.capture.capture` knows (its attention layers are masked);
+    images: ``(N, 3, H, W)`` model input; labels: ``(N,)`` class indices; classify: ``x -> logits``
+    (default ``model``; e.g. CLIP's zero-shot head). fractions: shares of the patch tokens to mask,
+    ``k = round(f * patches)``. layers: masked layers (default: the first half).
+    Returns ``{"clean_accuracy", "fractions", "layers", "n_images", strategy: accuracies (F,)}``.
+    """
+    classify = classify or model
+    layers = default_layers(model) if layers is None else sorted(layers)
+    gen = torch.Generator().manual_seed(seed)
+    device = images.device
+    correct = {s: torch.zeros(len(fractions)) for s in strategies}
+    clean = 0
+    batches = range(0, len(images), batch_size)
+    for i in tqdm(batches, desc="masking", disable=not progress):
+        x, y = images[i:i + batch_size], labels[i:i + batch_size].to(device)
+        with torch.no_grad(), capture(model, layers=layers) as rec:
+            clean += (classify(x).argmax(-1) == y).sum().item()
+        lay = rec.layout
+        n_patch = lay.n_patches
+        for s in strategies:
+            scores = [token_scores(A, s, lay, gen) for A in rec.attentions]
+            for j, f in enumerate(fractions):
+                k = int(round(f * n_patch))
+                bias = {l: column_mask(sc, k, lay) for l, sc in zip(layers, scores)}
+                with torch.no_grad(), add_logit_bias(model, lambda layer, n: bias[layer], layers=layers):
+                    correct[s][j] += (classify(x).argmax(-1) == y).sum().item()
+    n = len(images)
+    out = {"clean_accuracy": clean / n, "fractions": list(fractions), "layers": layers, "n_images": n}
+    out.update({s: (correct[s] / n).tolist() for s in strategies})
+    return out
+
+
+def normalized_auc(fractions: Sequence[float], accuracy: Sequence[float], clean: float) -> float:
+    """Area under accuracy / clean accuracy over the fraction axis (trapezoid), divided by the
+    fraction range: 1 = no drop anywhere, 0 = nothing right from the first step. Lower = the
+    ranking found more important tokens."""
+    f = np.asarray(fractions, dtype=float)
+    a = np.asarray(accuracy, dtype=float) / clean
+    if len(f) < 2 or np.any(np.diff(f) <= 0):
+        raise ValueError("fractions must be increasing, at least two of them")
+    return float(np.trapezoid(a, f) / (f[-1] - f[0]))
+
+
+def auc_table(curves: dict) -> dict:
+    """``{strategy: normalized AUC}`` for the output of :func:`masking_curves`."""
+    skip = {"clean_accuracy", "fractions", "layers", "n_images"}
+    return {s: normalized_auc(curves["fractions"], acc, curves["clean_accuracy"])
+            for s, acc in curves.items() if s not in skip}
+
+
+def clip_classifier(loaded, class_names: Sequence[str], template: str = "A photo of a {}."):
+    """CLIP as a zero-shot classifier: ``x -> logits`` over ``class_names`` (paper App. A prompt).
+
+    ``loaded``: an open_clip model from ``zoo.load("clip-vitb32", mode="full")``.
+    """
+    model, tok = loaded.model, loaded.tokenizer
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        text = model.encode_text(tok([template.format(c) for c in class_names]).to(device))
+        text = text / text.norm(dim=-1, keepdim=True)
+
+    def classify(x):
+        f = model.encode_image(x)
+        return 100.0 * (f / f.norm(dim=-1, keepdim=True)) @ text.T
+    return classify
