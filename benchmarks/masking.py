@@ -19,28 +19,13 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 from chains_lite import masking, zoo
-from chains_lite.zoo.inputs import model_input
+from chains_lite.zoo.inputs import imagenet_folder, model_input
 
 LITE_MODELS = ("shapes-vit", "shapes-vit-reg")
 FULL_MODELS = ("vit-b16", "clip-vitb32")
 LITE_FRACTIONS = (0.0, 0.02, 0.04, 0.06, 0.08, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
-
-
-def imagenet_folder(path: Path, n: int, seed: int, loaded):
-    """``n`` images drawn with ``seed`` from an ImageFolder-style ImageNet val folder."""
-    from PIL import Image
-    from timm.data import create_transform, resolve_data_config
-    wnids = sorted(p.name for p in path.iterdir() if p.is_dir())
-    if len(wnids) != 1000:
-        raise SystemExit(f"{path} should hold 1000 class folders (ImageNet val by wnid), found {len(wnids)}")
-    files = [(f, i) for i, w in enumerate(wnids) for f in sorted((path / w).iterdir())]
-    pick = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed))[:n]
-    tf = loaded.preprocess or create_transform(**resolve_data_config({}, model=loaded.model))
-    x = torch.stack([tf(Image.open(files[j][0]).convert("RGB")) for j in pick.tolist()])
-    return x, torch.tensor([files[j][1] for j in pick.tolist()]), wnids
 
 
 def main(argv=None):

@@ -289,6 +289,11 @@ def family_of(model: nn.Module) -> Family:
                      f"{[f.name for f in FAMILIES]} (add one with register_family)")
 
 
+def attention_layers(model: nn.Module) -> list:
+    """The attention modules :func:`capture` sees, in depth order (their count is the layer count)."""
+    return family_of(model).layers(model)
+
+
 def _chosen(modules: list, layers) -> list[int]:
     n = len(modules)
     if layers is None:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .capture import TokenLayout, add_logit_bias, capture, family_of
+from .capture import TokenLayout, add_logit_bias, attention_layers, capture
 from .chain import bounce, head_weights, mix_heads, tokenrank
 from .maps import center_token
 
@@ -81,7 +81,7 @@ def column_mask(scores: torch.Tensor, k: int, layout: TokenLayout) -> torch.Tens
 
 def default_layers(model) -> list[int]:
     """The first half of the attention layers (the paper's choice, App. A)."""
-    n = len(family_of(model).layers(model))
+    n = len(attention_layers(model))
     return list(range(max(1, n // 2)))
 
 

@@ -138,3 +138,23 @@ def test_model_input_resizes_and_normalises_like_the_library():
     assert torch.equal(model_input(lite, x), x)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         model_input(lite, x * 2)
+
+
+def test_imagenet_folder_draws_seeded_images_with_sorted_wnid_labels(tmp_path):
+    pytest.importorskip("timm")
+    from PIL import Image
+    from chains_lite.zoo import load_full
+    from chains_lite.zoo.inputs import imagenet_folder
+    for i in range(1000):
+        d = tmp_path / f"n{i:08d}"
+        d.mkdir()
+        Image.new("RGB", (20, 30), (i % 256, 0, 0)).save(d / "a.png")
+    loaded = load_full("vit-b16", device="cpu", pretrained=False, depth=1, embed_dim=32, num_heads=2)
+    x, y, wnids = imagenet_folder(tmp_path, 4, seed=1, loaded=loaded)
+    x2, y2, _ = imagenet_folder(tmp_path, 4, seed=1, loaded=loaded)
+    assert x.shape == (4, 3, 224, 224) and torch.equal(y, y2) and wnids[7] == "n00000007"
+    assert len(set(y.tolist())) == 4
+    (tmp_path / "n00000000" / "a.png").unlink()
+    (tmp_path / "n00000000").rmdir()
+    with pytest.raises(ValueError, match="1000 class folders"):
+        imagenet_folder(tmp_path, 4, seed=1, loaded=loaded)

@@ -81,3 +81,24 @@ def photos(size: int = 224, paths=None) -> tuple[torch.Tensor, list[str]]:
             imgs.append(_square(np.asarray(Image.open(p).convert("RGB")), size))
             names.append(os.path.basename(p))
     return torch.stack(imgs), names
+
+
+def imagenet_folder(path, n: int, seed: int, loaded):
+    """``n`` images drawn with ``seed`` from an ImageNet validation folder in ImageFolder layout
+    (``val/<wnid>/*.JPEG``; classes in sorted wnid order, the ImageNet-1k index of timm classifiers).
+
+    Returns ``(x, labels, wnids)``: ``x`` preprocessed by the model's own transform.
+    """
+    from pathlib import Path
+
+    from PIL import Image
+    from timm.data import create_transform, resolve_data_config
+    path = Path(path)
+    wnids = sorted(p.name for p in path.iterdir() if p.is_dir())
+    if len(wnids) != 1000:
+        raise ValueError(f"{path} should hold 1000 class folders (ImageNet val by wnid), found {len(wnids)}")
+    files = [(f, i) for i, w in enumerate(wnids) for f in sorted((path / w).iterdir())]
+    pick = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed))[:n]
+    tf = loaded.preprocess or create_transform(**resolve_data_config({}, model=loaded.model))
+    x = torch.stack([tf(Image.open(files[j][0]).convert("RGB")) for j in pick.tolist()])
+    return x, torch.tensor([files[j][1] for j in pick.tolist()]), wnids
