@@ -214,3 +214,30 @@ def load_imagenet_segmentation(path, n: int | None = None, size: int = 512):
             m = torch.from_numpy(np.ascontiguousarray(gt) > 0).float()[None, None]
             masks.append(F.interpolate(m, size=(size, size), mode="nearest")[0, 0] > 0.5)
     return torch.stack(images), torch.stack(masks)
+
+
+# ----------------------------------------------------------------------------- reporting
+def table(results: dict, mode: str, rows: dict | None = None) -> str:
+    """Measured numbers beside the paper's, one line per setting, labelled with ``mode``.
+
+    results: :func:`evaluate`'s output. rows: ``{label: (Setting, paper numbers)}``
+    (default :data:`TABLE7`, restricted to the settings in ``results``; settings not in it get
+    their own name and no paper numbers).
+    """
+    rows = dict(TABLE7 if rows is None else rows)
+    named = {s.name for s, _ in rows.values()}
+    measured = [k for k in results if isinstance(results[k], dict) and "acc" in results[k]]
+    for k in measured:
+        if k not in named:
+            rows[k] = (Setting.parse(k), None)
+    head = (f"{'setting':<24} {mode + ' Acc':>9} {'mIoU':>6} {'mAP':>6} {'A/(2-A)':>8} | "
+            f"{'paper Acc':>9} {'mIoU':>6} {'mAP':>6}")
+    lines = [head, "-" * len(head)]
+    for label, (s, paper) in rows.items():
+        if s.name not in measured:
+            continue
+        r = results[s.name]
+        p = "" if paper is None else f"{paper[0]:>9.2f} {paper[1]:>6.2f} {paper[2]:>6.2f}"
+        lines.append(f"{label:<24} {r['acc']:>9.2f} {r['miou']:>6.2f} {r['map']:>6.2f} "
+                     f"{r['miou_acc_2_minus_acc']:>8.2f} | {p}")
+    return "\n".join(lines)
