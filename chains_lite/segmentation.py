@@ -189,6 +189,33 @@ def shapeworld_task(n: int, seed: int = 0, size: int = 32):
     return batch, masks, words
 
 
+def word_object_scores(loaded, batch, kind: str = "shape", setting=Setting(), n_objects: int = 2,
+                       progress: bool = True, **kw) -> dict:
+    """Part segmentation on ShapeWorld, measured: for every image of ``batch`` with at least
+    ``n_objects`` objects of distinct shapes, the map of each object's word (its shape name, or its
+    colour name with ``kind="color"``) against that object's mask alone.
+
+    Returns :func:`binary_segmentation` over all (word, object) pairs, at the image resolution.
+    """
+    if kind not in ("shape", "color"):
+        raise ValueError(f"kind must be 'shape' or 'color', got {kind!r}")
+    setting = Setting.parse(setting) if isinstance(setting, str) else setting
+    maps, gts = [], []
+    keep = [i for i, s in enumerate(batch.shapes) if len(s) >= n_objects and len(set(s)) == len(s)]
+    for i in tqdm(keep, desc=f"{kind} words", disable=not progress):
+        words = batch.shapes[i] if kind == "shape" else batch.colors[i]
+        inputs = encode(loaded, batch.images[i][None], [batch.captions[i]])
+        rec = noised_attention(loaded, inputs, blocks=setting.blocks, **kw)
+        chain = rec.chain(setting.heads)
+        start = start_vectors([word_tokens(inputs.tokens, 0, batch.captions[i], w) for w in words],
+                              chain.shape[-1])
+        maps.append(word_map(chain[0], rec.layout, start, setting.method))
+        gts += [batch.masks[i] == k + 1 for k in range(len(words))]
+    if not maps:
+        raise ValueError(f"no image in the batch has {n_objects} or more objects of distinct shapes")
+    return binary_segmentation(torch.cat(maps), torch.stack(gts), size=batch.images.shape[-1])
+
+
 def load_imagenet_segmentation(path, n: int | None = None, size: int = 512):
     """ImageNet-Segmentation (Guillaumin et al.; the ``gtsegs_ijcv.mat`` file of Chefer et al.'s
     benchmark, 4,276 images): ``(images (N, 3, size, size) in [0, 1], masks (N, size, size) bool)``.

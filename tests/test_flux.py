@@ -177,3 +177,16 @@ def test_lite_segmentation_end_to_end():
                    ["column_select", "outgoing_2:uniform:single"], progress=False)
     for name in ("column_select:lambda2", "outgoing_2:uniform:single"):
         assert res[name]["n"] == 4 and 0 <= res[name]["acc"] <= 100 and 0 <= res[name]["map"] <= 100
+
+
+def test_word_object_scores_runs_on_multi_object_images():
+    from chains_lite import zoo
+    from chains_lite.segmentation import word_object_scores
+    loaded = zoo.load("shapes-flux", mode="lite", device="cpu", verbose=False)
+    batch = zoo.shapeworld(12, seed=1, split="test", size=32)
+    n = sum(len(s) for s in batch.shapes if len(s) >= 2 and len(set(s)) == len(s))
+    for kind in ("shape", "color"):
+        r = word_object_scores(loaded, batch, kind, progress=False)
+        assert r["n"] == n and 0 <= r["map"] <= 100
+    with pytest.raises(ValueError, match="kind"):
+        word_object_scores(loaded, batch, "size")
