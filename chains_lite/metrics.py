@@ -1,8 +1,10 @@
-"""How well a map localises ground truth: per-image AUROC and IoU at the mean threshold.
+"""How well a map localises ground truth: per-image AUROC and IoU at the mean threshold, and the
+dataset-level binary segmentation scores of the Chefer et al. protocol (chapter 3).
 
 Maps are scores per pixel (any resolution: :func:`resize_maps` brings them to the mask's);
-masks are boolean foreground. Every function returns one number per image, so callers can average,
-take medians or run paired tests.
+masks are boolean foreground. :func:`auroc` and :func:`iou_at_mean` return one number per image, so
+callers can average, take medians or run paired tests; :func:`binary_segmentation` returns the
+three numbers that segmentation papers report.
 """
 from __future__ import annotations
 
@@ -65,3 +67,78 @@ def iou_at_mean(scores: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     inter = (pred & masks).flatten(1).sum(1).float()
     union = (pred | masks).flatten(1).sum(1).float()
     return torch.where(union > 0, inter / union.clamp_min(1), torch.zeros_like(union))
+
+
+def average_precision(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """Average precision of ``scores`` ranking the positives of ``labels`` first (1-D tensors).
+
+    ``AP = sum_k (R_k - R_{k-1}) P_k`` over the distinct score thresholds in decreasing order
+    (tied scores enter together), the step-wise area under the precision-recall curve that
+    scikit-learn's ``average_precision_score`` computes. NaN when there is no positive.
+    """
+    s = torch.as_tensor(scores).double().flatten()
+    y = torch.as_tensor(labels).bool().flatten()
+    n_pos = int(y.sum())
+    if n_pos == 0:
+        return float("nan")
+    order = torch.argsort(s, descending=True, stable=True)
+    s, y = s[order], y[order].double()
+    tp = torch.cumsum(y, 0)
+    # the last position of each run of tied scores is where that threshold's counts are read
+    last = torch.ones_like(s, dtype=torch.bool)
+    last[:-1] = s[1:] != s[:-1]
+    tp, seen = tp[last], torch.nonzero(last).flatten().double() + 1
+    precision, recall = tp / seen, tp / n_pos
+    steps = torch.diff(recall, prepend=recall.new_zeros(1))
+    return float((steps * precision).sum())
+
+
+def binary_segmentation(scores: torch.Tensor, masks: torch.Tensor, size: int = 224,
+                        resize: str = "nearest") -> dict:
+    """Pixel accuracy, mIoU and mAP of raw maps against binary masks (Chefer et al. protocol).
+
+    scores: ``(N, h, w)`` raw maps at any resolution; masks: ``(N, H, W)`` ground truth (nonzero =
+    foreground). As in the evaluation of ConceptAttention and the paper (Sec. 5.1, Table 1):
+
+    * each map is min-max normalised to [0, 1] (a constant map becomes 0), then maps and masks
+      are resized to ``size x size``: maps with ``resize`` (``"nearest"``, as in ConceptAttention's
+      released code, or ``"bilinear"``), masks always nearest so they stay binary;
+    * prediction = normalised map > its own mean;
+    * ``acc``: correct pixels / all pixels, summed over the dataset;
+    * ``miou``: the mean over the two classes (background, foreground) of
+      sum(intersection) / sum(union) over the dataset (the standard mIoU);
+    * ``map``: the mean over images of the average precision of the two-channel scores
+      ``[1 - s, s]`` against the one-hot labels ``[1 - gt, gt]``, flattened together.
+
+    Returns a dict of floats in percent: ``acc``, ``miou``, ``map`` and, to compare with the
+    numbers ConceptAttention reports, ``miou_acc_2_minus_acc`` = Acc / (2 - Acc): what its released
+    code computes as mIoU (no argmax over the two channels before the IoU histogram). It is not
+    an IoU of the prediction; the standard one is ``miou``. Also ``n`` (images).
+    """
+    if resize not in RESIZE:
+        raise ValueError(f"resize must be one of {RESIZE}, got {resize!r}")
+    scores, masks = torch.as_tensor(scores), torch.as_tensor(masks)
+    if scores.ndim != 3 or masks.ndim != 3 or len(scores) != len(masks):
+        raise ValueError(f"scores must be (N, h, w) and masks (N, H, W) with the same N, got "
+                         f"{tuple(scores.shape)} and {tuple(masks.shape)}")
+    if len(scores) == 0:
+        raise ValueError("no images: scores and masks are empty")
+    if not torch.isfinite(scores.float()).all():
+        raise ValueError("scores contain NaN or inf")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"size must be a positive int, got {size!r}")
+    s = scores.double().flatten(1)
+    lo, hi = s.amin(1, keepdim=True), s.amax(1, keepdim=True)
+    s = torch.where(hi > lo, (s - lo) / (hi - lo).clamp_min(1e-300), torch.zeros_like(s))
+    s = resize_maps(s.reshape(scores.shape).float(), (size, size), resize).flatten(1)
+    gt = resize_maps((masks != 0).float(), (size, size), "nearest").flatten(1) > 0.5
+    pred = s > s.mean(1, keepdim=True)
+    acc = (pred == gt).double().mean().item()
+    ious = []
+    for p, g in ((pred, gt), (~pred, ~gt)):
+        inter, union = (p & g).sum().item(), (p | g).sum().item()
+        ious.append(inter / union if union else 1.0)
+    aps = [average_precision(torch.cat([1 - s[i], s[i]]), torch.cat([~gt[i], gt[i]]))
+           for i in range(len(s))]
+    return dict(acc=100 * acc, miou=100 * sum(ious) / 2, map=100 * float(np.mean(aps)),
+                miou_acc_2_minus_acc=100 * acc / (2 - acc), n=len(s))

@@ -1,0 +1,91 @@
+"""binary_segmentation and average_precision against hand-computed cases and a brute-force AP."""
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from chains_lite.metrics import average_precision, binary_segmentation
+
+
+def brute_ap(s, y):
+    """AP from its definition: each distinct threshold t, high to low, adds (R_t - R_prev) P_t."""
+    s, y = np.asarray(s, float), np.asarray(y, bool)
+    total, prev_r = 0.0, 0.0
+    for t in sorted(set(s.tolist()), reverse=True):
+        pred = s >= t
+        p, r = (pred & y).sum() / pred.sum(), (pred & y).sum() / y.sum()
+        total += (r - prev_r) * p
+        prev_r = r
+    return total
+
+
+def test_average_precision_hand_case():
+    # scikit-learn's documented example: 0.8333...
+    assert average_precision(torch.tensor([0.1, 0.4, 0.35, 0.8]),
+                             torch.tensor([0, 0, 1, 1])) == pytest.approx(5 / 6)
+    assert average_precision(torch.tensor([3.0, 2.0, 1.0]), torch.tensor([1, 1, 0])) == 1.0
+    # all tied: precision is the positive rate at the single threshold
+    assert average_precision(torch.ones(4), torch.tensor([1, 0, 0, 0])) == pytest.approx(0.25)
+    assert np.isnan(average_precision(torch.rand(3), torch.zeros(3)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.booleans()), min_size=1, max_size=30))
+def test_average_precision_matches_brute_force_with_ties(pairs):
+    s = [float(a) for a, _ in pairs]
+    y = [b for _, b in pairs]
+    if not any(y):
+        return
+    assert average_precision(torch.tensor(s), torch.tensor(y)) == pytest.approx(brute_ap(s, y))
+
+
+def test_binary_segmentation_perfect_map():
+    scores = torch.tensor([[[0.0, 1.0], [2.0, 3.0]]])
+    masks = torch.tensor([[[0, 0], [1, 1]]])
+    out = binary_segmentation(scores, masks, size=2)
+    assert out["acc"] == pytest.approx(100) and out["miou"] == pytest.approx(100)
+    assert out["map"] == pytest.approx(100) and out["n"] == 1
+
+
+def test_binary_segmentation_hand_case_sums_over_the_dataset():
+    # image A: predicts 1 of 2 foreground pixels; image B: no foreground, one false positive
+    scores = torch.tensor([[[3.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 5.0]]])
+    masks = torch.tensor([[[1, 1], [0, 0]], [[0, 0], [0, 0]]])
+    out = binary_segmentation(scores, masks, size=2)
+    assert out["acc"] == pytest.approx(75.0)
+    # foreground: 1 / 3 (intersections and unions summed over images); background: 5 / 7
+    assert out["miou"] == pytest.approx(100 * (1 / 3 + 5 / 7) / 2)
+    # both images: AP = 3/4 * 3/4 + 1/4 * 1/2 = 11/16 (worked out in the two-channel ranking)
+    assert out["map"] == pytest.approx(100 * 11 / 16)
+    assert out["miou_acc_2_minus_acc"] == pytest.approx(100 * 0.75 / 1.25)
+
+
+def test_binary_segmentation_resizes_maps_and_masks():
+    scores = torch.tensor([[[0.0, 1.0], [0.0, 1.0]]])              # 2x2: right half high
+    masks = torch.zeros(1, 8, 8, dtype=torch.long)
+    masks[:, :, 4:] = 2                                             # any nonzero label is foreground
+    for resize in ("nearest", "bilinear"):
+        out = binary_segmentation(scores, masks, size=4, resize=resize)
+        assert out["acc"] == pytest.approx(100) and out["miou"] == pytest.approx(100)
+
+
+def test_binary_segmentation_ignores_affine_rescaling_and_constant_maps():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.rand(3, 5, 5, generator=g)
+    masks = torch.rand(3, 10, 10, generator=g) > 0.6
+    a = binary_segmentation(scores, masks, size=10)
+    b = binary_segmentation(7 * scores - 3, masks, size=10)
+    for k in ("acc", "miou", "map"):
+        assert a[k] == pytest.approx(b[k], abs=1e-9)
+    flat = binary_segmentation(torch.ones(1, 3, 3), torch.ones(1, 3, 3), size=3)
+    assert flat["acc"] == pytest.approx(0.0)                      # nothing predicted > mean
+
+
+def test_binary_segmentation_errors():
+    with pytest.raises(ValueError, match="same N"):
+        binary_segmentation(torch.rand(2, 3, 3), torch.ones(1, 3, 3))
+    with pytest.raises(ValueError, match="NaN"):
+        binary_segmentation(torch.full((1, 3, 3), float("nan")), torch.ones(1, 3, 3))
+    with pytest.raises(ValueError, match="resize"):
+        binary_segmentation(torch.rand(1, 3, 3), torch.ones(1, 3, 3), resize="cubic")
