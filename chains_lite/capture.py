@@ -294,8 +294,8 @@ def attention_layers(model: nn.Module) -> list:
     return family_of(model).layers(model)
 
 
-def _chosen(modules: list, layers) -> list[int]:
-    n = len(modules)
+def chosen_layers(n: int, layers) -> list[int]:
+    """Validate ``layers`` (an int, a sequence, negatives allowed, or ``None`` = all ``n``) -> sorted indices."""
     if layers is None:
         return list(range(n))
     idx = [layers] if isinstance(layers, int) else list(layers)
@@ -410,7 +410,7 @@ def capture(model: nn.Module, layers: int | Sequence[int] | None = None, heads: 
         raise ValueError("heads='mean' needs probabilities; use store='probs'")
     fam = family_of(model)
     modules = fam.layers(model)
-    chosen = _chosen(modules, layers)
+    chosen = chosen_layers(len(modules), layers)
     rec = Recorder(chosen, fam.layout(model), heads, store,
                    None if device is None else torch.device(device))
 
@@ -455,7 +455,7 @@ def add_logit_bias(model: nn.Module, bias: Callable[[int, int], torch.Tensor] | 
     if fam.with_bias is None:
         raise ValueError(f"family {fam.name} cannot add a logit bias")
     modules = fam.layers(model)
-    chosen = _chosen(modules, layers)
+    chosen = chosen_layers(len(modules), layers)
 
     def hook_for(i):
         def hook(module, args, kwargs):

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .capture import TokenLayout
+from .capture import TokenLayout, chosen_layers
 from .chain import head_weights, mix_heads
 from .lazy import LazyAttention, LazyMixture
 
@@ -58,20 +58,6 @@ def last_blocks(model: nn.Module, n: int = PAPER_BLOCKS, blocks: str = "double")
     """Indices of the last ``min(n, available)`` blocks of a kind (the paper: last 10 double)."""
     total = len(attention_modules(model, blocks))
     return list(range(max(0, total - n), total))
-
-
-def _chosen(total: int, layers) -> list[int]:
-    if layers is None:
-        return list(range(total))
-    idx = [layers] if isinstance(layers, int) else list(layers)
-    out = []
-    for i in idx:
-        if isinstance(i, bool) or not isinstance(i, int) or not -total <= i < total:
-            raise ValueError(f"block {i!r} out of range for {total} blocks")
-        out.append(i % total)
-    if len(set(out)) != len(out):
-        raise ValueError(f"layers has duplicates: {idx}")
-    return sorted(out)
 
 
 # ----------------------------------------------------------------------------- the recorder
@@ -250,7 +236,7 @@ def capture_joint(model: nn.Module, blocks: str = "double", layers=None, store: 
     if store not in STORE:
         raise ValueError(f"store must be one of {STORE}, got {store!r}")
     modules = attention_modules(model, blocks)
-    chosen = _chosen(len(modules), layers)
+    chosen = chosen_layers(len(modules), layers)
     rec = JointAttention(blocks, chosen, store, None if device is None else torch.device(device))
     originals = [modules[i].processor for i in chosen]
     handle = model.register_forward_pre_hook(_layout_hook(rec, model), with_kwargs=True)

@@ -76,11 +76,8 @@ def test_global_maps_are_the_chain_quantities():
         mix(A[None], "max")
 
 
-def test_localisation_scores_each_layer_and_image():
-    timm = pytest.importorskip("timm")
-    torch.manual_seed(0)
-    vit = timm.models.vision_transformer.VisionTransformer(
-        img_size=16, patch_size=4, embed_dim=16, depth=2, num_heads=2, num_classes=3).eval()
+def test_localisation_scores_each_layer_and_image(tiny_vit):
+    vit = tiny_vit()
     x = torch.rand(5, 3, 16, 16)
     masks = torch.zeros(5, 16, 16, dtype=torch.long)
     masks[:, 4:12, 2:9] = 1

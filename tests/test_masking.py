@@ -45,16 +45,8 @@ def test_token_scores_are_the_chain_quantities():
         token_scores(A, "gradcam", LAYOUT)
 
 
-def small_vit(reg_tokens=1):
-    timm = pytest.importorskip("timm")
-    torch.manual_seed(0)
-    return timm.models.vision_transformer.VisionTransformer(
-        img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=2, num_classes=3,
-        reg_tokens=reg_tokens).eval()
-
-
-def test_masked_columns_are_exactly_zero_in_masked_layers_only():
-    vit, x = small_vit(), torch.rand(2, 3, 16, 16)
+def test_masked_columns_are_exactly_zero_in_masked_layers_only(tiny_vit):
+    vit, x = tiny_vit(embed_dim=32, depth=4, reg_tokens=1), torch.rand(2, 3, 16, 16)
     with torch.no_grad(), capture(vit, layers=[0, 1]) as rec:
         vit(x)
     scores = [token_scores(A, "tokenrank", rec.layout) for A in rec.attentions]
@@ -73,8 +65,8 @@ def test_masked_columns_are_exactly_zero_in_masked_layers_only():
             assert torch.all(hit > 0)
 
 
-def test_zero_fraction_reproduces_clean_accuracy():
-    vit = small_vit(0)
+def test_zero_fraction_reproduces_clean_accuracy(tiny_vit):
+    vit = tiny_vit(embed_dim=32, depth=4)
     x, y = torch.rand(12, 3, 16, 16), torch.randint(0, 3, (12,))
     r = masking_curves(vit, x, y, strategies=("random", "tokenrank", "cls_row"), fractions=(0.0, 0.5, 1.0),
                        batch_size=5, progress=False)

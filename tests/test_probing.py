@@ -8,11 +8,8 @@ from chains_lite.capture import capture
 from chains_lite.probing import attention_features, linear_probe, wilcoxon_greater
 
 
-def test_features_are_visualisations_without_cls():
-    timm = pytest.importorskip("timm")
-    torch.manual_seed(0)
-    vit = timm.models.vision_transformer.VisionTransformer(
-        img_size=16, patch_size=4, embed_dim=16, depth=2, num_heads=2, num_classes=3).eval()
+def test_features_are_visualisations_without_cls(tiny_vit):
+    vit = tiny_vit()
     x = torch.rand(5, 3, 16, 16)
     f = attention_features(vit, x, batch_size=2, progress=False)
     assert f["tokenrank"].shape == (5, 2 * 2 * 16)
