@@ -87,3 +87,26 @@ def test_normalized_auc_on_hand_made_curves():
     with pytest.raises(ValueError, match="increasing"):
         normalized_auc([0.0, 0.0], [1, 1], 1)
     assert math.isfinite(normalized_auc([0, 0.1], [0.5, 0.25], 0.5))
+
+
+def test_clip_zero_shot_masking_through_multihead_attention():
+    pytest.importorskip("open_clip")
+    from chains_lite.masking import clip_classifier
+    from chains_lite.zoo import load_full
+    torch.manual_seed(0)
+    clip = load_full("clip-vitb32", device="cpu", pretrained=False)
+    classify = clip_classifier(clip, ["cat", "dog", "car"])
+    x = torch.randn(3, 3, 224, 224)
+    y = classify(x).argmax(-1)                       # labels = the clean predictions
+    r = masking_curves(clip.model, x, y, classify=classify, strategies=("tokenrank", "cls_row"),
+                       fractions=(0.0, 1.0), layers=[0, 1], progress=False)
+    assert r["clean_accuracy"] == 1.0 and r["tokenrank"][0] == 1.0 and r["cls_row"][0] == 1.0
+    with torch.no_grad(), capture(clip.model, layers=[0]) as rec:
+        clip.model.encode_image(x[:1])
+    bias = column_mask(token_scores(rec.attentions[0], "tokenrank", rec.layout), 10, rec.layout)
+    with torch.no_grad(), add_logit_bias(clip.model, bias, layers=[0]), capture(clip.model, layers=[0]) as m:
+        clip.model.encode_image(x[:1])
+    A = m.attentions[0]
+    blocked = torch.isinf(bias)[:, :, 0]                                    # (1, H, N)
+    assert torch.all(A.masked_select(blocked[:, :, None, :].expand_as(A)) == 0)
+    assert not blocked[..., 0].any()
