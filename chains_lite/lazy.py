@@ -32,11 +32,31 @@ import math
 
 import torch
 
-from .chain import _check_index, _matmul_float64, _rowsum_float64, _work_dtype
+from .chain import _check_index, _rowsum_float64, _work_dtype
 
 #: Default memory budget for the tiles and dense chunks of one lazy chain: 256 MiB.
 DEFAULT_MAX_BYTES = 256 * 2**20
 
+
+
+# A product with a whole tile lets the BLAS pack (copy) the tile first: one more tile of memory,
+# kept as workspace. Going through the tile a block of rows at a time packs only the block.
+_BLOCK = 256
+
+
+def _row_blocks_matmul(V: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
+    """``V @ T`` ``(h, k, r) @ (h, r, c)`` in ``V``'s dtype, reading ``T`` a block of rows at a time."""
+    out = None
+    for i in range(0, T.shape[-2], _BLOCK):
+        part = V[..., i:i + _BLOCK] @ T[..., i:i + _BLOCK, :].to(V.dtype)
+        out = part if out is None else out.add_(part)
+    return out
+
+
+def _row_blocks_matmul_t(V: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
+    """``V @ T^T`` ``(h, k, c) @ (h, c, r)`` in ``V``'s dtype, a block of ``T``'s rows at a time."""
+    return torch.cat([V @ T[..., i:i + _BLOCK, :].to(V.dtype).mT
+                      for i in range(0, T.shape[-2], _BLOCK)], dim=-1)
 
 
 class _LazyChain:
@@ -249,7 +269,8 @@ class LazyAttention(_LazyChain):
     def _plan(self):
         """``(heads per tile, query rows, keys)`` so that a tile fits ``max_bytes``."""
         n, B = self.n, math.prod(self.batch)
-        # bytes per tile entry: the tile itself and the float64 row blocks that sum it
+        # bytes per tile entry: the tile (4 in float32) and 8 of headroom for the temporaries
+        # (float64 row sums and products go a block of rows at a time, so they stay small)
         entries = max(1, self.max_bytes // (self.dtype.itemsize + 8))
         if n * n <= entries:  # chunked dense: whole matrices of a few heads
             return min(B, entries // (n * n)), n, n
@@ -319,21 +340,19 @@ class LazyAttention(_LazyChain):
     # ------------------------------------------------------------------ products
     def _times(self, V: torch.Tensor) -> torch.Tensor:
         """``V P`` for flat ``V`` ``(B, k, n)``: ``out[:, :, j] += (V[:, :, i] / r_i) T_ij``."""
-        mm = _matmul_float64 if V.dtype == torch.float64 else torch.matmul
         out = torch.zeros_like(V)
 
         def add(b, i, j, T, r):
-            out[b, :, j] += mm(V[b, :, i] / r.unsqueeze(-2).to(V.dtype), T)
+            out[b, :, j] += _row_blocks_matmul(V[b, :, i] / r.unsqueeze(-2).to(V.dtype), T)
         self._each_tile(add)
         return out
 
     def _times_t(self, V: torch.Tensor) -> torch.Tensor:
         """``V P^T`` for flat ``V`` ``(B, k, n)``: ``out[:, :, i] += V[:, :, j] T_ij^T``, then ``/ r``."""
-        mm = _matmul_float64 if V.dtype == torch.float64 else torch.matmul
         out = torch.zeros_like(V)
 
         def add(b, i, j, T, r):
-            out[b, :, i] += mm(V[b, :, j], T.mT)
+            out[b, :, i] += _row_blocks_matmul_t(V[b, :, j], T)
         self._each_tile(add)
         rows = self._rows.reshape(-1, 1, self.n).to(V.dtype)
         return out / rows
