@@ -200,19 +200,47 @@ def _rowsum_float64(A: torch.Tensor) -> torch.Tensor:
         return torch.ones(A.shape[:-1], dtype=torch.float64, device=A.device)
     if A.dtype == torch.float64:
         return A.sum(-1)
-    block = 128  # contiguous row blocks: converting a few rows at a time stays in cache
-    return torch.cat([A[..., i:i + block, :].double().sum(-1)
-                      for i in range(0, A.shape[-2], block)], dim=-1)
+    # Contiguous row blocks: converting a few rows at a time stays in cache. One reused float64
+    # buffer and sums written in place: a fresh block per step, with small results allocated
+    # between them, fragments the heap (a 4608 x 4608 tile left 160 MB behind).
+    block = 128
+    out = torch.empty(A.shape[:-1], dtype=torch.float64, device=A.device)
+    buf = torch.empty((*A.shape[:-2], min(block, A.shape[-2]), A.shape[-1]), dtype=torch.float64,
+                      device=A.device)
+    for i in range(0, A.shape[-2], block):
+        rows = min(block, A.shape[-2] - i)
+        part = buf[..., :rows, :]
+        part.copy_(A[..., i:i + rows, :])
+        torch.sum(part, -1, out=out[..., i:i + rows])
+    return out
+
+
+def _matmul_rows(V: torch.Tensor, A: torch.Tensor, block: int = 128) -> torch.Tensor:
+    """``V @ A`` in ``V``'s dtype, reading ``A`` a block of rows at a time.
+
+    Converting (or letting the BLAS pack) a whole large ``A`` costs a second copy of it; a block
+    goes through one reused buffer instead (fresh blocks would fragment the heap, see
+    ``_rowsum_float64``).
+    """
+    rows_total = A.shape[-2]
+    if rows_total <= block:
+        return V @ A.to(V.dtype)
+    buf = None if A.dtype == V.dtype else torch.empty(
+        (*A.shape[:-2], block, A.shape[-1]), dtype=V.dtype, device=A.device)
+    out = None
+    for i in range(0, rows_total, block):
+        rows = min(block, rows_total - i)
+        part = A[..., i:i + rows, :]
+        if buf is not None:
+            part = buf[..., :rows, :].copy_(part)
+        prod = V[..., i:i + rows] @ part
+        out = prod if out is None else out.add_(prod)
+    return out
 
 
 def _matmul_float64(V: torch.Tensor, A: torch.Tensor, block: int = 128) -> torch.Tensor:
-    """``V @ A`` in float64, converting ``A`` a block of rows at a time (cheap, cache-sized)."""
-    if A.dtype == torch.float64:
-        return V.double() @ A
-    out = 0.0
-    for i in range(0, A.shape[-2], block):
-        out = out + V[..., i:i + block].double() @ A[..., i:i + block, :].double()
-    return out
+    """``V @ A`` in float64 (``A`` converted a block of rows at a time)."""
+    return _matmul_rows(V.double(), A, block)
 
 
 def _normalize(v: torch.Tensor) -> torch.Tensor:

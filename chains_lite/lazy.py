@@ -32,31 +32,18 @@ import math
 
 import torch
 
-from .chain import _check_index, _rowsum_float64, _work_dtype
+from .chain import _check_index, _matmul_rows, _rowsum_float64, _work_dtype
 
 #: Default memory budget for the tiles and dense chunks of one lazy chain: 256 MiB.
 DEFAULT_MAX_BYTES = 256 * 2**20
 
 
 
-# A product with a whole tile lets the BLAS pack (copy) the tile first: one more tile of memory,
-# kept as workspace. Going through the tile a block of rows at a time packs only the block.
-_BLOCK = 256
-
-
-def _row_blocks_matmul(V: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
-    """``V @ T`` ``(h, k, r) @ (h, r, c)`` in ``V``'s dtype, reading ``T`` a block of rows at a time."""
-    out = None
-    for i in range(0, T.shape[-2], _BLOCK):
-        part = V[..., i:i + _BLOCK] @ T[..., i:i + _BLOCK, :].to(V.dtype)
-        out = part if out is None else out.add_(part)
-    return out
-
-
-def _row_blocks_matmul_t(V: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
-    """``V @ T^T`` ``(h, k, c) @ (h, c, r)`` in ``V``'s dtype, a block of ``T``'s rows at a time."""
-    return torch.cat([V @ T[..., i:i + _BLOCK, :].to(V.dtype).mT
-                      for i in range(0, T.shape[-2], _BLOCK)], dim=-1)
+def _row_blocks_matmul_t(V: torch.Tensor, T: torch.Tensor, block: int = 256) -> torch.Tensor:
+    """``V @ T^T`` ``(h, k, c) @ (h, c, r)`` in ``V``'s dtype, a block of ``T``'s rows at a time
+    (as ``_matmul_rows``: a whole tile would be packed or converted in one more tile of memory)."""
+    return torch.cat([_matmul_rows(V, T[..., i:i + block, :].mT, block)
+                      for i in range(0, T.shape[-2], block)], dim=-1)
 
 
 class _LazyChain:
@@ -343,7 +330,7 @@ class LazyAttention(_LazyChain):
         out = torch.zeros_like(V)
 
         def add(b, i, j, T, r):
-            out[b, :, j] += _row_blocks_matmul(V[b, :, i] / r.unsqueeze(-2).to(V.dtype), T)
+            out[b, :, j] += _matmul_rows(V[b, :, i] / r.unsqueeze(-2).to(V.dtype), T)
         self._each_tile(add)
         return out
 
