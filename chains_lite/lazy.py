@@ -39,6 +39,14 @@ DEFAULT_MAX_BYTES = 256 * 2**20
 
 
 
+def _all_finite(t: torch.Tensor, chunk: int = 2**20) -> bool:
+    """``torch.isfinite(t).all()`` a chunk at a time: on the whole tensor its temporaries cost
+    more than ``t`` itself (at n = 16384, 24 heads, d = 128: 200 MB beyond the budget)."""
+    n = t.shape[-2]
+    rows = max(1, chunk * n // max(1, t.numel()))   # slices along n: views, whatever the strides
+    return all(bool(torch.isfinite(t[..., i:i + rows, :]).all()) for i in range(0, n, rows))
+
+
 def _row_blocks_matmul_t(V: torch.Tensor, T: torch.Tensor, block: int = 256) -> torch.Tensor:
     """``V @ T^T`` ``(h, k, c) @ (h, c, r)`` in ``V``'s dtype, a block of ``T``'s rows at a time
     (as ``_matmul_rows``: a whole tile would be packed or converted in one more tile of memory)."""
@@ -201,7 +209,7 @@ class LazyAttention(_LazyChain):
         except RuntimeError:
             raise ValueError(f"batch dims of q {tuple(q.shape)} and k {tuple(k.shape)} do not "
                              "broadcast") from None
-        if not (torch.isfinite(q).all() and torch.isfinite(k).all()):
+        if not (_all_finite(q) and _all_finite(k)):
             raise ValueError("q or k contains NaN or inf")
         scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
         if not (math.isfinite(scale) and scale > 0):

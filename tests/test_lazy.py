@@ -297,6 +297,10 @@ Q = torch.randn(2, 8, 4)
     (lambda: cl.LazyAttention(torch.zeros(2, 0, 4), torch.zeros(2, 0, 4)), "empty"),
     (lambda: cl.LazyAttention(Q.clone().index_fill_(1, torch.tensor([3]), float("nan")), Q), "NaN"),
     (lambda: cl.LazyAttention(Q, Q * float("inf")), "NaN or inf"),
+    # the finiteness check goes a slice at a time: a non-finite entry in the last rows of a
+    # non-contiguous (transposed) q is still found
+    (lambda: cl.LazyAttention(torch.randn(2, 9, 3, 4).index_fill_(1, torch.tensor([8]), float("inf"))
+                              .transpose(1, 2), torch.randn(2, 3, 9, 4)), "NaN or inf"),
     (lambda: cl.LazyAttention(Q.int(), Q.int()), "floating"),
     (lambda: cl.LazyAttention(Q, Q, mask=torch.ones(2, 7, dtype=torch.bool)), "mask"),
     (lambda: cl.LazyAttention(Q, Q, mask=torch.ones(3, 8, dtype=torch.bool)), "mask"),

@@ -153,5 +153,5 @@ def test_imagenet_folder_draws_seeded_images_with_sorted_wnid_labels(tmp_path):
     assert len(set(y.tolist())) == 4
     (tmp_path / "n00000000" / "a.png").unlink()
     (tmp_path / "n00000000").rmdir()
-    with pytest.raises(ValueError, match="1000 class folders"):
+    with pytest.raises(ValueError, match="1000 class folders, found 999"):
         imagenet_folder(tmp_path, 4, seed=1, loaded=loaded)

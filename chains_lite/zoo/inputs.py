@@ -83,22 +83,29 @@ def photos(size: int = 224, paths=None) -> tuple[torch.Tensor, list[str]]:
     return torch.stack(imgs), names
 
 
-def imagenet_folder(path, n: int, seed: int, loaded):
-    """``n`` images drawn with ``seed`` from an ImageNet validation folder in ImageFolder layout
-    (``val/<wnid>/*.JPEG``; classes in sorted wnid order, the ImageNet-1k index of timm classifiers).
+def image_folder(path, n: int, seed: int, loaded, n_classes: int | None = None):
+    """``n`` images drawn with ``seed`` from an ImageFolder-layout folder (``root/<class>/<image>``;
+    labels in sorted class-folder order), preprocessed by the model's own transform.
 
-    Returns ``(x, labels, wnids)``: ``x`` preprocessed by the model's own transform.
+    ``n_classes``: the number of class folders expected (a ``ValueError`` otherwise).
+    Returns ``(x, labels, class_folders)``.
     """
     from pathlib import Path
 
     from PIL import Image
     from timm.data import create_transform, resolve_data_config
     path = Path(path)
-    wnids = sorted(p.name for p in path.iterdir() if p.is_dir())
-    if len(wnids) != 1000:
-        raise ValueError(f"{path} should hold 1000 class folders (ImageNet val by wnid), found {len(wnids)}")
-    files = [(f, i) for i, w in enumerate(wnids) for f in sorted((path / w).iterdir())]
+    classes = sorted(p.name for p in path.iterdir() if p.is_dir())
+    if n_classes is not None and len(classes) != n_classes:
+        raise ValueError(f"{path} should hold {n_classes} class folders, found {len(classes)}")
+    files = [(f, i) for i, c in enumerate(classes) for f in sorted((path / c).iterdir())]
     pick = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed))[:n]
     tf = loaded.preprocess or create_transform(**resolve_data_config({}, model=loaded.model))
     x = torch.stack([tf(Image.open(files[j][0]).convert("RGB")) for j in pick.tolist()])
-    return x, torch.tensor([files[j][1] for j in pick.tolist()]), wnids
+    return x, torch.tensor([files[j][1] for j in pick.tolist()]), classes
+
+
+def imagenet_folder(path, n: int, seed: int, loaded):
+    """:func:`image_folder` on an ImageNet validation folder (``val/<wnid>/*.JPEG``, 1000 classes in
+    sorted wnid order: the ImageNet-1k index of timm classifiers)."""
+    return image_folder(path, n, seed, loaded, n_classes=1000)
