@@ -89,13 +89,15 @@ def masking_curves(model, images: torch.Tensor, labels: torch.Tensor,
                    classify: Callable[[torch.Tensor], torch.Tensor] | None = None,
                    strategies: Sequence[str] = STRATEGIES, fractions: Sequence[float] = FRACTIONS,
                    layers: Sequence[int] | None = None, batch_size: int = 100, seed: int = 0,
-                   progress: bool = True) -> dict:
+                   fractions_per_pass: int | None = None, progress: bool = True) -> dict:
     """Accuracy as the top-ranked patch tokens are masked, for every strategy and fraction.
 
     model: a model :func:`~chains_lite.capture.capture` knows (its attention layers are masked);
     images: ``(N, 3, H, W)`` model input; labels: ``(N,)`` class indices; classify: ``x -> logits``
     (default ``model``; e.g. CLIP's zero-shot head). fractions: shares of the patch tokens to mask,
     ``k = round(f * patches)``. layers: masked layers (default: the first half).
+    fractions_per_pass: how many fractions share one forward pass of ``batch_size`` images
+    repeated (default: all; lower it when ``batch_size x fractions`` images do not fit).
     Returns ``{"clean_accuracy", "fractions", "layers", "n_images", strategy: accuracies (F,)}``.
     """
     classify = classify or model
@@ -113,11 +115,17 @@ def masking_curves(model, images: torch.Tensor, labels: torch.Tensor,
         n_patch = lay.n_patches
         for s in strategies:
             scores = [token_scores(A, s, lay, gen) for A in rec.attentions]
-            for j, f in enumerate(fractions):
-                k = int(round(f * n_patch))
-                bias = {l: column_mask(sc, k, lay) for l, sc in zip(layers, scores)}
+            # several fractions in one forward pass (the batch repeated, one mask per copy):
+            # far fewer, larger kernels than one pass per fraction
+            step = fractions_per_pass or len(fractions)
+            for f0 in range(0, len(fractions), step):
+                ks = [int(round(f * n_patch)) for f in fractions[f0:f0 + step]]
+                bias = {l: torch.cat([column_mask(sc, k, lay) for k in ks])
+                        for l, sc in zip(layers, scores)}
+                xr = x.repeat(len(ks), *([1] * (x.ndim - 1)))
                 with torch.no_grad(), add_logit_bias(model, lambda layer, n: bias[layer], layers=layers):
-                    correct[s][j] += (classify(x).argmax(-1) == y).sum().item()
+                    pred = classify(xr).argmax(-1).reshape(len(ks), -1)
+                correct[s][f0:f0 + len(ks)] += (pred == y).sum(1).float().cpu()
     n = len(images)
     out = {"clean_accuracy": clean / n, "fractions": list(fractions), "layers": layers, "n_images": n}
     out.update({s: (correct[s] / n).tolist() for s in strategies})
