@@ -16,8 +16,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .capture import TokenLayout, capture
-from .chain import head_weights, mix_heads, tokenrank
-from .maps import center_token
+from .chain import head_weights, mix_heads
+from .masking import token_scores
 
 PROBE_METHODS = ("tokenrank", "column_sum", "center_row", "cls_row", "random_row")
 HEAD_SCHEMES = ("uniform", "random", "lambda2")
@@ -27,19 +27,14 @@ LEARNING_RATES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 
 
 def _visualisation(A: torch.Tensor, method: str, layout: TokenLayout, gen: torch.Generator) -> torch.Tensor:
-    """``(B, H, N, N)`` -> ``(B, H, N)``."""
-    if method == "tokenrank":
-        return tokenrank(A)
-    if method == "column_sum":
-        return A.mean(-2)
-    if method == "center_row":
-        return A[..., center_token(layout), :]
-    if method == "cls_row":
-        return A[..., layout.cls_index, :]
+    """``(B, H, N, N)`` -> ``(B, H, N)``: the masking chapter's per-head scores, plus the row of a
+    random patch."""
     if method == "random_row":   # one random patch per image, the same for all heads and layers
         idx = layout.patch_start + torch.randint(layout.n_patches, (A.shape[0],), generator=gen)
         return A[torch.arange(A.shape[0]), :, idx.to(A.device), :]
-    raise ValueError(f"unknown method {method!r}; expected one of {PROBE_METHODS}")
+    if method not in PROBE_METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {PROBE_METHODS}")
+    return token_scores(A, method, layout)
 
 
 def attention_features(model, images: torch.Tensor, methods: Sequence[str] = PROBE_METHODS,
