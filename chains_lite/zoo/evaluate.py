@@ -96,12 +96,13 @@ def dominant_color(images: torch.Tensor, min_saturation: float = 0.35) -> list:
 
 
 def flux_metrics(model, encoder, n: int = 200, seed: int = 0, steps: int = 20,
-                 frechet: bool = True) -> dict:
+                 frechet: bool = True, guidance: float = 1.0) -> dict:
     """Generate one image per val caption; the share ``shapes-vit`` classifies as the captioned
-    (largest) shape, and the same share for the real images of those captions (the ceiling)."""
+    (largest) shape, and the same share for the real images of those captions (the ceiling).
+    ``guidance`` is the sampler's classifier-free guidance scale (1.0: none)."""
     from .generate import flux_sample
     data = shapeworld(n, seed=seed, split="val", size=model_size(model))
-    imgs = flux_sample(model, encoder, data.captions, steps=steps, seed=seed)
+    imgs = flux_sample(model, encoder, data.captions, steps=steps, seed=seed, guidance=guidance)
     match = (classify(_judge(), imgs).argmax(-1) == data.labels).float().mean()
     real = (classify(_judge(), data.images).argmax(-1) == data.labels).float().mean()
     wanted = [c[0] for c in data.colors]
@@ -110,7 +111,8 @@ def flux_metrics(model, encoder, n: int = 200, seed: int = 0, steps: int = 20,
     out = {"caption_match": round(float(match), 4), "caption_match_real": round(float(real), 4),
            "chance": round(1 / len(CLASS_NAMES), 4),
            "color_match": round(color, 4), "color_match_real": round(color_real, 4),
-           "color_chance": round(1 / len(COLORS), 4), "n_samples": n, "sampler_steps": steps}
+           "color_chance": round(1 / len(COLORS), 4), "n_samples": n, "sampler_steps": steps,
+           "guidance_scale": guidance}
     return {**out, **(_frechet_to_real(imgs, seed) if frechet else {})}
 
 

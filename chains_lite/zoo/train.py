@@ -95,6 +95,7 @@ def train_flux(args, device):
     data = shapeworld(args.pool, seed=args.seed, split="train", size=args.size)
     encoder = generate.TextEncoder(device=device)
     txt, pooled = encoder(data.captions)  # frozen MiniLM: encode every caption once
+    empty_txt, empty_pooled = encoder([""])  # the unconditional input of classifier-free guidance
     x1 = pack(data.images.to(device) * 2 - 1)
     model = _initial_model(args).to(device).train()
     ids = image_ids(args.size // FLUX_PACK, device)
@@ -106,12 +107,17 @@ def train_flux(args, device):
         noise = torch.randn(data_x.shape, generator=gen).to(device)
         t = torch.sigmoid(torch.randn(len(idx), generator=gen)).to(device)  # logit-normal, as SD3/FLUX
         xt = (1 - t[:, None, None]) * data_x + t[:, None, None] * noise
-        pred = model(xt, txt[idx], pooled[idx], t, ids, txt_ids).sample
+        # Caption dropout: with probability ``args.cond_dropout`` the model sees the empty caption,
+        # so it also learns the unconditional velocity that classifier-free guidance needs.
+        drop = (torch.rand(len(idx), generator=gen) < args.cond_dropout).to(device)
+        c_txt = torch.where(drop[:, None, None], empty_txt, txt[idx])
+        c_pooled = torch.where(drop[:, None], empty_pooled, pooled[idx])
+        pred = model(xt, c_txt, c_pooled, t, ids, txt_ids).sample
         return F.mse_loss(pred, noise - data_x)
 
     stats = _loop(model, loss_fn, args.pool, args, device)
     model.eval()
-    return model, stats, evaluate_model(args.name, model, args.eval_n, encoder)
+    return model, stats, evaluate_model(args.name, model, args.eval_n, encoder, args.guidance)
 
 
 def train_unet(args, device):
@@ -134,7 +140,7 @@ def train_unet(args, device):
     return model, stats, evaluate_model(args.name, model, args.eval_n)
 
 
-def save_sample_grid(name, model, path, encoder=None, n=16, seed=0):
+def save_sample_grid(name, model, path, encoder=None, n=16, seed=0, guidance=1.0):
     """A PNG of what the model does on 16 val images: predictions (classifiers) or samples."""
     import matplotlib
     matplotlib.use("Agg")
@@ -147,7 +153,8 @@ def save_sample_grid(name, model, path, encoder=None, n=16, seed=0):
         titles = [f"{data.class_names[p]}" + ("" if p == y else f" (is {data.class_names[y]})")
                   for p, y in zip(pred.tolist(), data.labels.tolist())]
     elif name == "shapes-flux":
-        imgs = generate.flux_sample(model, encoder, data.captions, steps=20, seed=seed, progress=False)
+        imgs = generate.flux_sample(model, encoder, data.captions, steps=20, seed=seed, progress=False,
+                                    guidance=guidance)
         titles = [c.replace(" and ", " &\n").replace(", ", ",\n") for c in data.captions]
     else:
         imgs = generate.unet_sample(model, n, steps=50, seed=seed, progress=False)
@@ -157,7 +164,8 @@ def save_sample_grid(name, model, path, encoder=None, n=16, seed=0):
         ax.imshow(img.permute(1, 2, 0).numpy(), interpolation="nearest")
         ax.set_title(t, fontsize=6)
         ax.axis("off")
-    fig.suptitle(f"{name}: " + {"shapes-flux": "samples for val captions (20 Euler steps)",
+    fig.suptitle(f"{name}: " + {"shapes-flux": "samples for val captions (20 Euler steps"
+                                               + (f", guidance {guidance:g})" if guidance != 1 else ")"),
                                 "shapes-unet": "unconditional samples (50 DDIM steps)"}.get(
         name, "val images, predicted class (true class when wrong)"), fontsize=9)
     fig.tight_layout()
@@ -165,27 +173,40 @@ def save_sample_grid(name, model, path, encoder=None, n=16, seed=0):
     plt.close(fig)
 
 
-def evaluate_model(name, model, n, encoder=None):
-    """The card's validation numbers for a trained lite model (``n`` val images or samples)."""
+def evaluate_model(name, model, n, encoder=None, guidance=1.0):
+    """The card's validation numbers for a trained lite model (``n`` val images or samples).
+
+    For ``shapes-flux`` sampled with classifier-free ``guidance`` > 1, ``caption_match_unguided``
+    and ``color_match_unguided`` give the numbers of the same captions and noise sampled without
+    guidance, beside them."""
     if name.startswith("shapes-vit"):
         metrics = evaluate.vit_metrics(model, split="val", n=n)
         metrics["test_accuracy"] = evaluate.vit_metrics(model, split="test", n=n)["accuracy"]
         return metrics
     if name == "shapes-flux":
-        return evaluate.flux_metrics(model, encoder, n=n)
+        metrics = evaluate.flux_metrics(model, encoder, n=n, guidance=guidance)
+        if guidance != 1:
+            plain = evaluate.flux_metrics(model, encoder, n=n, frechet=False)
+            metrics.update(caption_match_unguided=plain["caption_match"],
+                           color_match_unguided=plain["color_match"])
+        return metrics
     return evaluate.unet_metrics(model, n=n)
 
 
-def refresh_card(name, reevaluate=False, n=500):
+def refresh_card(name, reevaluate=False, n=500, guidance=None):
     """Re-render ``NAME.md`` and ``NAME-samples.png`` of the shipped checkpoint from its JSON card;
-    with ``reevaluate``, recompute its validation numbers first (after a change of the metrics)."""
+    with ``reevaluate``, recompute its validation numbers first (after a change of the metrics).
+    ``guidance`` (shapes-flux) defaults to the scale the card was sampled with."""
     from .load import load
     loaded = load(name, mode="lite", device="cpu", verbose=False)
     card = read_card(name)
+    if guidance is None:
+        guidance = card["validation"].get("guidance_scale", 1.0)
     if reevaluate:
-        card["validation"] = evaluate_model(name, loaded.model, n, loaded.text_encoder)
+        card["validation"] = evaluate_model(name, loaded.model, n, loaded.text_encoder, guidance)
         card_path(name).write_text(json.dumps(card, indent=1) + "\n")
-    save_sample_grid(name, loaded.model, CHECKPOINT_DIR / f"{name}-samples.png", encoder=loaded.text_encoder)
+    save_sample_grid(name, loaded.model, CHECKPOINT_DIR / f"{name}-samples.png", encoder=loaded.text_encoder,
+                     guidance=guidance)
     (CHECKPOINT_DIR / f"{name}.md").write_text(render_card(card))
     print(f"re-rendered the card and sample grid of {name} in {CHECKPOINT_DIR}")
 
@@ -201,6 +222,11 @@ def main(argv=None):
     p.add_argument("--batch", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--pool", type=int, help="number of ShapeWorld training images")
+    p.add_argument("--cond-dropout", type=float, default=0.0,
+                   help="shapes-flux: share of training captions replaced by the empty caption "
+                        "(teaches the unconditional branch of classifier-free guidance)")
+    p.add_argument("--guidance", type=float, default=1.0,
+                   help="shapes-flux: classifier-free guidance scale of the card's samples (1: none)")
     p.add_argument("--minutes", type=float, default=0, help="stop training after this many minutes")
     p.add_argument("--eval-n", type=int, default=500, help="validation images for the card")
     p.add_argument("--seed", type=int, default=0)
@@ -218,7 +244,8 @@ def main(argv=None):
                    help="with --card-only: also recompute the card's validation numbers")
     args = p.parse_args(argv)
     if args.card_only:
-        return refresh_card(args.name, reevaluate=args.reevaluate, n=args.eval_n)
+        return refresh_card(args.name, reevaluate=args.reevaluate, n=args.eval_n,
+                            guidance=args.guidance if args.guidance != 1 else None)
     for k, v in DEFAULTS[args.name].items():
         if getattr(args, k, None) is None:
             setattr(args, k, v)
@@ -239,7 +266,8 @@ def main(argv=None):
                          "training"]["steps"]) if previous else 0),
                      "init": "the shipped checkpoint" if previous else "random",
                      "optimizer": "AdamW(wd=0.05), 100 warm-up steps, cosine to 5%",
-                     "final_loss": round(stats["final_loss"], 5), "seed": args.seed},
+                     "final_loss": round(stats["final_loss"], 5), "seed": args.seed,
+                     **({"cond_dropout": args.cond_dropout} if args.name == "shapes-flux" else {})},
         "wall_time_s": stats["train_seconds"] + (previous["wall_time_s"] if previous else 0),
         "hardware": f"{device.type}: " + (torch.cuda.get_device_name(device) if device.type == "cuda"
                                           else f"{platform.processor() or platform.machine()}, "
@@ -252,7 +280,8 @@ def main(argv=None):
     run_dir = Path(args.out) / args.name
     save_checkpoint(model, card, run_dir)
     encoder = generate.TextEncoder(device=device) if args.name == "shapes-flux" else None
-    save_sample_grid(args.name, model, run_dir / f"{args.name}-samples.png", encoder=encoder)
+    save_sample_grid(args.name, model, run_dir / f"{args.name}-samples.png", encoder=encoder,
+                     guidance=args.guidance)
     print(json.dumps(card["validation"], indent=1))
 
     ship_dir = Path(args.checkpoint_dir)
