@@ -60,7 +60,8 @@ def test_flux_meets_its_card():
     loaded = load("shapes-flux", mode="lite", device="cpu", verbose=False)
     card = read_card("shapes-flux")["validation"]
     got = evaluate.flux_metrics(loaded.model, loaded.text_encoder, n=60, seed=5,
-                                steps=card["sampler_steps"], frechet=False)
+                                steps=card["sampler_steps"], frechet=False,
+                                guidance=card.get("guidance_scale", 1.0))
     assert got["color_match"] >= card["color_match"] - 0.15, (got, card)
     assert got["caption_match"] >= card["caption_match"] - 0.15, (got, card)
     assert got["color_match"] > 2 * card["color_chance"]  # it follows the caption's colours
