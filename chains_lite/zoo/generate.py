@@ -78,7 +78,9 @@ def flux_sample(model, encoder: TextEncoder, captions: list[str], steps: int = 2
         raise ValueError(f"steps must be >= 1, got {steps}")
     device = next(model.parameters()).device
     txt, pooled = encoder(captions)
-    empty_txt, empty_pooled = encoder([""])
+    guided = guidance != 1
+    if guided:
+        empty_txt, empty_pooled = encoder([""])  # the unconditional input
     grid = size // FLUX_PACK
     ids, txt_ids = image_ids(grid, device), torch.zeros(txt.shape[1], 3, device=device)
     gen = torch.Generator().manual_seed(seed)
@@ -88,15 +90,15 @@ def flux_sample(model, encoder: TextEncoder, captions: list[str], steps: int = 2
     for i in tqdm(range(0, len(captions), batch), desc="flux sample", disable=not progress):
         xb, sl = x[i:i + batch], slice(i, i + batch)
         c_txt, c_pooled = txt[sl].to(device), pooled[sl].to(device)
-        if guidance != 1:  # conditional and unconditional halves in one forward pass
+        if guided:  # conditional and unconditional halves in one forward pass
             m = len(xb)
             c_txt = torch.cat([c_txt, empty_txt.to(device).expand(m, -1, -1)])
             c_pooled = torch.cat([c_pooled, empty_pooled.to(device).expand(m, -1)])
         for t, t_next in zip(ts[:-1], ts[1:]):
-            xin = xb if guidance == 1 else torch.cat([xb, xb])
+            xin = torch.cat([xb, xb]) if guided else xb
             tt = torch.full((len(xin),), float(t), device=device)
             v = model(xin, c_txt, c_pooled, tt, ids, txt_ids).sample
-            if guidance != 1:
+            if guided:
                 v_cond, v_uncond = v.chunk(2)
                 v = v_uncond + guidance * (v_cond - v_uncond)
             xb = xb + (t_next - t) * v
