@@ -21,6 +21,60 @@ def test_lr_schedule_warms_up_then_decays():
     assert lrs[-1] == pytest.approx(0.05, abs=1e-4)
 
 
+def test_lr_schedule_with_a_time_budget_follows_the_larger_share():
+    # done = share of the time budget used: the cosine is where that share puts it
+    assert train._lr(500, 10**6, 1.0, done=0.5) == pytest.approx(0.05 + 0.95 * 0.5)
+    assert train._lr(500, 10**6, 1.0, done=1.0) == pytest.approx(0.05)
+    # a step count further along than the clock wins; warm-up ignores the clock
+    assert train._lr(550, 1000, 1.0, done=0.0) == pytest.approx(train._lr(550, 1000, 1.0))
+    assert train._lr(10, 1000, 1.0, done=0.9) == pytest.approx(0.11)
+
+
+def test_build_overrides_replace_config_entries_and_reject_unknown_ones():
+    wide = build("shapes-unet", block_out_channels=(48, 96, 96))
+    assert tuple(wide.config.block_out_channels) == (48, 96, 96)
+    assert wide.config.norm_num_groups == build("shapes-unet").config.norm_num_groups
+    with pytest.raises(ValueError, match="no config entries.*num_wings"):
+        build("shapes-unet", num_wings=2)
+    with pytest.raises(ValueError, match="class"):
+        build("shapes-vit", **{"class": "x"})
+
+
+def test_ema_run_saves_the_warmed_up_average(tmp_path, monkeypatch):
+    """--ema: the saved weights are the EMA with decay min(d, (1+t)/(10+t)), recomputed here by hand."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    steps, decay = 3, 0.5
+    seen = []  # the weights after each optimiser step, recorded by a hook on AdamW.step
+    orig = torch.optim.AdamW.step
+
+    def step(self, *a, **k):
+        out = orig(self, *a, **k)
+        seen.append([p.detach().clone() for g in self.param_groups for p in g["params"]])
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    torch.manual_seed(0)
+    start = [p.detach().clone() for p in build("shapes-vit").parameters()]
+    train.main(["shapes-vit", "--steps", str(steps), "--batch", "4", "--pool", "8", "--eval-n", "8",
+                "--ema", str(decay), "--no-install", "--out", str(tmp_path)])
+    ema = start
+    for t, w in enumerate(seen[:steps]):
+        d = min(decay, (1 + t) / (10 + t))
+        ema = [d * e + (1 - d) * x for e, x in zip(ema, w)]
+    got = load_weights(build("shapes-vit"), "shapes-vit", tmp_path / "shapes-vit")
+    for e, g in zip(ema, got.parameters()):
+        assert torch.allclose(e.half().float(), g, atol=1e-3)
+    assert not all(torch.allclose(w.half().float(), g) for w, g in zip(seen[steps - 1], got.parameters()))
+    assert read_card("shapes-vit", tmp_path / "shapes-vit")["training"]["ema"] == decay
+
+
+def test_shipped_cards_match_the_configs_the_loader_builds():
+    from chains_lite.zoo.models import LITE_CONFIGS
+    for name, cfg in LITE_CONFIGS.items():
+        card = read_card(name)["config"]
+        assert card == {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}, name
+
+
 def test_checkpoint_round_trip_is_float16_exact(tmp_path):
     torch.manual_seed(0)
     model = build("shapes-vit").eval()

@@ -65,11 +65,18 @@ def _conv_stem_embed():
     return ConvStemPatchEmbed
 
 
-def build(name: str) -> nn.Module:
-    """A lite model with random weights (deterministic under ``torch.manual_seed``)."""
+def build(name: str, **overrides) -> nn.Module:
+    """A lite model with random weights (deterministic under ``torch.manual_seed``).
+
+    ``overrides`` replace entries of the model's config in :data:`LITE_CONFIGS` (to train a
+    variant, e.g. ``build("shapes-unet", block_out_channels=(48, 96, 96))``)."""
     if name not in LITE_CONFIGS:
         raise ValueError(f"unknown lite model {name!r}; choose from {sorted(LITE_CONFIGS)}")
-    cfg = dict(LITE_CONFIGS[name])
+    unknown = set(overrides) - set(LITE_CONFIGS[name]) - {"class"}
+    if "class" in overrides or unknown:
+        raise ValueError(f"{name} has no config entries {sorted(unknown | ({'class'} & set(overrides)))}; "
+                         f"it has {sorted(set(LITE_CONFIGS[name]) - {'class'})}")
+    cfg = {**LITE_CONFIGS[name], **overrides}
     cls = cfg.pop("class")
     if cls == "timm.VisionTransformer":
         from timm.models.vision_transformer import VisionTransformer

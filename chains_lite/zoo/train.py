@@ -35,41 +35,70 @@ DEFAULTS = {  # steps, batch, lr, train-pool size, image size
 }
 
 
-def _lr(step, steps, lr, warmup=100):
-    """Linear warm-up then cosine decay to 5% of ``lr``."""
+def _lr(step, steps, lr, warmup=100, done=0.0):
+    """Linear warm-up then cosine decay to 5% of ``lr`` over the remaining ``steps - warmup``
+    steps; ``done`` (0 to 1), when larger, is the share of the decay already spent (a run with a
+    time budget passes the share of its time used)."""
     if step < warmup:
         return lr * (step + 1) / warmup
-    return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup))))
+    frac = max((step - warmup) / max(1, steps - warmup), done)
+    return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
 
 
 def _loop(model, loss_fn, pool_size, args, device):
-    """The shared training loop: AdamW, warm-up + cosine, a time cap, a progress bar."""
+    """The shared training loop: AdamW, warm-up + cosine, an optional EMA of the weights, a progress bar.
+
+    The run lasts ``args.steps`` steps, or ``args.minutes`` of wall time if that comes first;
+    with a time budget the cosine follows the larger of the two shares done, so a run cut by
+    the clock still ends at the low learning rate. With ``args.ema`` > 0 the returned model
+    holds the exponential moving average of the weights (decay ``args.ema``, warmed up).
+    """
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
-    gen = torch.Generator().manual_seed(args.seed)
-    start, losses = time.time(), []
-    bar = tqdm(range(args.steps), desc=f"train {args.name}")
-    for step in bar:
+    params = [p for p in model.parameters()]
+    ema = [p.detach().clone() for p in params] if args.ema else None
+    gen = torch.Generator().manual_seed(args.seed)  # draws the batch indices
+    # Noise and timesteps are drawn where the model runs (no host copy per step on a GPU); on
+    # the CPU one generator draws everything.
+    dgen = gen if device.type == "cpu" else torch.Generator(device).manual_seed(args.seed + 1)
+    start, losses, step = time.time(), [], 0
+    bar = tqdm(total=args.steps, desc=f"train {args.name}")
+    while step < args.steps:
+        used = (time.time() - start) / (60 * args.minutes) if args.minutes else 0.0
+        if used >= 1:
+            break
         for group in opt.param_groups:
-            group["lr"] = _lr(step, args.steps, args.lr)
+            group["lr"] = _lr(step, args.steps, args.lr, done=used)
         idx = torch.randint(pool_size, (args.batch,), generator=gen)
-        loss = loss_fn(idx, gen)
+        loss = loss_fn(idx.to(device), dgen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        losses.append(loss.item())
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}")
-        if args.minutes and time.time() - start > 60 * args.minutes:
-            print(f"time cap of {args.minutes} min reached at step {step + 1}")
-            break
-    return dict(steps_done=step + 1, final_loss=sum(losses[-50:]) / len(losses[-50:]),
+        if ema is not None:
+            # The decay warms up as (1 + step) / (10 + step), as diffusers' EMAModel does, so
+            # the average forgets the initial weights within a short run too.
+            decay = min(args.ema, (1 + step) / (10 + step))
+            with torch.no_grad():
+                torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
+        losses.append(loss.detach())
+        if step % 20 == 0:  # the only host synchronisation of the loop
+            bar.set_postfix(loss=f"{torch.stack(losses[-20:]).mean().item():.4f}")
+        bar.update(1)
+        step += 1
+    bar.close()
+    if args.minutes and step < args.steps:
+        print(f"time budget of {args.minutes} min used at step {step}")
+    if ema is not None:
+        with torch.no_grad():
+            for p, e in zip(params, ema):
+                p.copy_(e)
+    return dict(steps_done=step, final_loss=torch.stack(losses[-50:]).mean().item(),
                 train_seconds=round(time.time() - start, 1))
 
 
 def _initial_model(args):
     """Random weights (seeded), or with ``--init`` the shipped checkpoint, to train it further."""
-    model = build(args.name)
+    model = build(args.name, **args.config)
     if args.init:
         load_weights(model, args.name, Path(args.checkpoint_dir))
     return model
@@ -82,7 +111,7 @@ def train_vit(args, device):
 
     def loss_fn(idx, gen):
         x = images[idx]
-        flip = torch.rand(len(idx), generator=gen) < 0.5  # mirror images: a mirrored shape keeps its class
+        flip = torch.rand(len(idx), generator=gen, device=gen.device) < 0.5  # a mirrored shape keeps its class
         x = torch.where(flip.to(device)[:, None, None, None], x.flip(-1), x)
         return F.cross_entropy(model(x), labels[idx])
 
@@ -104,12 +133,12 @@ def train_flux(args, device):
     def loss_fn(idx, gen):
         # Rectified flow: x_t = (1 - t) x_data + t noise, the model predicts noise - x_data.
         data_x = x1[idx]
-        noise = torch.randn(data_x.shape, generator=gen).to(device)
-        t = torch.sigmoid(torch.randn(len(idx), generator=gen)).to(device)  # logit-normal, as SD3/FLUX
+        noise = torch.randn(data_x.shape, generator=gen, device=gen.device).to(device)
+        t = torch.sigmoid(torch.randn(len(idx), generator=gen, device=gen.device)).to(device)  # logit-normal
         xt = (1 - t[:, None, None]) * data_x + t[:, None, None] * noise
         # Caption dropout: with probability ``args.cond_dropout`` the model sees the empty caption,
         # so it also learns the unconditional velocity that classifier-free guidance needs.
-        drop = (torch.rand(len(idx), generator=gen) < args.cond_dropout).to(device)
+        drop = (torch.rand(len(idx), generator=gen, device=gen.device) < args.cond_dropout).to(device)
         c_txt = torch.where(drop[:, None, None], empty_txt, txt[idx])
         c_pooled = torch.where(drop[:, None], empty_pooled, pooled[idx])
         pred = model(xt, c_txt, c_pooled, t, ids, txt_ids).sample
@@ -129,8 +158,8 @@ def train_unet(args, device):
 
     def loss_fn(idx, gen):
         # DDPM epsilon-prediction objective.
-        t = torch.randint(len(abar), (len(idx),), generator=gen).to(device)
-        noise = torch.randn(x0[idx].shape, generator=gen).to(device)
+        t = torch.randint(len(abar), (len(idx),), generator=gen, device=gen.device).to(device)
+        noise = torch.randn(x0[idx].shape, generator=gen, device=gen.device).to(device)
         a = abar[t][:, None, None, None]
         xt = a.sqrt() * x0[idx] + (1 - a).sqrt() * noise
         return F.mse_loss(model(xt, t).sample, noise)
@@ -227,7 +256,16 @@ def main(argv=None):
                         "(teaches the unconditional branch of classifier-free guidance)")
     p.add_argument("--guidance", type=float, default=1.0,
                    help="shapes-flux: classifier-free guidance scale of the card's samples (1: none)")
-    p.add_argument("--minutes", type=float, default=0, help="stop training after this many minutes")
+    p.add_argument("--minutes", type=float, default=0,
+                   help="time budget of the training loop in minutes; the learning-rate schedule fits "
+                        "into it (0: none, the run lasts --steps)")
+    p.add_argument("--ema", type=float, default=0.0,
+                   help="keep an exponential moving average of the weights with this decay (e.g. 0.999) "
+                        "and save it instead of the last weights (0: off)")
+    p.add_argument("--config", type=json.loads, default={},
+                   help="JSON object of model-config entries that replace the lite config's, e.g. "
+                        "'{\"num_layers\": 3}' (the card records the config used; `zoo.load` builds "
+                        "from LITE_CONFIGS, so a checkpoint with another config ships with that edit)")
     p.add_argument("--eval-n", type=int, default=500, help="validation images for the card")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
@@ -257,7 +295,8 @@ def main(argv=None):
     model, stats, metrics = TRAINERS[args.name](args, device)
     card = {
         "name": args.name,
-        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in LITE_CONFIGS[args.name].items()},
+        "config": {k: (list(v) if isinstance(v, tuple) else v)
+                   for k, v in {**LITE_CONFIGS[args.name], **args.config}.items()},
         "params": sum(p.numel() for p in model.parameters()),
         "data": f"ShapeWorld split=train seed={args.seed}: a pool of {args.pool} images of "
                 f"{args.size}x{args.size}, batches drawn with replacement",
@@ -267,6 +306,8 @@ def main(argv=None):
                      "init": "the shipped checkpoint" if previous else "random",
                      "optimizer": "AdamW(wd=0.05), 100 warm-up steps, cosine to 5%",
                      "final_loss": round(stats["final_loss"], 5), "seed": args.seed,
+                     **({"ema": args.ema} if args.ema else {}),
+                     **({"minutes": args.minutes} if args.minutes else {}),
                      **({"cond_dropout": args.cond_dropout} if args.name == "shapes-flux" else {})},
         "wall_time_s": stats["train_seconds"] + (previous["wall_time_s"] if previous else 0),
         "hardware": f"{device.type}: " + (torch.cuda.get_device_name(device) if device.type == "cuda"
