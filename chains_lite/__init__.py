@@ -10,6 +10,7 @@ from .chain import (
     column_sum,
     head_weights,
     lambda2,
+    mix,
     mix_heads,
     row_select,
     teleport,
@@ -23,7 +24,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_ALPHA", "bounce", "check_stochastic", "column_select", "column_sum",
-    "head_weights", "lambda2", "mix_heads", "row_select", "teleport", "tokenrank",
+    "head_weights", "lambda2", "mix", "mix_heads", "row_select", "teleport", "tokenrank",
     "transition_matrix", "LazyAttention", "LazyMixture", "DEFAULT_MAX_BYTES",
     "capture", "add_logit_bias", "TokenLayout",
 ]

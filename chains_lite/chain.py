@@ -690,3 +690,13 @@ def mix_heads(A, weights, dim: int = -3) -> torch.Tensor:
     if _is_lazy(A):  # a lazy mixture: its products are the weighted sums of the heads'
         return A.mix(w, d)
     return (A * w[..., None, None]).sum(d)
+
+
+def mix(A, scheme: str, dim: int = -3, generator=None, direction: str = "incoming") -> torch.Tensor:
+    """Heads mixed into one chain by a weighting ``scheme`` (Sec. 4.4): ``(..., h, n, n)`` ->
+    ``(..., n, n)`` (``dim`` removed); dense or lazy, as ``A``.
+
+    Shorthand for ``mix_heads(A, head_weights(A, scheme, dim, generator, direction), dim)``;
+    ``scheme`` is one of ``"lambda2"``, ``"uniform"``, ``"random"`` (see :func:`head_weights`).
+    """
+    return mix_heads(A, head_weights(A, scheme, dim=dim, generator=generator, direction=direction), dim=dim)

@@ -361,3 +361,16 @@ def test_cuda_matches_cpu():
         assert out.is_cuda
         torch.testing.assert_close(out.cpu(), f(A), atol=1e-4, rtol=0)
     assert cl.tokenrank(Ac.half()).dtype == torch.float32
+
+
+def test_mix_is_mix_heads_of_head_weights():
+    A = torch.softmax(torch.randn(2, 4, 6, 6, generator=torch.Generator().manual_seed(1)), -1)
+    for scheme in ("lambda2", "uniform"):
+        by_hand = (A * cl.head_weights(A, scheme)[..., None, None]).sum(1)
+        torch.testing.assert_close(cl.mix(A, scheme), by_hand)
+    assert torch.allclose(cl.mix(A, "uniform"), A.mean(1))
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    torch.testing.assert_close(cl.mix(A, "random", generator=g1),
+                               cl.mix_heads(A, cl.head_weights(A, "random", generator=g2)))
+    with pytest.raises(ValueError, match="unknown scheme"):
+        cl.mix(A, "median")
