@@ -89,3 +89,27 @@ def test_binary_segmentation_errors():
         binary_segmentation(torch.full((1, 3, 3), float("nan")), torch.ones(1, 3, 3))
     with pytest.raises(ValueError, match="resize"):
         binary_segmentation(torch.rand(1, 3, 3), torch.ones(1, 3, 3), resize="cubic")
+
+
+def test_binary_segmentation_refuses_a_dataset_without_foreground():
+    # all background and a constant map would otherwise score 100 / 100 / 100
+    with pytest.raises(ValueError, match="no foreground"):
+        binary_segmentation(torch.ones(2, 3, 3), torch.zeros(2, 3, 3, dtype=torch.long), size=3)
+    # one image without foreground is fine when the dataset has some
+    out = binary_segmentation(torch.rand(2, 3, 3), torch.stack([torch.zeros(3, 3), torch.ones(3, 3)]), size=3)
+    assert 0 <= out["acc"] <= 100
+
+
+@pytest.mark.parametrize("bad", [-1.0, 0.5, float("nan")])
+def test_binary_segmentation_refuses_soft_or_negative_masks(bad):
+    masks = torch.zeros(1, 3, 3)
+    masks[0, 0, 0], masks[0, 1, 1] = 1.0, bad
+    with pytest.raises(ValueError, match="non-negative integers"):
+        binary_segmentation(torch.rand(1, 3, 3), masks, size=3)
+
+
+def test_binary_segmentation_takes_float64_scores_beyond_float32_range():
+    scores = torch.tensor([[[0.0, 1e300], [0.0, 1e300]]], dtype=torch.float64)
+    masks = torch.tensor([[[0, 1], [0, 1]]])
+    out = binary_segmentation(scores, masks, size=2)
+    assert out["acc"] == pytest.approx(100) and out["map"] == pytest.approx(100)
