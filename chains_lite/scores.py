@@ -73,10 +73,12 @@ def _random(A, layout: TokenLayout, generator=None, **_):
 def _random_row(A, layout: TokenLayout, generator=None, **_):
     """``(..., n)``: the row of one random patch per image (first dim of ``A``; one patch for a
     single chain ``(n, n)``), the same patch for the image's other batch dims (heads)."""
-    images = A.shape[0] if A.ndim > 2 else 1
+    one_chain = A.ndim == 2
+    images = 1 if one_chain else A.shape[0]
     idx = layout.patch_start + torch.randint(layout.n_patches, (images,), generator=generator)
+    # one-hot starts (images, 1, ..., n): broadcast over the other batch dims
     start = torch.nn.functional.one_hot(idx, A.shape[-1]).to(A.device)
-    start = start.reshape(images, *[1] * (A.ndim - 3), A.shape[-1]) if A.ndim > 2 else start[0]
+    start = start[0] if one_chain else start.reshape(images, *[1] * (A.ndim - 3), -1)
     return bounce(A, start, 1, "incoming")
 
 
