@@ -64,6 +64,13 @@ class TokenLayout:
         return self.grid[0] * self.grid[1]
 
     @property
+    def center_token(self) -> int:
+        """Index of the patch token at the grid's center (row ``h // 2``, column ``w // 2``)."""
+        self.n_patches  # raises for a layout without a grid
+        h, w = self.grid
+        return self.patch_start + (h // 2) * w + w // 2
+
+    @property
     def patch_slice(self) -> slice:
         return slice(self.patch_start, self.patch_start + self.n_patches)
 

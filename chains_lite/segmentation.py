@@ -22,14 +22,14 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from . import scores
 from .capture import TokenLayout
 from .chain import bounce
 from .flux import BLOCKS, HEAD_MIX, encode, noised_attention
 from .metrics import binary_segmentation
 
-METHODS = {"row_select": ("incoming", 1), "column_select": ("outgoing", 1),
-           "incoming_2": ("incoming", 2), "incoming_3": ("incoming", 3),
-           "outgoing_2": ("outgoing", 2), "outgoing_3": ("outgoing", 3)}
+METHODS = scores.select("row_select", "column_select", "incoming_2", "incoming_3", "outgoing_2",
+                        "outgoing_3")
 PAPER_METHOD = "outgoing_2"
 
 
@@ -106,12 +106,12 @@ def start_vectors(token_lists: list[list[int]], n: int) -> torch.Tensor:
 
 
 def word_map(A, layout: TokenLayout, start: torch.Tensor, method: str = PAPER_METHOD) -> torch.Tensor:
-    """Bounce ``A`` ``(..., n, n)`` (heads mixed) from ``start`` ``(..., n)`` as ``method`` says and
-    return the image part as a grid ``(..., h, w)`` (sums to at most 1: the rest is on text)."""
+    """Bounce ``A`` ``(..., n, n)`` (heads mixed) from ``start`` ``(..., n)`` (or a token index) as
+    ``method`` (one of :data:`METHODS`, see :mod:`chains_lite.scores`) says and return the image
+    part as a grid ``(..., h, w)`` (sums to at most 1: the rest is on text)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {tuple(METHODS)}")
-    direction, steps = METHODS[method]
-    return layout.to_grid(bounce(A, start, steps, direction))
+    return layout.to_grid(scores.token_scores(A, method, layout, start=start))
 
 
 # ----------------------------------------------------------------------------- images -> maps
