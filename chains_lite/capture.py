@@ -416,6 +416,7 @@ class Recorder:
         in the order the calls ran: model call by model call, layers in depth order within each."""
         if self.store == "mean":
             raise ValueError("store='mean' keeps only the running sum; pass store='probs' or 'qk'")
+        self._check()
         return list(self._order)
 
     @property

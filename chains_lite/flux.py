@@ -73,6 +73,7 @@ class JointAttention:
 
     @property
     def layout(self) -> TokenLayout | None:
+        """The model call's layout (every block shares it); ``None`` before a call."""
         return self.rec.layouts[0] if self.rec.layouts else None
 
     @property
@@ -81,7 +82,6 @@ class JointAttention:
         order (model call by model call, blocks in depth order within each)."""
         if self.store != "probs":
             raise ValueError(f"this capture stored {self.store!r}; pass store='probs'")
-        self.rec._check()
         return self.rec.recorded()
 
     def mean(self) -> torch.Tensor:
