@@ -96,7 +96,7 @@ def main(argv=None):
     with torch.no_grad():
         res = evaluate(loaded, images, masks, captions, words, settings, batch_size=batch,
                        size=args.size, resize=args.resize, t=args.t, steps=args.steps,
-                       store=args.store, seed=args.seed)
+                       store=args.store, seed=args.seed, encoder=zoo.inputs.encode)
     elapsed = time.perf_counter() - t0
     print(f"\n{loaded.name} ({args.mode} mode), {len(images)} images, seed {args.seed}, "
           f"t = {args.t}, {args.steps} steps, {elapsed:.1f} s")

@@ -12,12 +12,17 @@ distribution on its token(s) and bounce:
 The map is the image-token part of the result, as the image grid. A :class:`Setting` names one
 row of the ablation (method, head mixing, double- or single-stream blocks); :func:`evaluate`
 scores settings on a dataset with :func:`chains_lite.metrics.binary_segmentation`.
+
+The pipeline functions take the model (or a loaded zoo model holding it as ``.model``) and an
+``encoder(loaded, images, captions) -> inputs`` (default :func:`chains_lite.flux.encode`, the
+zoo's); this module does not import the zoo.
 """
 from __future__ import annotations
 
 import re
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -117,17 +122,19 @@ def word_map(A, layout: TokenLayout, start: torch.Tensor, method: str = PAPER_ME
 # ----------------------------------------------------------------------------- images -> maps
 def word_maps(loaded, images: torch.Tensor, captions: list[str], words: list[str],
               settings=(Setting(),), t: float = 0.5, steps: int = 2, layers=None, seed: int = 0,
-              store: str = "mean") -> dict:
+              store: str = "mean", encoder: Callable | None = None) -> dict:
     """Maps of one word per image: ``{setting.name: (B, h, w)}`` for each :class:`Setting`.
 
+    loaded: the FLUX transformer or a loaded zoo model (see :func:`~chains_lite.flux.noised_attention`).
     images: ``(B, 3, H, W)`` in [0, 1] (32 x 32 ShapeWorld for ``shapes-flux``; multiples of 16
-    for FLUX); ``captions``, ``words``: one each per image. One noised forward pass (``steps``
-    model calls from ``t``) per block kind; settings that share it reuse its attention.
+    for FLUX); ``captions``, ``words``: one each per image. ``encoder``: ``(loaded, images,
+    captions) -> inputs`` (default :func:`chains_lite.flux.encode`). One noised forward pass
+    (``steps`` model calls from ``t``) per block kind; settings that share it reuse its attention.
     """
     settings = [Setting.parse(s) if isinstance(s, str) else s for s in settings]
     if not (len(images) == len(captions) == len(words)):
         raise ValueError("images, captions and words must have the same length")
-    inputs = encode(loaded, images, captions)
+    inputs = (encoder or encode)(loaded, images, captions)
     token_lists = [word_tokens(inputs.tokens, i, c, w) for i, (c, w) in enumerate(zip(captions, words))]
     out = {}
     for blocks in dict.fromkeys(s.blocks for s in settings):
@@ -146,7 +153,7 @@ def word_maps(loaded, images: torch.Tensor, captions: list[str], words: list[str
 def segment(loaded, image: torch.Tensor, caption: str, word: str, method: str = PAPER_METHOD,
             heads: str = "lambda2", blocks: str = "double", **kw) -> torch.Tensor:
     """The map ``(h, w)`` of ``word`` for one image ``(3, H, W)`` and its caption (see
-    :func:`word_maps` for ``t``, ``steps``, ``layers``, ``seed``)."""
+    :func:`word_maps` for ``t``, ``steps``, ``layers``, ``seed``, ``encoder``)."""
     s = Setting(method, heads, blocks)
     return word_maps(loaded, torch.as_tensor(image)[None], [caption], [word], [s], **kw)[s.name][0]
 
@@ -156,7 +163,8 @@ def evaluate(loaded, images: torch.Tensor, masks: torch.Tensor, captions: list[s
              resize: str = "nearest", progress: bool = True, keep_maps: bool = False, **kw) -> dict:
     """Score settings on a dataset with :func:`binary_segmentation` (Chefer et al. protocol).
 
-    masks: ``(N, H', W')`` ground truth, nonzero = the word's object. Returns
+    masks: ``(N, H', W')`` ground truth, nonzero = the word's object. ``kw``: for
+    :func:`word_maps` (``t``, ``steps``, ``layers``, ``seed``, ``store``, ``encoder``). Returns
     ``{setting.name: {"acc", "miou", "map", "miou_acc_2_minus_acc", "n"}}`` plus ``"time_s"``
     and, with ``keep_maps``, ``"maps"``: ``{setting.name: (N, h, w)}``.
     """
@@ -177,12 +185,27 @@ def evaluate(loaded, images: torch.Tensor, masks: torch.Tensor, captions: list[s
 
 
 # ----------------------------------------------------------------------------- datasets
+_shapeworld: list[Callable] = []   # the ShapeWorld generator shapeworld_task draws from
+
+
+def set_shapeworld(fn: Callable) -> None:
+    """Make ``fn(n, seed=, split=, size=) -> ShapeBatch`` what :func:`shapeworld_task` draws from.
+    The zoo sets its generator (:func:`chains_lite.zoo.shapeworld`) when it is imported."""
+    _shapeworld[:] = [fn]
+
+
 def shapeworld_task(n: int, seed: int = 0, size: int = 32):
-    """Lite benchmark: ShapeWorld test images, their captions, the class word of the largest
-    shape, and as ground truth the mask of every object of that class (the caption's word names
-    all of them). Returns ``(batch, masks (n, size, size) bool, words)``."""
-    from .zoo import shapeworld
-    batch = shapeworld(n, seed=seed, split="test", size=size)
+    """Lite benchmark: ``n`` ShapeWorld test images (``size`` x ``size``) as :func:`class_word_task`
+    turns them into a task. Returns ``(batch, masks (n, size, size) bool, words)``."""
+    if not _shapeworld:
+        raise RuntimeError("no ShapeWorld generator: import chains_lite.zoo (or call set_shapeworld)")
+    return class_word_task(_shapeworld[0](n, seed=seed, split="test", size=size))
+
+
+def class_word_task(batch):
+    """A ShapeWorld batch as a segmentation task: the class word of each image's largest shape,
+    and as ground truth the mask of every object of that class (the caption's word names all of
+    them). Returns ``(batch, masks (n, H, W) bool, words)``."""
     words = [s[0] for s in batch.shapes]
     masks = torch.stack([sum(batch.masks[i] == k + 1 for k, s in enumerate(shapes) if s == words[i])
                          for i, shapes in enumerate(batch.shapes)]).bool()
@@ -190,10 +213,11 @@ def shapeworld_task(n: int, seed: int = 0, size: int = 32):
 
 
 def word_object_scores(loaded, batch, kind: str = "shape", setting=Setting(), n_objects: int = 2,
-                       progress: bool = True, **kw) -> dict:
+                       progress: bool = True, encoder: Callable | None = None, **kw) -> dict:
     """Part segmentation on ShapeWorld, measured: for every image of ``batch`` with at least
     ``n_objects`` objects of distinct shapes, the map of each object's word (its shape name, or its
-    colour name with ``kind="color"``) against that object's mask alone.
+    colour name with ``kind="color"``) against that object's mask alone. ``encoder``, ``kw``: as
+    for :func:`word_maps` (``kw`` goes to :func:`~chains_lite.flux.noised_attention`).
 
     Returns :func:`binary_segmentation` over all (word, object) pairs, at the image resolution.
     """
@@ -204,7 +228,7 @@ def word_object_scores(loaded, batch, kind: str = "shape", setting=Setting(), n_
     keep = [i for i, s in enumerate(batch.shapes) if len(s) >= n_objects and len(set(s)) == len(s)]
     for i in tqdm(keep, desc=f"{kind} words", disable=not progress):
         words = batch.shapes[i] if kind == "shape" else batch.colors[i]
-        inputs = encode(loaded, batch.images[i][None], [batch.captions[i]])
+        inputs = (encoder or encode)(loaded, batch.images[i][None], [batch.captions[i]])
         rec = noised_attention(loaded, inputs, blocks=setting.blocks, **kw)
         chain = rec.chain(setting.heads)
         start = start_vectors([word_tokens(inputs.tokens, 0, batch.captions[i], w) for w in words],

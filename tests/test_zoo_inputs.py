@@ -1,0 +1,58 @@
+"""FLUX inputs from the zoo: full-model packing and ids as diffusers' FluxPipeline makes them, the
+guidance input as a parameter, and the encoder the zoo hands to chains_lite.flux."""
+from types import SimpleNamespace
+
+import torch
+from diffusers import FluxPipeline
+
+from chains_lite import flux, segmentation
+from chains_lite.zoo import inputs, shapeworld
+from chains_lite.zoo.models import pack
+
+
+def test_packing_and_ids_match_the_flux_pipeline():
+    lat = torch.randn(2, 16, 6, 8)
+    # the pipeline's own (private, static) helpers are the reference for the public pack / ids
+    assert torch.equal(pack(lat, 2), FluxPipeline._pack_latents(lat, 2, 16, 6, 8))
+    assert torch.equal(inputs._grid_ids(3, 4, "cpu", torch.float32),
+                       FluxPipeline._prepare_latent_image_ids(2, 3, 4, "cpu", torch.float32))
+
+
+def _fake_pipeline(guidance_embeds: bool):
+    """The parts of a FluxPipeline that full_inputs uses, with 8x downsampling and 16 channels."""
+    def vae_encode(x):
+        lat = torch.nn.functional.avg_pool2d(x, 8).repeat(1, 6, 1, 1)[:, :16]
+        return SimpleNamespace(latent_dist=SimpleNamespace(mode=lambda: lat))
+
+    def encode_prompt(prompt, prompt_2, device, max_sequence_length):
+        n = len(prompt)
+        return torch.ones(n, max_sequence_length, 4), torch.ones(n, 3), torch.zeros(max_sequence_length, 3)
+
+    def tokenizer_2(captions, **kw):
+        return {"offset_mapping": [[(0, 0)] * kw["max_length"] for _ in captions]}
+
+    vae = SimpleNamespace(encode=vae_encode, dtype=torch.float32,
+                          config=SimpleNamespace(shift_factor=0.5, scaling_factor=2.0))
+    transformer = SimpleNamespace(device=torch.device("cpu"), dtype=torch.float32,
+                                  config=SimpleNamespace(guidance_embeds=guidance_embeds))
+    return SimpleNamespace(vae=vae, transformer=transformer, encode_prompt=encode_prompt,
+                           tokenizer_2=tokenizer_2)
+
+
+def test_full_inputs_pack_the_latents_and_take_guidance_as_a_parameter():
+    images = torch.rand(2, 3, 32, 48)
+    loaded = SimpleNamespace(mode="full", pipeline=_fake_pipeline(True))
+    got = flux.encode(loaded, images, ["a cat", "a dog"], max_sequence_length=5, guidance=7.0)
+    lat = (torch.nn.functional.avg_pool2d(images * 2 - 1, 8).repeat(1, 6, 1, 1)[:, :16] - 0.5) * 2.0
+    assert torch.equal(got.x0, FluxPipeline._pack_latents(lat, 2, 16, 4, 6))
+    assert torch.equal(got.img_ids, FluxPipeline._prepare_latent_image_ids(2, 2, 3, "cpu", torch.float32))
+    assert got.text.shape == (2, 5, 4) and torch.equal(got.guidance, torch.full((2,), 7.0))
+    schnell = SimpleNamespace(mode="full", pipeline=_fake_pipeline(False))
+    assert inputs.encode(schnell, images, ["a cat", "a dog"], max_sequence_length=5).guidance is None
+
+
+def test_the_zoo_hands_its_encoder_and_shapeworld_to_the_analysis_modules():
+    assert flux._encoder == [inputs.encode]
+    batch, masks, words = segmentation.shapeworld_task(3, seed=2)
+    want = segmentation.class_word_task(shapeworld(3, seed=2, split="test", size=32))
+    assert torch.equal(batch.images, want[0].images) and torch.equal(masks, want[1]) and words == want[2]
