@@ -36,14 +36,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from chains_lite import zoo  # noqa: E402
-from chains_lite.segmentation import (TABLE7, Setting, evaluate, load_imagenet_segmentation,  # noqa: E402
-                                      shapeworld_task, table)
+from chains_lite.segmentation import (TABLE7, Setting, class_word_task, evaluate,  # noqa: E402
+                                      load_imagenet_segmentation, table)
 
 DEFAULT_SETTINGS = ",".join(s.name for s, _ in TABLE7.values())
 
 
 def lite_data(n: int, seed: int):
-    batch, masks, words = shapeworld_task(n, seed=seed)
+    batch, masks, words = class_word_task(zoo.shapeworld(n, seed=seed, split="test", size=32))
     return batch.images, masks, batch.captions, words
 
 
@@ -96,7 +96,7 @@ def main(argv=None):
     with torch.no_grad():
         res = evaluate(loaded, images, masks, captions, words, settings, batch_size=batch,
                        size=args.size, resize=args.resize, t=args.t, steps=args.steps,
-                       store=args.store, seed=args.seed, encoder=zoo.inputs.encode)
+                       store=args.store, seed=args.seed)
     elapsed = time.perf_counter() - t0
     print(f"\n{loaded.name} ({args.mode} mode), {len(images)} images, seed {args.seed}, "
           f"t = {args.t}, {args.steps} steps, {elapsed:.1f} s")

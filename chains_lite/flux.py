@@ -25,7 +25,6 @@ encoder to :func:`encode` when imported.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
 
 import torch
 from torch import nn
@@ -121,26 +120,6 @@ def capture_joint(model: nn.Module, blocks: str = "double", layers=None, store: 
         raise ValueError(f"store must be one of {STORE}, got {store!r}")
     with capture(model, layers, device=device, store=store, kind=blocks) as rec:
         yield JointAttention(rec, blocks)
-
-
-# ----------------------------------------------------------------------------- inputs
-_encoder: list[Callable] = []   # the one encoder encode() calls, set by the model zoo
-
-
-def set_encoder(fn: Callable) -> None:
-    """Make ``fn(loaded, images, captions, **kw) -> inputs`` what :func:`encode` calls.
-
-    The model zoo sets its own (:func:`chains_lite.zoo.inputs.encode`: lite and full FLUX) when
-    it is imported, so this module needs to know nothing of how models are loaded."""
-    _encoder[:] = [fn]
-
-
-def encode(loaded, images: torch.Tensor, captions: list[str], **kw):
-    """Images ``(B, 3, H, W)`` in [0, 1] and their captions -> transformer inputs for
-    :func:`noised_attention`, by the encoder :func:`set_encoder` installed."""
-    if not _encoder:
-        raise RuntimeError("no FLUX encoder: import chains_lite.zoo (or call flux.set_encoder)")
-    return _encoder[0](loaded, images, captions, **kw)
 
 
 @torch.no_grad()

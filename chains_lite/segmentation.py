@@ -13,9 +13,10 @@ The map is the image-token part of the result, as the image grid. A :class:`Sett
 row of the ablation (method, head mixing, double- or single-stream blocks); :func:`evaluate`
 scores settings on a dataset with :func:`chains_lite.metrics.binary_segmentation`.
 
-The pipeline functions take the model (or a loaded zoo model holding it as ``.model``) and an
-``encoder(loaded, images, captions) -> inputs`` (default :func:`chains_lite.flux.encode`, the
-zoo's); this module does not import the zoo.
+The pipeline functions take a loaded model: anything with ``.model`` (the FLUX transformer) and
+``.encode(images, captions) -> inputs`` (:class:`chains_lite.zoo.Loaded` for ``shapes-flux`` and
+FLUX.1), or pass ``encoder(loaded, images, captions) -> inputs`` yourself; this module does not
+import the zoo.
 """
 from __future__ import annotations
 
@@ -29,8 +30,7 @@ from tqdm.auto import tqdm
 
 from . import scores
 from .capture import TokenLayout
-from .chain import bounce
-from .flux import BLOCKS, HEAD_MIX, encode, noised_attention
+from .flux import BLOCKS, HEAD_MIX, noised_attention
 from .metrics import binary_segmentation
 
 METHODS = scores.select("row_select", "column_select", "incoming_2", "incoming_3", "outgoing_2",
@@ -120,6 +120,16 @@ def word_map(A, layout: TokenLayout, start: torch.Tensor, method: str = PAPER_ME
 
 
 # ----------------------------------------------------------------------------- images -> maps
+def _encode(loaded, images, captions, encoder=None):
+    """Transformer inputs of ``images`` and ``captions``: ``encoder`` if given, else ``loaded.encode``."""
+    if encoder is not None:
+        return encoder(loaded, images, captions)
+    if not callable(getattr(loaded, "encode", None)):
+        raise ValueError("the model has no encode(images, captions): load it with chains_lite.zoo.load, "
+                         "or pass encoder=chains_lite.zoo.inputs.encode")
+    return loaded.encode(images, captions)
+
+
 def word_maps(loaded, images: torch.Tensor, captions: list[str], words: list[str],
               settings=(Setting(),), t: float = 0.5, steps: int = 2, layers=None, seed: int = 0,
               store: str = "mean", encoder: Callable | None = None) -> dict:
@@ -128,13 +138,13 @@ def word_maps(loaded, images: torch.Tensor, captions: list[str], words: list[str
     loaded: the FLUX transformer or a loaded zoo model (see :func:`~chains_lite.flux.noised_attention`).
     images: ``(B, 3, H, W)`` in [0, 1] (32 x 32 ShapeWorld for ``shapes-flux``; multiples of 16
     for FLUX); ``captions``, ``words``: one each per image. ``encoder``: ``(loaded, images,
-    captions) -> inputs`` (default :func:`chains_lite.flux.encode`). One noised forward pass
+    captions) -> inputs`` (default: ``loaded.encode(images, captions)``). One noised forward pass
     (``steps`` model calls from ``t``) per block kind; settings that share it reuse its attention.
     """
     settings = [Setting.parse(s) if isinstance(s, str) else s for s in settings]
     if not (len(images) == len(captions) == len(words)):
         raise ValueError("images, captions and words must have the same length")
-    inputs = (encoder or encode)(loaded, images, captions)
+    inputs = _encode(loaded, images, captions, encoder)
     token_lists = [word_tokens(inputs.tokens, i, c, w) for i, (c, w) in enumerate(zip(captions, words))]
     out = {}
     for blocks in dict.fromkeys(s.blocks for s in settings):
@@ -185,23 +195,6 @@ def evaluate(loaded, images: torch.Tensor, masks: torch.Tensor, captions: list[s
 
 
 # ----------------------------------------------------------------------------- datasets
-_shapeworld: list[Callable] = []   # the ShapeWorld generator shapeworld_task draws from
-
-
-def set_shapeworld(fn: Callable) -> None:
-    """Make ``fn(n, seed=, split=, size=) -> ShapeBatch`` what :func:`shapeworld_task` draws from.
-    The zoo sets its generator (:func:`chains_lite.zoo.shapeworld`) when it is imported."""
-    _shapeworld[:] = [fn]
-
-
-def shapeworld_task(n: int, seed: int = 0, size: int = 32):
-    """Lite benchmark: ``n`` ShapeWorld test images (``size`` x ``size``) as :func:`class_word_task`
-    turns them into a task. Returns ``(batch, masks (n, size, size) bool, words)``."""
-    if not _shapeworld:
-        raise RuntimeError("no ShapeWorld generator: import chains_lite.zoo (or call set_shapeworld)")
-    return class_word_task(_shapeworld[0](n, seed=seed, split="test", size=size))
-
-
 def class_word_task(batch):
     """A ShapeWorld batch as a segmentation task: the class word of each image's largest shape,
     and as ground truth the mask of every object of that class (the caption's word names all of
@@ -228,7 +221,7 @@ def word_object_scores(loaded, batch, kind: str = "shape", setting=Setting(), n_
     keep = [i for i, s in enumerate(batch.shapes) if len(s) >= n_objects and len(set(s)) == len(s)]
     for i in tqdm(keep, desc=f"{kind} words", disable=not progress):
         words = batch.shapes[i] if kind == "shape" else batch.colors[i]
-        inputs = (encoder or encode)(loaded, batch.images[i][None], [batch.captions[i]])
+        inputs = _encode(loaded, batch.images[i][None], [batch.captions[i]], encoder)
         rec = noised_attention(loaded, inputs, blocks=setting.blocks, **kw)
         chain = rec.chain(setting.heads)
         start = start_vectors([word_tokens(inputs.tokens, 0, batch.captions[i], w) for w in words],

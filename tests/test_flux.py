@@ -6,7 +6,7 @@ import torch
 from diffusers.models.embeddings import apply_rotary_emb
 
 from chains_lite.flux import capture_joint, last_blocks
-from chains_lite.segmentation import (METHODS, Setting, shapeworld_task, start_vectors, word_map,
+from chains_lite.segmentation import (METHODS, Setting, class_word_task, start_vectors, word_map,
                                       word_tokens)
 from chains_lite.zoo.load import load_full
 from chains_lite.zoo.models import image_ids
@@ -158,7 +158,12 @@ def test_settings_parse_and_validate():
             Setting.parse(bad)
 
 
-def test_shapeworld_task_masks_every_object_of_the_word():
+def shapeworld_task(n, seed):
+    from chains_lite.zoo import shapeworld
+    return class_word_task(shapeworld(n, seed=seed, split="test", size=32))
+
+
+def test_class_word_task_masks_every_object_of_the_word():
     batch, masks, words = shapeworld_task(40, seed=0)
     for i in range(40):
         same = [k + 1 for k, s in enumerate(batch.shapes[i]) if s == words[i]]

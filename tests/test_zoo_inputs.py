@@ -1,12 +1,14 @@
 """FLUX inputs from the zoo: full-model packing and ids as diffusers' FluxPipeline makes them, the
-guidance input as a parameter, and the encoder the zoo hands to chains_lite.flux."""
+guidance input as a parameter, and segmentation encoding through the loaded model."""
 from types import SimpleNamespace
 
+import pytest
 import torch
 from diffusers import FluxPipeline
 
-from chains_lite import flux, segmentation
-from chains_lite.zoo import inputs, shapeworld
+from chains_lite import segmentation
+from chains_lite.zoo import inputs
+from chains_lite.zoo.load import Loaded
 from chains_lite.zoo.models import pack
 
 
@@ -42,7 +44,7 @@ def _fake_pipeline(guidance_embeds: bool):
 def test_full_inputs_pack_the_latents_and_take_guidance_as_a_parameter():
     images = torch.rand(2, 3, 32, 48)
     loaded = SimpleNamespace(mode="full", pipeline=_fake_pipeline(True))
-    got = flux.encode(loaded, images, ["a cat", "a dog"], max_sequence_length=5, guidance=7.0)
+    got = inputs.encode(loaded, images, ["a cat", "a dog"], max_sequence_length=5, guidance=7.0)
     lat = (torch.nn.functional.avg_pool2d(images * 2 - 1, 8).repeat(1, 6, 1, 1)[:, :16] - 0.5) * 2.0
     assert torch.equal(got.x0, FluxPipeline._pack_latents(lat, 2, 16, 4, 6))
     assert torch.equal(got.img_ids, FluxPipeline._prepare_latent_image_ids(2, 2, 3, "cpu", torch.float32))
@@ -51,8 +53,13 @@ def test_full_inputs_pack_the_latents_and_take_guidance_as_a_parameter():
     assert inputs.encode(schnell, images, ["a cat", "a dog"], max_sequence_length=5).guidance is None
 
 
-def test_the_zoo_hands_its_encoder_and_shapeworld_to_the_analysis_modules():
-    assert flux._encoder == [inputs.encode]
-    batch, masks, words = segmentation.shapeworld_task(3, seed=2)
-    want = segmentation.class_word_task(shapeworld(3, seed=2, split="test", size=32))
-    assert torch.equal(batch.images, want[0].images) and torch.equal(masks, want[1]) and words == want[2]
+def test_segmentation_encodes_with_the_loaded_model_or_the_given_encoder(monkeypatch):
+    calls = []
+    monkeypatch.setattr(inputs, "encode", lambda l, images, captions: calls.append(("zoo", len(images))) or "z")
+    loaded = Loaded(model=None, name="x", mode="lite", why="")
+    assert segmentation._encode(loaded, torch.zeros(2, 3, 4, 4), ["a", "b"]) == "z"   # Loaded.encode
+    given = lambda l, images, captions: calls.append(("given", len(images))) or "g"
+    assert segmentation._encode(loaded, torch.zeros(1, 3, 4, 4), ["a"], given) == "g"
+    assert calls == [("zoo", 2), ("given", 1)]
+    with pytest.raises(ValueError, match="no encode"):
+        segmentation._encode(SimpleNamespace(model=None), torch.zeros(1, 3, 4, 4), ["a"])

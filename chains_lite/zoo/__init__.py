@@ -9,7 +9,6 @@ Modules: ``shapeworld`` (data), ``models`` (lite configs), ``train`` (``python -
 chains_lite.zoo.train NAME``), ``evaluate`` (card numbers), ``generate`` (MiniLM text encoder,
 samplers), ``load`` (lite and full loading), ``registry`` (checkpoint files and cards).
 """
-from . import inputs  # noqa: F401  (hands the FLUX encoder and ShapeWorld to flux, segmentation)
 from .load import FULL_MODELS, LITE_NAMES, Loaded, load, load_full, resolve_mode
 from .shapeworld import CLASS_NAMES, ShapeBatch, shapeworld
 

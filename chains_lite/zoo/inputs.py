@@ -4,11 +4,8 @@ Every image here is a float tensor ``(N, 3, H, W)`` in [0, 1] (what ShapeWorld r
 the book displays). :func:`model_input` turns it into what a loaded model expects: the lite ViTs
 take it as it is; the hub ViTs and CLIP need their input size and mean/std normalisation, read
 from the preprocessing transform their library ships. :func:`encode` turns images and captions
-into FLUX transformer inputs (:class:`FluxInputs`), for ``shapes-flux`` and for FLUX.1.
-
-The analysis modules never import the zoo: importing it hands :func:`encode` to
-:func:`chains_lite.flux.encode` and the ShapeWorld generator to
-:func:`chains_lite.segmentation.shapeworld_task`.
+into FLUX transformer inputs (:class:`FluxInputs`), for ``shapes-flux`` and for FLUX.1; a
+loaded FLUX model offers it as ``loaded.encode(images, captions)``.
 """
 from __future__ import annotations
 
@@ -19,11 +16,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import flux, segmentation
 from .generate import TEXT_LENGTH
 from .load import Loaded
 from .models import FLUX_PACK, image_ids, pack
-from .shapeworld import shapeworld
 
 PHOTOS = ("chelsea", "astronaut", "coffee")   # scikit-image's bundled sample photos
 
@@ -197,6 +192,3 @@ def encode(loaded, images: torch.Tensor, captions: list[str], **kw) -> FluxInput
         return full_inputs(loaded, images, captions, **kw)
     return lite_inputs(loaded, images, captions, **kw)
 
-
-flux.set_encoder(encode)
-segmentation.set_shapeworld(shapeworld)
