@@ -159,7 +159,7 @@ class Family:
     call_layout: Callable[..., TokenLayout] | None = None
 
 
-def _additive(mask, true_attends: bool, dtype) -> torch.Tensor | None:
+def additive_mask(mask, true_attends: bool, dtype) -> torch.Tensor | None:
     """A boolean or additive attention mask -> an additive float bias (``-inf`` = blocked)."""
     if mask is None:
         return None
@@ -170,7 +170,7 @@ def _additive(mask, true_attends: bool, dtype) -> torch.Tensor | None:
 
 
 def _combine(old, new: torch.Tensor, true_attends: bool):
-    old = _additive(old, true_attends, new.dtype)
+    old = additive_mask(old, true_attends, new.dtype)
     return new if old is None else old + new
 
 
@@ -195,7 +195,7 @@ def _timm_qk(attn, args, kwargs) -> QK:
     qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
     q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
     mask = args[1] if len(args) > 1 else kwargs.get("attn_mask")
-    return QK(q, k, attn.scale, _additive(mask, True, torch.float32))
+    return QK(q, k, attn.scale, additive_mask(mask, True, torch.float32))
 
 
 def _timm_layout(model) -> TokenLayout:
@@ -241,10 +241,10 @@ def _mha_qk(mha: nn.MultiheadAttention, args, kwargs) -> QK:
     h = mha.num_heads
     q, k = _heads(q, h), _heads(k, h)
     B, N = x.shape[:2]
-    bias = _additive(kwargs.get("attn_mask"), False, torch.float32)   # True = blocked in torch MHA
+    bias = additive_mask(kwargs.get("attn_mask"), False, torch.float32)   # True = blocked in torch MHA
     if bias is not None and bias.ndim == 3:                            # (B*H, N, N)
         bias = bias.reshape(B, h, N, N)
-    pad = _additive(kwargs.get("key_padding_mask"), False, torch.float32)
+    pad = additive_mask(kwargs.get("key_padding_mask"), False, torch.float32)
     if pad is not None:
         pad = pad[:, None, None, :]
         bias = pad if bias is None else bias + pad
@@ -284,7 +284,7 @@ def _bert_qk(sa, args, kwargs) -> QK:
     h = sa.num_attention_heads
     q, k = _heads(sa.query(x), h), _heads(sa.key(x), h)
     mask = args[1] if len(args) > 1 else kwargs.get("attention_mask")
-    return QK(q, k, sa.scaling, _additive(mask, True, torch.float32))
+    return QK(q, k, sa.scaling, additive_mask(mask, True, torch.float32))
 
 
 def _bert_with_bias(sa, args, kwargs, bias):

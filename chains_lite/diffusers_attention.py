@@ -30,7 +30,7 @@ import inspect
 
 import torch
 
-from .capture import QK, Family, TokenLayout, _additive
+from .capture import QK, Family, TokenLayout, additive_mask
 
 UNET_KINDS = ("self", "cross")
 FLUX_KINDS = ("joint", "double", "single")
@@ -97,7 +97,7 @@ def _unet_qk(attn, args, kwargs) -> QK:
         mask = mask.view(q.shape[0], attn.heads, -1, mask.shape[-1])
     # attn.scale is what diffusers' eager processor uses; AttnProcessor2_0 leaves the scale to
     # scaled_dot_product_attention (1/sqrt(d)), the same value unless the module has scale_qk=False
-    return QK(q, k, attn.scale, _additive(mask, True, torch.float32), scaled_product=True)
+    return QK(q, k, attn.scale, additive_mask(mask, True, torch.float32), scaled_product=True)
 
 
 def _grid_from_sample(sample: torch.Tensor, n: int) -> tuple[int, int]:
@@ -169,7 +169,7 @@ def _flux_qk(attn, args, kwargs) -> QK:
         q = apply_rotary_emb(q, rope, sequence_dim=1)
         k = apply_rotary_emb(k, rope, sequence_dim=1)
     q, k = q.transpose(1, 2), k.transpose(1, 2)   # (B, H, N, D)
-    return QK(q, k, q.shape[-1] ** -0.5, _additive(a.get("attention_mask"), True, torch.float32),
+    return QK(q, k, q.shape[-1] ** -0.5, additive_mask(a.get("attention_mask"), True, torch.float32),
               scaled_product=True)
 
 
