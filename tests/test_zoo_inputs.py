@@ -1,5 +1,6 @@
-"""FLUX inputs from the zoo: full-model packing and ids as diffusers' FluxPipeline makes them, the
-guidance input as a parameter, and segmentation encoding through the loaded model."""
+"""Model inputs from the zoo: ViT preprocessing like the libraries', seeded ImageNet folders, FLUX
+packing and ids as diffusers' FluxPipeline makes them, guidance as a parameter, and segmentation
+encoding through the loaded model."""
 from types import SimpleNamespace
 
 import pytest
@@ -63,3 +64,41 @@ def test_segmentation_encodes_with_the_loaded_model_or_the_given_encoder(monkeyp
     assert calls == [("zoo", 2), ("given", 1)]
     with pytest.raises(ValueError, match="no encode"):
         segmentation._encode(SimpleNamespace(model=None), torch.zeros(1, 3, 4, 4), ["a"])
+
+
+def test_model_input_resizes_and_normalises_like_the_library():
+    pytest.importorskip("timm")
+    from chains_lite.zoo import load_full
+    from chains_lite.zoo.inputs import input_size, model_input
+    from chains_lite.zoo.load import Loaded
+    loaded = load_full("dino-vits16", device="cpu", pretrained=False, depth=1, embed_dim=32, num_heads=2)
+    x = torch.rand(2, 3, 50, 50)
+    y = model_input(loaded, x)
+    assert y.shape == (2, 3, 224, 224) and input_size(loaded.model) == 224
+    cfg = loaded.model.pretrained_cfg
+    flat = model_input(loaded, torch.full((1, 3, 8, 8), 0.5))
+    torch.testing.assert_close(flat[0, :, 0, 0], (0.5 - torch.tensor(cfg["mean"])) / torch.tensor(cfg["std"]))
+    lite = Loaded(loaded.model, "x", "lite", "")
+    assert torch.equal(model_input(lite, x), x)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        model_input(lite, x * 2)
+
+
+def test_imagenet_folder_draws_seeded_images_with_sorted_wnid_labels(tmp_path):
+    pytest.importorskip("timm")
+    from PIL import Image
+    from chains_lite.zoo import load_full
+    from chains_lite.zoo.inputs import imagenet_folder
+    for i in range(1000):
+        d = tmp_path / f"n{i:08d}"
+        d.mkdir()
+        Image.new("RGB", (20, 30), (i % 256, 0, 0)).save(d / "a.png")
+    loaded = load_full("vit-b16", device="cpu", pretrained=False, depth=1, embed_dim=32, num_heads=2)
+    x, y, wnids = imagenet_folder(tmp_path, 4, seed=1, loaded=loaded)
+    x2, y2, _ = imagenet_folder(tmp_path, 4, seed=1, loaded=loaded)
+    assert x.shape == (4, 3, 224, 224) and torch.equal(y, y2) and wnids[7] == "n00000007"
+    assert len(set(y.tolist())) == 4
+    (tmp_path / "n00000000" / "a.png").unlink()
+    (tmp_path / "n00000000").rmdir()
+    with pytest.raises(ValueError, match="1000 class folders, found 999"):
+        imagenet_folder(tmp_path, 4, seed=1, loaded=loaded)
