@@ -18,7 +18,6 @@ Acc/(2-Acc)).
 * full: FLUX.1-schnell on ImageNet-Segmentation: ``--data`` is Chefer et al.'s ``gtsegs_ijcv.mat``
   (4,276 images), ``--classes`` a text file with one one-word class name per image (line i =
   image i), captions ``--caption`` (default "a {}"). Needs a GPU, the hub weights and h5py.
-  UNTESTED HERE.
 
 Prints a table (measured beside the paper's numbers, labelled by mode) and writes JSON: per
 setting acc / miou / map / miou_acc_2_minus_acc, plus mode, model, n_images, seed, time.

@@ -240,8 +240,7 @@ def load_imagenet_segmentation(path, n: int | None = None, size: int = 512):
     The file is MATLAB v7.3 (HDF5): ``/value/img`` holds references to uint8 images stored
     ``(3, W, H)``, ``/value/gt`` references to references to ``(W, H)`` masks (read as in Chefer et
     al.'s loader). Needs ``h5py``. Class names are not in the file: the benchmark script takes
-    them from a text file. UNTESTED HERE (the data cannot be downloaded on the machines this
-    project is built on).
+    them from a text file.
     """
     import h5py
     import numpy as np
