@@ -13,6 +13,23 @@ q.k with |lambda2| spread from ~0.05 to ~0.99 over the heads), float32.
   linear system ``pi (I - P') = 0, sum(pi) = 1``.
 
 Times are the median of ``--repeats`` runs after one warm-up; "speed-up" is baseline / ours.
+
+Measured on an NVIDIA H200 (``--device cuda``, torch 2.11.0+cu130, default sizes, one run,
+2026-11-26); seconds, errors against float64:
+
+=========  =========  ===========  ==========  ==========  ===========  ========  ===========
+heads x n  eigvals    lambda2      lambda2     TokenRank   TokenRank    200-step  TokenRank
+           (λ2)       (ours)       speed-up    (ours)      power (ours) power     L1 err ours
+=========  =========  ===========  ==========  ==========  ===========  ========  ===========
+12 x 197   0.258      0.183        1.4x        0.0026      0.204        0.0179    2.4e-08
+12 x 1024  1.685      0.186        9.1x        0.0835      0.182        0.0180    2.2e-08
+1 x 4096   0.843      0.0176       47.8x       0.0207      0.0065       0.0153    2.1e-08
+=========  =========  ===========  ==========  ==========  ===========  ========  ===========
+
+On that GPU the fixed 200-step power method (L1 error 3e-4 to 5e-4, no convergence check) is
+4.6x faster than our GMRES at 12 x 1024 (at n <= 256 ours is the dense solve, and wins), and
+ten times faster than our power iteration at 12 heads: both of ours test convergence on the host
+at every step (``done.any()``; GMRES's stop rule), and each test is a device synchronisation.
 """
 from __future__ import annotations
 

@@ -171,8 +171,12 @@ def main():
                 if mode == "dense" and needs > limit:
                     results[label] = {"status": f"skipped (needs {needs:.1f} GiB)"}
                 else:
-                    print(f"  n={n} {op} {label} ...", flush=True)
-                    results[label] = run_case(args, op, mode, n, mb)
+                    print(f"  n={n} {op} {label} ...", end=" ", flush=True)
+                    results[label] = r = run_case(args, op, mode, n, mb)
+                    # each case's figures as soon as they exist: a run cut short keeps them
+                    print(r["status"] if "status" in r else
+                          f"{r['seconds']:.3f} s, peak {r['peak_mib']:.0f} MiB, extra {r['extra_mib']:.0f} MiB",
+                          flush=True)
             rows.append((n, op, results))
     print_table(rows)
     print(f"\n(whole run: {time.perf_counter() - start:.0f} s)")

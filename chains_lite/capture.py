@@ -14,7 +14,14 @@ outputs are bit-identical with and without capture, and it works whatever kernel
 
 Families here: timm ``VisionTransformer`` (DINOv1, DINOv2 with registers, supervised ViT,
 ``shapes-vit``), open_clip vision towers (``nn.MultiheadAttention`` blocks, CLIP) and Hugging Face
-BERT encoders (MiniLM). The diffusion chapters add theirs with :func:`register_family`.
+BERT encoders (MiniLM); diffusers UNets (self- or cross-attention) and FLUX (joint text+image
+attention) come from :mod:`chains_lite.diffusers_attention`. Others join with
+:func:`register_family`.
+
+Models with several kinds of attention take ``kind`` (UNet: ``"self"``, ``"cross"``; FLUX:
+``"joint"``, ``"double"``, ``"single"``). Where the token layout depends on the call (a UNet's
+resolution per layer, FLUX's text length), each captured layer records its own:
+``rec.layouts``.
 
 The same seam also *changes* attention: :func:`add_logit_bias` adds a bias to the logits of
 chosen layers (e.g. ``-inf`` on the columns of masked tokens, chapter 6).
@@ -22,6 +29,7 @@ chosen layers (e.g. ``-inf`` on the columns of masked tokens, chapter 6).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -29,10 +37,11 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .lazy import LazyAttention
+from .chain import mix_heads
+from .lazy import LazyAttention, LazyMixture
 
 HEADS = ("all", "mean")
-STORE = ("probs", "qk")
+STORE = ("probs", "qk", "mean")
 
 
 # ----------------------------------------------------------------------------- token layout
@@ -62,6 +71,13 @@ class TokenLayout:
         if self.grid is None:
             raise ValueError("this layout has no patch grid (a text model?)")
         return self.grid[0] * self.grid[1]
+
+    @property
+    def center_token(self) -> int:
+        """Index of the patch token at the grid's center (row ``h // 2``, column ``w // 2``)."""
+        self.n_patches  # raises for a layout without a grid
+        h, w = self.grid
+        return self.patch_start + (h // 2) * w + w // 2
 
     @property
     def patch_slice(self) -> slice:
@@ -107,13 +123,16 @@ def drop_special(v: torch.Tensor, layout: TokenLayout, renormalize: bool = True)
 # ----------------------------------------------------------------------------- families
 @dataclass
 class QK:
-    """What a family's ``qk`` returns: ``q, k`` ``(B, H, N, D)``, the logit scale and an additive
-    logit bias broadcastable to ``(B, H, N, N)`` (``None`` when there is none)."""
+    """What a family's ``qk`` returns: ``q`` ``(B, H, N, D)``, ``k`` ``(B, H, M, D)`` (``M = N``
+    for self-attention), the logit scale and an additive logit bias broadcastable to
+    ``(B, H, N, M)`` (``None`` when there is none). ``scaled_product``: logits are
+    ``(q k^T) * scale`` rather than ``(q * scale) k^T``, to round as the model's own attention."""
 
     q: torch.Tensor
     k: torch.Tensor
     scale: float
     bias: torch.Tensor | None = None
+    scaled_product: bool = False
 
 
 @dataclass
@@ -124,17 +143,23 @@ class Family:
     order. ``qk(module, args, kwargs)``: queries/keys/bias of one call. ``layout(model)``: the
     token layout. ``with_bias(module, args, kwargs, bias)``: the call's ``(args, kwargs)`` with an
     extra additive logit bias ``(B, 1 or H, N, N)`` (used by :func:`add_logit_bias`).
+    ``kinds``: ``{name: module -> bool}`` selecting layers by kind, the first name the default
+    (``None``: one kind). ``call_layout(call, module, args, kwargs, qk)``: the layout of one layer
+    call, from the model call's arguments by name (``call``) and the layer's; it replaces
+    ``layout`` where the layout depends on the input.
     """
 
     name: str
     matches: Callable[[nn.Module], bool]
     layers: Callable[[nn.Module], list]
     qk: Callable[..., QK]
-    layout: Callable[[nn.Module], TokenLayout]
+    layout: Callable[[nn.Module], TokenLayout | None]
     with_bias: Callable[..., tuple] | None = None
+    kinds: dict[str, Callable[[nn.Module], bool]] | None = None
+    call_layout: Callable[..., TokenLayout] | None = None
 
 
-def _additive(mask, true_attends: bool, dtype) -> torch.Tensor | None:
+def additive_mask(mask, true_attends: bool, dtype) -> torch.Tensor | None:
     """A boolean or additive attention mask -> an additive float bias (``-inf`` = blocked)."""
     if mask is None:
         return None
@@ -145,7 +170,7 @@ def _additive(mask, true_attends: bool, dtype) -> torch.Tensor | None:
 
 
 def _combine(old, new: torch.Tensor, true_attends: bool):
-    old = _additive(old, true_attends, new.dtype)
+    old = additive_mask(old, true_attends, new.dtype)
     return new if old is None else old + new
 
 
@@ -170,7 +195,7 @@ def _timm_qk(attn, args, kwargs) -> QK:
     qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
     q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
     mask = args[1] if len(args) > 1 else kwargs.get("attn_mask")
-    return QK(q, k, attn.scale, _additive(mask, True, torch.float32))
+    return QK(q, k, attn.scale, additive_mask(mask, True, torch.float32))
 
 
 def _timm_layout(model) -> TokenLayout:
@@ -216,10 +241,10 @@ def _mha_qk(mha: nn.MultiheadAttention, args, kwargs) -> QK:
     h = mha.num_heads
     q, k = _heads(q, h), _heads(k, h)
     B, N = x.shape[:2]
-    bias = _additive(kwargs.get("attn_mask"), False, torch.float32)   # True = blocked in torch MHA
+    bias = additive_mask(kwargs.get("attn_mask"), False, torch.float32)   # True = blocked in torch MHA
     if bias is not None and bias.ndim == 3:                            # (B*H, N, N)
         bias = bias.reshape(B, h, N, N)
-    pad = _additive(kwargs.get("key_padding_mask"), False, torch.float32)
+    pad = additive_mask(kwargs.get("key_padding_mask"), False, torch.float32)
     if pad is not None:
         pad = pad[:, None, None, :]
         bias = pad if bias is None else bias + pad
@@ -259,7 +284,7 @@ def _bert_qk(sa, args, kwargs) -> QK:
     h = sa.num_attention_heads
     q, k = _heads(sa.query(x), h), _heads(sa.key(x), h)
     mask = args[1] if len(args) > 1 else kwargs.get("attention_mask")
-    return QK(q, k, sa.scaling, _additive(mask, True, torch.float32))
+    return QK(q, k, sa.scaling, additive_mask(mask, True, torch.float32))
 
 
 def _bert_with_bias(sa, args, kwargs, bias):
@@ -289,9 +314,24 @@ def family_of(model: nn.Module) -> Family:
                      f"{[f.name for f in FAMILIES]} (add one with register_family)")
 
 
-def attention_layers(model: nn.Module) -> list:
-    """The attention modules :func:`capture` sees, in depth order (their count is the layer count)."""
-    return family_of(model).layers(model)
+def attention_layers(model: nn.Module, kind: str | None = None) -> list:
+    """The attention modules :func:`capture` sees, in depth order (their count is the layer count).
+
+    ``kind``: for families with several kinds of attention (see :class:`Family`), which ones;
+    ``None`` = the family's default kind."""
+    return _of_kind(family_of(model), model, kind)
+
+
+def _of_kind(fam: Family, model: nn.Module, kind: str | None) -> list:
+    modules = fam.layers(model)
+    if fam.kinds is None:
+        if kind is not None:
+            raise ValueError(f"{fam.name} has one kind of attention; kind must be None, got {kind!r}")
+        return modules
+    kind = next(iter(fam.kinds)) if kind is None else kind
+    if kind not in fam.kinds:
+        raise ValueError(f"kind must be one of {tuple(fam.kinds)} for {fam.name}, got {kind!r}")
+    return [m for m in modules if fam.kinds[kind](m)]
 
 
 def chosen_layers(n: int, layers) -> list[int]:
@@ -314,20 +354,54 @@ def chosen_layers(n: int, layers) -> list[int]:
 class Recorder:
     """What :func:`capture` yields. Filled while the ``with`` block runs.
 
-    ``layers``: the captured layer indices (depth order). ``layout``: the model's
-    :class:`TokenLayout`. Several forward passes inside one capture (e.g. a dataset in
-    mini-batches) are concatenated along the batch dimension.
+    ``layers``: the captured layer indices (depth order). ``layouts``: per captured layer, its
+    :class:`TokenLayout` (``None`` until a call-dependent layout is recorded). Several forward
+    passes inside one capture (e.g. a dataset in mini-batches, or denoising steps) are
+    concatenated along the batch dimension. ``calls``: recorded layer calls (layers x model calls).
     """
 
     layers: list[int]
-    layout: TokenLayout
+    layouts: list[TokenLayout | None]
     heads: str
     store: str
     device: torch.device | None
+    calls: int = 0
     _calls: dict = field(default_factory=dict)
+    _order: list = field(default_factory=list)   # every record, in the order the calls ran
+    _sum: torch.Tensor | None = None
 
     def _add(self, layer: int, item) -> None:
-        self._calls.setdefault(layer, []).append(item)
+        self.calls += 1
+        if self.store != "mean":
+            self._calls.setdefault(layer, []).append(item)
+            self._order.append(item)
+        elif self._sum is None:
+            self._sum = item
+        elif item.shape != self._sum.shape:
+            raise ValueError(f"store='mean' averages calls of one shape; got {tuple(item.shape)} "
+                             f"after {tuple(self._sum.shape)} (one batch, one resolution per capture)")
+        else:
+            self._sum += item
+
+    def _set_layout(self, pos: int, layout: TokenLayout) -> None:
+        if self.layouts[pos] is not None and self.layouts[pos] != layout:
+            raise ValueError(f"calls with different token layouts in one capture: "
+                             f"{self.layouts[pos]}, {layout}")
+        self.layouts[pos] = layout
+
+    @property
+    def layout(self) -> TokenLayout:
+        """The token layout shared by every captured layer (see ``layouts`` where they differ)."""
+        distinct = list(dict.fromkeys(x for x in self.layouts if x is not None))
+        if not distinct:
+            raise ValueError("no layout recorded yet: call the model inside the `with capture(...)` block")
+        if len(distinct) > 1:
+            raise ValueError("the captured layers have different token layouts: read rec.layouts")
+        return distinct[0]
+
+    def _check(self) -> None:
+        if self.calls == 0:
+            raise ValueError("nothing recorded: call the model inside the `with capture(...)` block")
 
     def _per_layer(self, what: str) -> list:
         if self.store != what:
@@ -340,9 +414,17 @@ class Recorder:
 
     @property
     def attentions(self) -> list[torch.Tensor]:
-        """Per captured layer: ``(B, H, N, N)`` float32 post-softmax attention, rows sum to 1
-        (``(B, 1, N, N)`` with ``heads="mean"``)."""
+        """Per captured layer: ``(B, H, N, M)`` float32 post-softmax attention, rows sum to 1
+        (``M = N`` but for cross-attention; ``(B, 1, N, M)`` with ``heads="mean"``)."""
         return [torch.cat(calls) for calls in self._per_layer("probs")]
+
+    def recorded(self) -> list:
+        """Every record (``store="probs"``: ``(B, H, N, M)``; ``"qk"``: ``(q, k, scale, key_mask)``)
+        in the order the calls ran: model call by model call, layers in depth order within each."""
+        if self.store == "mean":
+            raise ValueError("store='mean' keeps only the running sum; pass store='probs' or 'qk'")
+        self._check()
+        return list(self._order)
 
     @property
     def qk(self) -> list[tuple[torch.Tensor, torch.Tensor, float, torch.Tensor | None]]:
@@ -355,8 +437,8 @@ class Recorder:
             masks = [c[3] for c in calls]
             mask = None
             if any(m is not None for m in masks):
-                mask = torch.cat([torch.ones(c[0].shape[0], 1, c[0].shape[2], dtype=torch.bool,
-                                             device=c[0].device) if m is None else m
+                mask = torch.cat([torch.ones(c[1].shape[0], 1, c[1].shape[2], dtype=torch.bool,
+                                             device=c[1].device) if m is None else m
                                   for c, m in zip(calls, masks)])
             out.append((q, k, calls[0][2], mask))
         return out
@@ -365,81 +447,130 @@ class Recorder:
         """Per captured layer: a matrix-free :class:`LazyAttention` ``(B, H, N, N)`` (``store="qk"``)."""
         return [LazyAttention(q, k, scale=s, mask=m, **kwargs) for q, k, s, m in self.qk]
 
+    def mean(self) -> torch.Tensor:
+        """``(B, H, N, N)`` float32: attention averaged over every recorded layer and call (all of
+        one shape), e.g. FLUX's blocks and denoising steps."""
+        self._check()
+        if self.store == "mean":
+            return self._sum / self.calls
+        if self.store == "probs":
+            return torch.stack(self._order).mean(0)
+        return self.lazy_mean().dense()
 
-def _key_mask(bias: torch.Tensor | None, n: int) -> torch.Tensor | None:
-    """An additive bias that only blocks whole key columns -> a ``(B, 1, N)`` boolean key mask."""
+    def lazy_mean(self) -> LazyMixture:
+        """``store="qk"``: :meth:`mean` as a matrix-free chain ``(B, H, N, N)``, a uniform
+        :class:`LazyMixture` over the recorded calls of :class:`LazyAttention` chains."""
+        if self.store != "qk":
+            raise ValueError(f"this capture stored {self.store!r}; pass store='qk'")
+        self._check()
+        if any(m is not None for *_, m in self._order):
+            raise ValueError("a matrix-free mean of masked calls is not supported: use store='mean'")
+        scales = {s for _, _, s, _ in self._order}
+        if len(scales) > 1:
+            raise ValueError(f"recorded calls use different scales {scales}")
+        q = torch.stack([q for q, *_ in self._order], 2)   # (B, H, calls, N, D)
+        k = torch.stack([k for _, k, *_ in self._order], 2)
+        chains = LazyAttention(q, k, scale=scales.pop())
+        return mix_heads(chains, torch.full(chains.shape[:-2], 1.0 / self.calls), dim=-3)
+
+
+def _key_mask(bias: torch.Tensor | None, n: int, m: int) -> torch.Tensor | None:
+    """An additive bias that only blocks whole key columns -> a ``(B, 1, M)`` boolean key mask
+    (``n`` queries, ``m`` keys)."""
     if bias is None:
         return None
-    b = bias.expand(*bias.shape[:-2], n, n) if bias.shape[-2] == 1 else bias
+    b = bias.expand(*bias.shape[:-2], n, m) if bias.shape[-2] == 1 else bias
     blocked = b < -1e30   # -inf, or the dtype's most negative number (Hugging Face's masks)
     col = blocked[..., :1, :]
     if not (((b == 0) | blocked).all() and (blocked == col).all()):
         raise ValueError("store='qk' supports only key masks (whole columns blocked); this layer "
                          "has a general logit bias: use store='probs'")
-    col = col.reshape(col.shape[0], -1, n)[:, :1]   # (B, 1, N); key masks are the same for all heads
+    col = col.reshape(col.shape[0], -1, m)[:, :1]   # (B, 1, M); key masks are the same for all heads
     return ~col
 
 
 def _probs(qk: QK) -> torch.Tensor:
     q, k = qk.q.float(), qk.k.float()
-    logits = (q * qk.scale) @ k.transpose(-2, -1)
+    if qk.scaled_product:
+        logits = (q @ k.transpose(-2, -1)) * qk.scale
+    else:
+        logits = (q * qk.scale) @ k.transpose(-2, -1)
     if qk.bias is not None:
         logits = logits + qk.bias.to(logits.device)
     return logits.softmax(-1)
 
 
-@contextlib.contextmanager
-def capture(model: nn.Module, layers: int | Sequence[int] | None = None, heads: str = "all",
-            device=None, store: str = "probs"):
-    """Record the attention of ``model`` while the ``with`` block runs.
+def _record(qk: QK, heads: str, store: str, device):
+    """One layer call's record: probabilities (head-averaged with ``heads="mean"``) or
+    ``(q, k, scale, key_mask)``, moved to ``device``."""
+    if store == "qk":
+        item = (qk.q.detach(), qk.k.detach(), qk.scale,
+                _key_mask(qk.bias, qk.q.shape[-2], qk.k.shape[-2]))
+        return item if device is None else tuple(t.to(device) if torch.is_tensor(t) else t for t in item)
+    item = _probs(qk)
+    if heads == "mean":
+        item = item.mean(1, keepdim=True)
+    return item if device is None else item.to(device)
 
-    ``layers``: indices into the model's attention layers in depth order (negative allowed;
-    ``None`` = all). ``heads="mean"`` averages heads as it records (``(B, 1, N, N)``, H times less
-    memory). ``device``: move records there (e.g. ``"cpu"``) as they come. ``store="qk"``
-    keeps queries and keys instead of probabilities (``O(N D)`` per head instead of ``O(N^2)``);
-    read them with ``rec.qk`` or ``rec.lazy()``.
 
-    Yields a :class:`Recorder`. The model and its outputs are untouched; hooks are removed on exit.
-    Hook-time work runs without autograd.
-    """
+def _check_options(heads: str, store: str) -> None:
     if heads not in HEADS:
         raise ValueError(f"heads must be one of {HEADS}, got {heads!r}")
     if store not in STORE:
         raise ValueError(f"store must be one of {STORE}, got {store!r}")
     if store == "qk" and heads != "all":
         raise ValueError("heads='mean' needs probabilities; use store='probs'")
-    fam = family_of(model)
-    modules = fam.layers(model)
-    chosen = chosen_layers(len(modules), layers)
-    rec = Recorder(chosen, fam.layout(model), heads, store,
-                   None if device is None else torch.device(device))
 
-    def hook_for(i):
+
+@contextlib.contextmanager
+def capture(model: nn.Module, layers: int | Sequence[int] | None = None, heads: str = "all",
+            device=None, store: str = "probs", kind: str | None = None):
+    """Record the attention of ``model`` while the ``with`` block runs.
+
+    ``layers``: indices into the model's attention layers (of ``kind``) in depth order (negative
+    allowed; ``None`` = all). ``heads="mean"`` averages heads as it records (``(B, 1, N, N)``, H
+    times less memory). ``device``: move records there (e.g. ``"cpu"``) as they come.
+    ``store="qk"`` keeps queries and keys instead of probabilities (``O(N D)`` per head instead
+    of ``O(N^2)``); read them with ``rec.qk`` or ``rec.lazy()``. ``store="mean"`` keeps one
+    running sum over every recorded layer and call (read ``rec.mean()``). ``kind``: which
+    attention of a model with several (UNet ``"self"`` (default) or ``"cross"``; FLUX ``"joint"``
+    (default: double then single blocks), ``"double"`` or ``"single"``).
+
+    Yields a :class:`Recorder`. The model and its outputs are untouched; hooks are removed on exit.
+    Hook-time work runs without autograd.
+    """
+    _check_options(heads, store)
+    fam = family_of(model)
+    modules = _of_kind(fam, model, kind)
+    chosen = chosen_layers(len(modules), layers)
+    layouts = [None if fam.call_layout else fam.layout(model)] * len(chosen)
+    rec = Recorder(chosen, layouts, heads, store, None if device is None else torch.device(device))
+    call = {}   # the latest model call's arguments by name, for call-dependent layouts
+    signature = inspect.signature(model.forward)
+
+    def remember_call(module, args, kwargs):
+        call.clear()
+        call.update(signature.bind(*args, **kwargs).arguments)
+
+    def hook_for(pos, i):
         @torch.no_grad()
         def hook(module, args, kwargs):
             qk = fam.qk(module, args, kwargs)
-            if store == "qk":
-                item = (qk.q.detach(), qk.k.detach(), qk.scale, _key_mask(qk.bias, qk.q.shape[-2]))
-                if rec.device is not None:
-                    item = tuple(t.to(rec.device) if torch.is_tensor(t) else t for t in item)
-            else:
-                item = _probs(qk)
-                if heads == "mean":
-                    item = item.mean(1, keepdim=True)
-                if rec.device is not None:
-                    item = item.to(rec.device)
-            rec._add(i, item)
+            if fam.call_layout is not None:
+                rec._set_layout(pos, fam.call_layout(call or None, module, args, kwargs, qk))
+            rec._add(i, _record(qk, heads, store, rec.device))
         return hook
 
     handles = []
     try:
-        for i in chosen:
-            handles.append(modules[i].register_forward_pre_hook(hook_for(i), with_kwargs=True))
+        if fam.call_layout is not None:
+            handles.append(model.register_forward_pre_hook(remember_call, with_kwargs=True))
+        for pos, i in enumerate(chosen):
+            handles.append(modules[i].register_forward_pre_hook(hook_for(pos, i), with_kwargs=True))
         yield rec
     finally:
         for h in handles:
             h.remove()
-
 
 @contextlib.contextmanager
 def add_logit_bias(model: nn.Module, bias: Callable[[int, int], torch.Tensor] | torch.Tensor,
@@ -476,3 +607,9 @@ def add_logit_bias(model: nn.Module, bias: Callable[[int, int], torch.Tensor] | 
     finally:
         for h in handles:
             h.remove()
+
+
+# The diffusers families need QK, Family and TokenLayout from this module, so they load last.
+from .diffusers_attention import FLUX, UNET  # noqa: E402
+
+FAMILIES += [UNET, FLUX]

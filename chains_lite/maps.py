@@ -1,6 +1,7 @@
 """Global incoming-attention maps of vision transformers (paper Sec. 4.1, 4.3, Fig. 4).
 
-Four ways to say "which tokens matter" from one layer's attention ``A`` ``(..., n, n)``:
+Four ways to say "which tokens matter" from one layer's attention ``A`` ``(..., n, n)``, selected
+from the methods of :mod:`chains_lite.scores`:
 
 * ``"tokenrank"``  — the steady state of the (teleported) chain: indirect attention of all orders;
 * ``"column_sum"`` — the column means: one incoming bounce from the uniform start;
@@ -16,45 +17,36 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from . import scores
 from .capture import TokenLayout, capture
-from .chain import (DEFAULT_ALPHA, bounce, column_sum, head_weights, mix_heads, row_select,
-                    tokenrank)
+from .chain import DEFAULT_ALPHA
+from .chain import mix as mix_chain
 from .metrics import auroc, iou_at_mean, resize_maps
 
-GLOBAL_METHODS = ("tokenrank", "column_sum", "center_row", "cls_row")
-HEAD_MIX = ("uniform", "lambda2")
+GLOBAL_METHODS = scores.select("tokenrank", "column_sum", "center_row", "cls_row")
+HEAD_MIX = tuple(s for s in scores.HEAD_SCHEMES if s != "random")  # deterministic schemes only
 
 
 def center_token(layout: TokenLayout) -> int:
     """Index of the patch token at the grid's center (row h//2, column w//2)."""
-    h, w = layout.grid
-    return layout.patch_start + (h // 2) * w + w // 2
+    return layout.center_token
 
 
 def mix(A: torch.Tensor, heads: str = "uniform") -> torch.Tensor:
     """``(..., H, n, n)`` -> ``(..., n, n)``: heads averaged (``"uniform"``) or weighted by |λ2|."""
     if heads not in HEAD_MIX:
         raise ValueError(f"heads must be one of {HEAD_MIX}, got {heads!r}")
-    return mix_heads(A, head_weights(A, heads))
+    return mix_chain(A, heads)
 
 
 def global_map(A: torch.Tensor, method: str, layout: TokenLayout,
                alpha: float = DEFAULT_ALPHA) -> torch.Tensor:
     """One global map per chain: ``A`` ``(..., n, n)`` -> ``(..., n)`` summing to 1.
 
-    ``method`` is one of :data:`GLOBAL_METHODS`; ``alpha`` is TokenRank's teleport weight.
+    ``method`` is a :mod:`chains_lite.scores` name, usually one of :data:`GLOBAL_METHODS`;
+    ``alpha`` is TokenRank's teleport weight.
     """
-    if method == "tokenrank":
-        return tokenrank(A, alpha=alpha)
-    if method == "column_sum":
-        return column_sum(A)
-    if method == "center_row":
-        return row_select(A, center_token(layout))
-    if method == "cls_row":
-        if layout.cls_index is None:
-            raise ValueError("cls_row needs a model with a CLS token")
-        return row_select(A, layout.cls_index)
-    raise ValueError(f"unknown method {method!r}; expected one of {GLOBAL_METHODS}")
+    return scores.token_scores(A, method, layout, alpha=alpha)
 
 
 def patch_map(A: torch.Tensor, method: str, layout: TokenLayout,
@@ -97,7 +89,7 @@ def localisation(model, images: torch.Tensor, masks: torch.Tensor, layers=None,
     return out
 
 
-EXPLORE_METHODS = GLOBAL_METHODS + ("bounce_center",)
+EXPLORE_METHODS = GLOBAL_METHODS + scores.select("bounce_center")
 
 
 def explore_map(A: torch.Tensor, layout: TokenLayout, head="uniform", method: str = "tokenrank",
@@ -106,15 +98,12 @@ def explore_map(A: torch.Tensor, layout: TokenLayout, head="uniform", method: st
 
     head: an int (one head), ``"uniform"`` or ``"lambda2"`` (mixed). method: one of
     :data:`EXPLORE_METHODS`; ``"bounce_center"`` bounces ``bounces`` times from the center token
-    (incoming), the others are :func:`global_map` (``alpha`` is TokenRank's teleport).
+    (incoming); ``alpha`` is TokenRank's teleport weight.
     """
     if A.ndim != 3:
         raise ValueError(f"A must be one image's layer (H, n, n), got {tuple(A.shape)}")
     chain = A[head] if isinstance(head, int) else mix(A, head)
-    if method == "bounce_center":
-        v = bounce(chain, center_token(layout), bounces)
-        return layout.to_grid(v)
-    return patch_map(chain, method, layout, alpha)
+    return layout.to_grid(scores.token_scores(chain, method, layout, alpha=alpha, steps=bounces))
 
 
 def summary_table(results: dict, metric: str = "auroc") -> str:

@@ -17,13 +17,20 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import scores
 from .capture import TokenLayout, add_logit_bias, attention_layers, capture
-from .chain import bounce, head_weights, mix_heads, tokenrank
-from .maps import center_token
+from .chain import mix
 
-STRATEGIES = ("random", "center_row", "center_column", "column_sum", "cls_row", "tokenrank",
-              "tokenrank_lambda2")
-HEAD_WEIGHTING = ("tokenrank_uniform", "tokenrank_random", "tokenrank_lambda2")  # paper Fig. 9
+PER_HEAD = scores.select("random", "center_row", "center_column", "column_sum", "cls_row", "tokenrank")
+
+
+def _mixed(name: str, scheme: str) -> str:
+    """Name of the strategy that scores the heads mixed by ``scheme`` with the method ``name``."""
+    return f"{scores.select(name)[0]}_{scheme}"
+
+
+HEAD_WEIGHTING = tuple(_mixed("tokenrank", s) for s in scores.HEAD_SCHEMES)  # paper Fig. 9
+STRATEGIES = PER_HEAD + (_mixed("tokenrank", "lambda2"),)                  # paper Table 4
 FRACTIONS = tuple(round(0.1 * i, 1) for i in range(10))
 
 
@@ -31,35 +38,24 @@ def token_scores(A: torch.Tensor, strategy: str, layout: TokenLayout,
                  generator: torch.Generator | None = None) -> torch.Tensor:
     """Importance of every token for every head: ``A`` ``(B, H, N, N)`` -> ``(B, H, N)``.
 
-    Per-head strategies: ``"random"`` (uniform random scores), ``"center_row"`` (what the center
-    patch attends to: its row), ``"center_column"`` (who attends to the center patch: its column,
-    normalised), ``"column_sum"``, ``"cls_row"``, ``"tokenrank"`` (each head's steady state).
-    Mixed strategies (one ranking per layer, used for every head): ``"tokenrank_lambda2"``,
-    ``"tokenrank_uniform"``, ``"tokenrank_random"`` (TokenRank of the heads mixed with |λ2|,
-    equal or random weights; random weights and scores come from ``generator``).
+    Per-head strategies: a :mod:`chains_lite.scores` name, e.g. ``"random"`` (uniform random
+    scores), ``"center_row"`` (what the center patch attends to: its row), ``"center_column"``
+    (who attends to the center patch: its column, normalised), ``"column_sum"``, ``"cls_row"``,
+    ``"tokenrank"`` (each head's steady state). Mixed strategies (one ranking per layer, used for
+    every head): ``"tokenrank_lambda2"``, ``"tokenrank_uniform"``, ``"tokenrank_random"``
+    (TokenRank of the heads mixed with |λ2|, equal or random weights; random weights and scores
+    come from ``generator``).
     """
     if A.ndim != 4:
         raise ValueError(f"A must be (B, H, N, N), got {tuple(A.shape)}")
     A = A.float()
-    if strategy == "random":
-        return torch.rand(A.shape[:-1], generator=generator).to(A.device)
-    if strategy == "center_row":
-        return A[..., center_token(layout), :]
-    if strategy == "center_column":
-        return bounce(A, center_token(layout), 1, "outgoing")
-    if strategy == "column_sum":
-        return A.mean(-2)
-    if strategy == "cls_row":
-        if layout.cls_index is None:
-            raise ValueError("cls_row needs a model with a CLS token")
-        return A[..., layout.cls_index, :]
-    if strategy == "tokenrank":
-        return tokenrank(A)
     if strategy in HEAD_WEIGHTING:
-        scheme = strategy.removeprefix("tokenrank_")
-        w = head_weights(A, scheme, generator=generator)
-        return tokenrank(mix_heads(A, w))[:, None].expand(A.shape[:-1])
-    raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES + HEAD_WEIGHTING}")
+        name, _, scheme = strategy.rpartition("_")
+        mixed = mix(A, scheme, generator=generator)
+        return scores.token_scores(mixed, name, layout, generator)[:, None].expand(A.shape[:-1])
+    if strategy not in scores.NAMES:
+        raise ValueError(f"unknown strategy {strategy!r}; expected one of {scores.NAMES + HEAD_WEIGHTING}")
+    return scores.token_scores(A, strategy, layout, generator)
 
 
 def column_mask(scores: torch.Tensor, k: int, layout: TokenLayout) -> torch.Tensor:
@@ -114,14 +110,14 @@ def masking_curves(model, images: torch.Tensor, labels: torch.Tensor,
         lay = rec.layout
         n_patch = lay.n_patches
         for s in strategies:
-            scores = [token_scores(A, s, lay, gen) for A in rec.attentions]
+            ranked = [token_scores(A, s, lay, gen) for A in rec.attentions]
             # several fractions in one forward pass (the batch repeated, one mask per copy):
             # far fewer, larger kernels than one pass per fraction
             step = fractions_per_pass or len(fractions)
             for f0 in range(0, len(fractions), step):
                 ks = [int(round(f * n_patch)) for f in fractions[f0:f0 + step]]
                 bias = {l: torch.cat([column_mask(sc, k, lay) for k in ks])
-                        for l, sc in zip(layers, scores)}
+                        for l, sc in zip(layers, ranked)}
                 xr = x.repeat(len(ks), *([1] * (x.ndim - 1)))
                 with torch.no_grad(), add_logit_bias(model, lambda layer, n: bias[layer], layers=layers):
                     pred = classify(xr).argmax(-1).reshape(len(ks), -1)

@@ -93,6 +93,18 @@ def average_precision(scores: torch.Tensor, labels: torch.Tensor) -> float:
     return float((steps * precision).sum())
 
 
+def _check_binary(masks: torch.Tensor) -> None:
+    """Masks are bool, or numbers where 0 is background and a positive integer foreground (object
+    ids); negative or fractional values (soft masks, ignore labels) are refused, not guessed."""
+    if masks.dtype == torch.bool:
+        return
+    m = masks.double()
+    if not torch.isfinite(m).all() or (m < 0).any() or (m != m.round()).any():
+        raise ValueError("masks must be bool or non-negative integers (0 = background, nonzero = "
+                         "foreground); got negative, fractional or non-finite values: threshold soft "
+                         "masks and drop ignore labels first")
+
+
 def binary_segmentation(scores: torch.Tensor, masks: torch.Tensor, size: int = 224,
                         resize: str = "nearest") -> dict:
     """Pixel accuracy, mIoU and mAP of raw maps against binary masks (Chefer et al. protocol).
@@ -123,8 +135,9 @@ def binary_segmentation(scores: torch.Tensor, masks: torch.Tensor, size: int = 2
                          f"{tuple(scores.shape)} and {tuple(masks.shape)}")
     if len(scores) == 0:
         raise ValueError("no images: scores and masks are empty")
-    if not torch.isfinite(scores.float()).all():
+    if not torch.isfinite(scores).all():  # in the input's dtype: large float64 scores are fine
         raise ValueError("scores contain NaN or inf")
+    _check_binary(masks)
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"size must be a positive int, got {size!r}")
     s = scores.double().flatten(1)
@@ -132,6 +145,9 @@ def binary_segmentation(scores: torch.Tensor, masks: torch.Tensor, size: int = 2
     s = torch.where(hi > lo, (s - lo) / (hi - lo).clamp_min(1e-300), torch.zeros_like(s))
     s = resize_maps(s.reshape(scores.shape).float(), (size, size), resize).flatten(1)
     gt = resize_maps((masks != 0).float(), (size, size), "nearest").flatten(1) > 0.5
+    if not gt.any():  # every pixel background: a constant map would score 100 on all three
+        raise ValueError("the masks hold no foreground pixel (after resizing to size x size): "
+                         "accuracy, mIoU and mAP are not defined for a dataset without foreground")
     pred = s > s.mean(1, keepdim=True)
     acc = (pred == gt).double().mean().item()
     ious = []

@@ -15,26 +15,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .capture import TokenLayout, capture
-from .chain import head_weights, mix_heads
-from .masking import token_scores
+from . import scores
+from .capture import capture
+from .chain import mix
 
-PROBE_METHODS = ("tokenrank", "column_sum", "center_row", "cls_row", "random_row")
-HEAD_SCHEMES = ("uniform", "random", "lambda2")
+PROBE_METHODS = scores.select("tokenrank", "column_sum", "center_row", "cls_row", "random_row")
+HEAD_SCHEMES = scores.HEAD_SCHEMES
 # Features are standardised, so rates suit unit-scale inputs (the paper's 1e-5..1e-3 grid was for
 # its raw 900x900 maps).
 LEARNING_RATES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
-
-
-def _visualisation(A: torch.Tensor, method: str, layout: TokenLayout, gen: torch.Generator) -> torch.Tensor:
-    """``(B, H, N, N)`` -> ``(B, H, N)``: the masking chapter's per-head scores, plus the row of a
-    random patch."""
-    if method == "random_row":   # one random patch per image, the same for all heads and layers
-        idx = layout.patch_start + torch.randint(layout.n_patches, (A.shape[0],), generator=gen)
-        return A[torch.arange(A.shape[0]), :, idx.to(A.device), :]
-    if method not in PROBE_METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {PROBE_METHODS}")
-    return token_scores(A, method, layout)
 
 
 def attention_features(model, images: torch.Tensor, methods: Sequence[str] = PROBE_METHODS,
@@ -59,8 +48,8 @@ def attention_features(model, images: torch.Tensor, methods: Sequence[str] = PRO
             per_layer = []
             for A in rec.attentions:
                 if head_scheme is not None:
-                    A = mix_heads(A, head_weights(A, head_scheme, generator=gen))[:, None]
-                per_layer.append(_visualisation(A, m, lay, gen)[..., keep].flatten(1))
+                    A = mix(A, head_scheme, generator=gen)[:, None]
+                per_layer.append(scores.token_scores(A, m, lay, gen)[..., keep].flatten(1))
             feats[m].append(torch.cat(per_layer, 1))
     return {m: torch.cat(v).float() for m, v in feats.items()}
 

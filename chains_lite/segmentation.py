@@ -12,24 +12,29 @@ distribution on its token(s) and bounce:
 The map is the image-token part of the result, as the image grid. A :class:`Setting` names one
 row of the ablation (method, head mixing, double- or single-stream blocks); :func:`evaluate`
 scores settings on a dataset with :func:`chains_lite.metrics.binary_segmentation`.
+
+The pipeline functions take a loaded model: anything with ``.model`` (the FLUX transformer) and
+``.encode(images, captions) -> inputs`` (:class:`chains_lite.zoo.Loaded` for ``shapes-flux`` and
+FLUX.1), or pass ``encoder(loaded, images, captions) -> inputs`` yourself; this module does not
+import the zoo.
 """
 from __future__ import annotations
 
 import re
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
+from . import scores
 from .capture import TokenLayout
-from .chain import bounce
-from .flux import BLOCKS, HEAD_MIX, encode, noised_attention
+from .flux import BLOCKS, HEAD_MIX, noised_attention
 from .metrics import binary_segmentation
 
-METHODS = {"row_select": ("incoming", 1), "column_select": ("outgoing", 1),
-           "incoming_2": ("incoming", 2), "incoming_3": ("incoming", 3),
-           "outgoing_2": ("outgoing", 2), "outgoing_3": ("outgoing", 3)}
+METHODS = scores.select("row_select", "column_select", "incoming_2", "incoming_3", "outgoing_2",
+                        "outgoing_3")
 PAPER_METHOD = "outgoing_2"
 
 
@@ -106,28 +111,40 @@ def start_vectors(token_lists: list[list[int]], n: int) -> torch.Tensor:
 
 
 def word_map(A, layout: TokenLayout, start: torch.Tensor, method: str = PAPER_METHOD) -> torch.Tensor:
-    """Bounce ``A`` ``(..., n, n)`` (heads mixed) from ``start`` ``(..., n)`` as ``method`` says and
-    return the image part as a grid ``(..., h, w)`` (sums to at most 1: the rest is on text)."""
+    """Bounce ``A`` ``(..., n, n)`` (heads mixed) from ``start`` ``(..., n)`` (or a token index) as
+    ``method`` (one of :data:`METHODS`, see :mod:`chains_lite.scores`) says and return the image
+    part as a grid ``(..., h, w)`` (sums to at most 1: the rest is on text)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {tuple(METHODS)}")
-    direction, steps = METHODS[method]
-    return layout.to_grid(bounce(A, start, steps, direction))
+    return layout.to_grid(scores.token_scores(A, method, layout, start=start))
 
 
 # ----------------------------------------------------------------------------- images -> maps
+def _encode(loaded, images, captions, encoder=None):
+    """Transformer inputs of ``images`` and ``captions``: ``encoder`` if given, else ``loaded.encode``."""
+    if encoder is not None:
+        return encoder(loaded, images, captions)
+    if not callable(getattr(loaded, "encode", None)):
+        raise ValueError("the model has no encode(images, captions): load it with chains_lite.zoo.load, "
+                         "or pass encoder=chains_lite.zoo.inputs.encode")
+    return loaded.encode(images, captions)
+
+
 def word_maps(loaded, images: torch.Tensor, captions: list[str], words: list[str],
               settings=(Setting(),), t: float = 0.5, steps: int = 2, layers=None, seed: int = 0,
-              store: str = "mean") -> dict:
+              store: str = "mean", encoder: Callable | None = None) -> dict:
     """Maps of one word per image: ``{setting.name: (B, h, w)}`` for each :class:`Setting`.
 
+    loaded: the FLUX transformer or a loaded zoo model (see :func:`~chains_lite.flux.noised_attention`).
     images: ``(B, 3, H, W)`` in [0, 1] (32 x 32 ShapeWorld for ``shapes-flux``; multiples of 16
-    for FLUX); ``captions``, ``words``: one each per image. One noised forward pass (``steps``
-    model calls from ``t``) per block kind; settings that share it reuse its attention.
+    for FLUX); ``captions``, ``words``: one each per image. ``encoder``: ``(loaded, images,
+    captions) -> inputs`` (default: ``loaded.encode(images, captions)``). One noised forward pass
+    (``steps`` model calls from ``t``) per block kind; settings that share it reuse its attention.
     """
     settings = [Setting.parse(s) if isinstance(s, str) else s for s in settings]
     if not (len(images) == len(captions) == len(words)):
         raise ValueError("images, captions and words must have the same length")
-    inputs = encode(loaded, images, captions)
+    inputs = _encode(loaded, images, captions, encoder)
     token_lists = [word_tokens(inputs.tokens, i, c, w) for i, (c, w) in enumerate(zip(captions, words))]
     out = {}
     for blocks in dict.fromkeys(s.blocks for s in settings):
@@ -146,7 +163,7 @@ def word_maps(loaded, images: torch.Tensor, captions: list[str], words: list[str
 def segment(loaded, image: torch.Tensor, caption: str, word: str, method: str = PAPER_METHOD,
             heads: str = "lambda2", blocks: str = "double", **kw) -> torch.Tensor:
     """The map ``(h, w)`` of ``word`` for one image ``(3, H, W)`` and its caption (see
-    :func:`word_maps` for ``t``, ``steps``, ``layers``, ``seed``)."""
+    :func:`word_maps` for ``t``, ``steps``, ``layers``, ``seed``, ``encoder``)."""
     s = Setting(method, heads, blocks)
     return word_maps(loaded, torch.as_tensor(image)[None], [caption], [word], [s], **kw)[s.name][0]
 
@@ -156,7 +173,8 @@ def evaluate(loaded, images: torch.Tensor, masks: torch.Tensor, captions: list[s
              resize: str = "nearest", progress: bool = True, keep_maps: bool = False, **kw) -> dict:
     """Score settings on a dataset with :func:`binary_segmentation` (Chefer et al. protocol).
 
-    masks: ``(N, H', W')`` ground truth, nonzero = the word's object. Returns
+    masks: ``(N, H', W')`` ground truth, nonzero = the word's object. ``kw``: for
+    :func:`word_maps` (``t``, ``steps``, ``layers``, ``seed``, ``store``, ``encoder``). Returns
     ``{setting.name: {"acc", "miou", "map", "miou_acc_2_minus_acc", "n"}}`` plus ``"time_s"``
     and, with ``keep_maps``, ``"maps"``: ``{setting.name: (N, h, w)}``.
     """
@@ -177,12 +195,10 @@ def evaluate(loaded, images: torch.Tensor, masks: torch.Tensor, captions: list[s
 
 
 # ----------------------------------------------------------------------------- datasets
-def shapeworld_task(n: int, seed: int = 0, size: int = 32):
-    """Lite benchmark: ShapeWorld test images, their captions, the class word of the largest
-    shape, and as ground truth the mask of every object of that class (the caption's word names
-    all of them). Returns ``(batch, masks (n, size, size) bool, words)``."""
-    from .zoo import shapeworld
-    batch = shapeworld(n, seed=seed, split="test", size=size)
+def class_word_task(batch):
+    """A ShapeWorld batch as a segmentation task: the class word of each image's largest shape,
+    and as ground truth the mask of every object of that class (the caption's word names all of
+    them). Returns ``(batch, masks (n, H, W) bool, words)``."""
     words = [s[0] for s in batch.shapes]
     masks = torch.stack([sum(batch.masks[i] == k + 1 for k, s in enumerate(shapes) if s == words[i])
                          for i, shapes in enumerate(batch.shapes)]).bool()
@@ -190,10 +206,11 @@ def shapeworld_task(n: int, seed: int = 0, size: int = 32):
 
 
 def word_object_scores(loaded, batch, kind: str = "shape", setting=Setting(), n_objects: int = 2,
-                       progress: bool = True, **kw) -> dict:
+                       progress: bool = True, encoder: Callable | None = None, **kw) -> dict:
     """Part segmentation on ShapeWorld, measured: for every image of ``batch`` with at least
     ``n_objects`` objects of distinct shapes, the map of each object's word (its shape name, or its
-    colour name with ``kind="color"``) against that object's mask alone.
+    colour name with ``kind="color"``) against that object's mask alone. ``encoder``, ``kw``: as
+    for :func:`word_maps` (``kw`` goes to :func:`~chains_lite.flux.noised_attention`).
 
     Returns :func:`binary_segmentation` over all (word, object) pairs, at the image resolution.
     """
@@ -204,7 +221,7 @@ def word_object_scores(loaded, batch, kind: str = "shape", setting=Setting(), n_
     keep = [i for i, s in enumerate(batch.shapes) if len(s) >= n_objects and len(set(s)) == len(s)]
     for i in tqdm(keep, desc=f"{kind} words", disable=not progress):
         words = batch.shapes[i] if kind == "shape" else batch.colors[i]
-        inputs = encode(loaded, batch.images[i][None], [batch.captions[i]])
+        inputs = _encode(loaded, batch.images[i][None], [batch.captions[i]], encoder)
         rec = noised_attention(loaded, inputs, blocks=setting.blocks, **kw)
         chain = rec.chain(setting.heads)
         start = start_vectors([word_tokens(inputs.tokens, 0, batch.captions[i], w) for w in words],
@@ -223,8 +240,7 @@ def load_imagenet_segmentation(path, n: int | None = None, size: int = 512):
     The file is MATLAB v7.3 (HDF5): ``/value/img`` holds references to uint8 images stored
     ``(3, W, H)``, ``/value/gt`` references to references to ``(W, H)`` masks (read as in Chefer et
     al.'s loader). Needs ``h5py``. Class names are not in the file: the benchmark script takes
-    them from a text file. UNTESTED HERE (the data cannot be downloaded on the machines this
-    project is built on).
+    them from a text file.
     """
     import h5py
     import numpy as np

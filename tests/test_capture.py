@@ -210,3 +210,10 @@ def test_hf_bert_capture_matches_eager_attentions_with_padding():
     assert torch.equal(mask[:, 0], att.bool())
     torch.testing.assert_close(cl.tokenrank(qk.lazy()[0]), cl.tokenrank(rec.attentions[0]),
                                atol=1e-5, rtol=0)
+
+
+def test_center_token_is_the_middle_patch():
+    assert TokenLayout(0, (1,), (2, 3), 2).center_token == 2 + 1 * 3 + 1
+    assert TokenLayout(None, (), (4, 4), 0).center_token == 2 * 4 + 2
+    with pytest.raises(ValueError, match="no patch grid"):
+        TokenLayout(0, (), None, 1).center_token

@@ -55,3 +55,23 @@ def test_every_toc_entry_exists():
     # Entries are paths relative to book/ without suffix; book/notebooks links to ../notebooks.
     missing = [f for f in TOC if not any((BOOK / f).with_suffix(s).exists() for s in (".md", ".ipynb"))]
     assert not missing, f"book/_toc.yml lists missing files: {missing}"
+
+
+def _cells(path, kind):
+    return [(i, "".join(c["source"])) for i, c in enumerate(json.loads(path.read_text(encoding="utf-8"))["cells"])
+            if c["cell_type"] == kind]
+
+
+def test_code_cells_are_short():
+    # a longer cell is a pipeline that belongs in the package, with a test
+    long = [f"{p.name} cell {i}: {s.count(chr(10)) + 1} lines" for p in NOTEBOOKS for i, s in _cells(p, "code")
+            if s.count("\n") + 1 > 25]
+    assert not long, f"split these cells or move their logic into chains_lite: {long}"
+
+
+def test_markdown_does_not_report_earlier_runs():
+    # measured numbers are rendered by a code cell from this run's results, never typed from an old run
+    stale = ("last run", "when this chapter was written", "measured when", "when this was last")
+    found = [f"{p.name} cell {i}: {w!r}" for p in NOTEBOOKS for i, s in _cells(p, "markdown")
+             for w in stale if w in s.lower()]
+    assert not found, f"render these statements from the results instead: {found}"

@@ -3,17 +3,22 @@
 Every image here is a float tensor ``(N, 3, H, W)`` in [0, 1] (what ShapeWorld returns and what
 the book displays). :func:`model_input` turns it into what a loaded model expects: the lite ViTs
 take it as it is; the hub ViTs and CLIP need their input size and mean/std normalisation, read
-from the preprocessing transform their library ships.
+from the preprocessing transform their library ships. :func:`encode` turns images and captions
+into FLUX transformer inputs (:class:`FluxInputs`), for ``shapes-flux`` and for FLUX.1; a
+loaded FLUX model offers it as ``loaded.encode(images, captions)``.
 """
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .generate import TEXT_LENGTH
 from .load import Loaded
+from .models import FLUX_PACK, image_ids, pack
 
 PHOTOS = ("chelsea", "astronaut", "coffee")   # scikit-image's bundled sample photos
 
@@ -109,3 +114,81 @@ def imagenet_folder(path, n: int, seed: int, loaded):
     """:func:`image_folder` on an ImageNet validation folder (``val/<wnid>/*.JPEG``, 1000 classes in
     sorted wnid order: the ImageNet-1k index of timm classifiers)."""
     return image_folder(path, n, seed, loaded, n_classes=1000)
+
+
+# ----------------------------------------------------------------------------- FLUX inputs
+@dataclass
+class FluxInputs:
+    """A batch ready for the transformer: clean packed latents ``x0`` ``(B, n_img, C)``, text
+    states ``(B, n_txt, d)``, pooled ``(B, d')``, ids, the tokenizer output (offsets included)
+    that maps caption words to text tokens, and ``guidance`` ``(B,)`` (``None`` for models
+    without a guidance input)."""
+
+    x0: torch.Tensor
+    text: torch.Tensor
+    pooled: torch.Tensor
+    img_ids: torch.Tensor
+    txt_ids: torch.Tensor
+    tokens: dict
+    guidance: torch.Tensor | None = None
+
+
+def lite_inputs(loaded, images: torch.Tensor, captions: list[str]) -> FluxInputs:
+    """``shapes-flux``: pixels in [0, 1] ``(B, 3, 32, 32)`` -> its own encoding (pixels scaled to
+    [-1, 1], 2 x 2 patches packed into 12-channel tokens, as it was trained) and MiniLM text."""
+    device = next(loaded.model.parameters()).device
+    images = torch.as_tensor(images, dtype=torch.float32)
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
+    text, pooled = loaded.text_encoder(list(captions))
+    tokens = loaded.tokenizer(list(captions), padding="max_length", max_length=TEXT_LENGTH,
+                              truncation=True, return_offsets_mapping=True)
+    grid = images.shape[-1] // FLUX_PACK
+    return FluxInputs(pack(images.to(device) * 2 - 1), text.to(device), pooled.to(device),
+                      image_ids(grid, device), torch.zeros(text.shape[1], 3, device=device), tokens)
+
+
+def _grid_ids(h: int, w: int, device, dtype) -> torch.Tensor:
+    """``(h*w, 3)`` FLUX position ids ``(0, row, col)`` of an ``h x w`` token grid, row-major."""
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    return torch.stack([torch.zeros(h * w), ys.flatten().float(), xs.flatten().float()], 1).to(device, dtype)
+
+
+def full_inputs(loaded, images: torch.Tensor, captions: list[str], max_sequence_length: int = 256,
+                guidance: float = 3.5) -> FluxInputs:
+    """FLUX.1 (a diffusers ``FluxPipeline`` in ``loaded.pipeline``): pixels in [0, 1]
+    ``(B, 3, H, W)``, H and W multiples of 16 -> VAE latents (mean of the posterior, shifted and
+    scaled as the pipeline does), packed 2 x 2 in row-major order with their position ids, as
+    the pipeline packs its latents; T5 + CLIP text from ``encode_prompt``. ``guidance``: the
+    guidance input of models that take one (FLUX.1-dev; ``FluxPipeline``'s default 3.5);
+    FLUX.1-schnell has none.
+    """
+    pipe = loaded.pipeline
+    if pipe is None:
+        raise ValueError("full_inputs needs a loaded FluxPipeline (zoo.load('flux-schnell', mode='full'))")
+    device, dtype = pipe.transformer.device, pipe.transformer.dtype
+    x = (torch.as_tensor(images).to(device, pipe.vae.dtype) * 2 - 1)
+    with torch.no_grad():
+        lat = pipe.vae.encode(x).latent_dist.mode()
+        lat = (lat - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor
+        b, _, h, w = lat.shape
+        x0 = pack(lat, 2).to(dtype)
+        img_ids = _grid_ids(h // 2, w // 2, device, dtype)
+        text, pooled, txt_ids = pipe.encode_prompt(prompt=list(captions), prompt_2=None, device=device,
+                                                   max_sequence_length=max_sequence_length)
+    tokens = pipe.tokenizer_2(list(captions), padding="max_length", max_length=max_sequence_length,
+                              truncation=True, return_offsets_mapping=True)
+    g = None
+    if pipe.transformer.config.guidance_embeds:
+        g = torch.full((b,), float(guidance), device=device, dtype=torch.float32)
+    return FluxInputs(x0, text, pooled, img_ids, txt_ids, tokens, g)
+
+
+def encode(loaded, images: torch.Tensor, captions: list[str], **kw) -> FluxInputs:
+    """:func:`lite_inputs` or :func:`full_inputs` (``kw``: its options), by ``loaded.mode``."""
+    if len(images) != len(captions):
+        raise ValueError(f"{len(images)} images but {len(captions)} captions")
+    if loaded.mode == "full":
+        return full_inputs(loaded, images, captions, **kw)
+    return lite_inputs(loaded, images, captions, **kw)
+

@@ -46,6 +46,12 @@ class Loaded:
     card: dict | None = None
     extra: dict = field(default_factory=dict)
 
+    def encode(self, images: torch.Tensor, captions: list[str], **kw):
+        """FLUX models: images ``(B, 3, H, W)`` in [0, 1] and their captions -> transformer inputs
+        (:func:`chains_lite.zoo.inputs.encode`; ``kw``: its options)."""
+        from .inputs import encode
+        return encode(self, images, captions, **kw)
+
 
 def _load_lite(name: str, device) -> Loaded:
     """A lite model with its trained weights, card, and what its spec says to attach."""

@@ -1,11 +1,56 @@
-"""binary_segmentation and average_precision against hand-computed cases and a brute-force AP."""
+"""Metrics against brute force and hand cases: per-image AUROC and IoU at the mean, resizing,
+binary_segmentation and average_precision (Chefer et al. protocol)."""
+import itertools
+
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chains_lite.metrics import average_precision, binary_segmentation
+from chains_lite.metrics import auroc, average_precision, binary_segmentation, iou_at_mean, resize_maps
+
+
+def brute_auroc(s, y):
+    pos, neg = s[y], s[~y]
+    wins = sum((p > n) + 0.5 * (p == n) for p, n in itertools.product(pos, neg))
+    return wins / (len(pos) * len(neg))
+
+
+def test_auroc_equals_pairwise_count_with_ties():
+    g = np.random.default_rng(0)
+    s = torch.from_numpy(g.integers(0, 4, (5, 3, 4)).astype(np.float32))   # many ties
+    y = torch.from_numpy(g.random((5, 3, 4)) < 0.4)
+    y[:, 0, 0], y[:, 0, 1] = True, False
+    got = auroc(s, y)
+    for i in range(5):
+        assert got[i].item() == pytest.approx(brute_auroc(s[i].flatten().numpy(), y[i].flatten().numpy()))
+
+
+def test_auroc_hand_cases():
+    y = torch.tensor([[[True, True, False, False]]])
+    assert auroc(torch.tensor([[[3.0, 2.0, 1.0, 0.0]]]), y).item() == 1.0
+    assert auroc(torch.tensor([[[0.0, 1.0, 2.0, 3.0]]]), y).item() == 0.0
+    assert auroc(torch.ones(1, 1, 4), y).item() == 0.5
+    assert torch.isnan(auroc(torch.rand(1, 1, 4), torch.ones(1, 1, 4, dtype=torch.bool))).all()
+    with pytest.raises(ValueError, match="same shape"):
+        auroc(torch.rand(1, 2, 2), torch.ones(1, 4, 4, dtype=torch.bool))
+
+
+def test_iou_at_mean_hand_case():
+    s = torch.tensor([[[4.0, 3.0], [0.0, 1.0]]])           # mean 2: predicts the top row
+    y = torch.tensor([[[True, False], [False, False]]])
+    assert iou_at_mean(s, y).item() == pytest.approx(0.5)
+    assert iou_at_mean(s, torch.tensor([[[True, True], [False, False]]])).item() == 1.0
+    assert iou_at_mean(torch.zeros(1, 2, 2), torch.zeros(1, 2, 2, dtype=torch.bool)).item() == 0.0
+
+
+def test_resize_maps():
+    m = torch.arange(4.0).reshape(1, 2, 2)
+    assert torch.equal(resize_maps(m, (4, 4), "nearest")[0, :2, :2], torch.zeros(2, 2))
+    assert resize_maps(m, (8, 6)).shape == (1, 8, 6)
+    with pytest.raises(ValueError, match="mode"):
+        resize_maps(m, (4, 4), "cubic")
 
 
 def brute_ap(s, y):
@@ -89,3 +134,27 @@ def test_binary_segmentation_errors():
         binary_segmentation(torch.full((1, 3, 3), float("nan")), torch.ones(1, 3, 3))
     with pytest.raises(ValueError, match="resize"):
         binary_segmentation(torch.rand(1, 3, 3), torch.ones(1, 3, 3), resize="cubic")
+
+
+def test_binary_segmentation_refuses_a_dataset_without_foreground():
+    # all background and a constant map would otherwise score 100 / 100 / 100
+    with pytest.raises(ValueError, match="no foreground"):
+        binary_segmentation(torch.ones(2, 3, 3), torch.zeros(2, 3, 3, dtype=torch.long), size=3)
+    # one image without foreground is fine when the dataset has some
+    out = binary_segmentation(torch.rand(2, 3, 3), torch.stack([torch.zeros(3, 3), torch.ones(3, 3)]), size=3)
+    assert 0 <= out["acc"] <= 100
+
+
+@pytest.mark.parametrize("bad", [-1.0, 0.5, float("nan")])
+def test_binary_segmentation_refuses_soft_or_negative_masks(bad):
+    masks = torch.zeros(1, 3, 3)
+    masks[0, 0, 0], masks[0, 1, 1] = 1.0, bad
+    with pytest.raises(ValueError, match="non-negative integers"):
+        binary_segmentation(torch.rand(1, 3, 3), masks, size=3)
+
+
+def test_binary_segmentation_takes_float64_scores_beyond_float32_range():
+    scores = torch.tensor([[[0.0, 1e300], [0.0, 1e300]]], dtype=torch.float64)
+    masks = torch.tensor([[[0, 1], [0, 1]]])
+    out = binary_segmentation(scores, masks, size=2)
+    assert out["acc"] == pytest.approx(100) and out["map"] == pytest.approx(100)
