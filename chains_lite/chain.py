@@ -18,18 +18,21 @@ columns of ``A`` (``A_l = A / colsum``, left-stochastic) and transposes it,
 ``P = A_l^T``, so ``v P`` is the paper's ``A_l v``. Inputs of any float dtype are
 computed in float32 (float64 inputs stay float64).
 
-Every function also takes a matrix-free chain, ``chains_lite.LazyAttention(q, k)`` (issue 6):
-a bounce only needs products ``V P``, so ``_stepper`` asks the lazy chain for them, and the
-iterative solvers never see the difference (``chains_lite/lazy.py``).
+Every function also takes a matrix-free chain, ``chains_lite.LazyAttention(q, k)``: a bounce
+only needs products ``V P``, so ``_stepper`` asks the lazy chain for them, and the iterative
+solvers never see the difference. What such a chain provides is declared by
+``chains_lite.numerics.LazyChain``; ``chains_lite/lazy.py`` implements it.
 """
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Union
+from typing import Callable
 
 import torch
 
 from .krylov import arnoldi, gmres
+from .numerics import (LazyChain, Start, check_distribution, check_index, is_lazy, matmul_float64,
+                       not_a_chain, rowsum_float64, start_vector, uniform, work_dtype)
 
 DIRECTIONS = ("incoming", "outgoing")
 SCHEMES = ("lambda2", "uniform", "random")
@@ -38,22 +41,11 @@ SCHEMES = ("lambda2", "uniform", "random")
 #: steady state unique (the authors' released code uses the same value).
 DEFAULT_ALPHA = 0.99
 
-Start = Union[torch.Tensor, int, str]
-
 
 # --------------------------------------------------------------------------- validation
-def _is_lazy(A) -> bool:
-    """A matrix-free chain (``chains_lite.lazy``): it provides products, not entries."""
-    return hasattr(A, "products") and not isinstance(A, torch.Tensor)
-
-
 def _needs_dense(A, what: str) -> None:
-    if _is_lazy(A):
+    if is_lazy(A):
         raise ValueError(f"{what} needs the dense matrix; a LazyAttention gives it with .dense()")
-
-
-def _work_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def check_stochastic(A, name: str = "A") -> torch.Tensor:
@@ -66,9 +58,12 @@ def check_stochastic(A, name: str = "A") -> torch.Tensor:
     renormalised so that downstream results are exact probability vectors. A lazy chain
     (``LazyAttention``) is returned as is: it is stochastic by construction.
     """
-    if _is_lazy(A):
+    if is_lazy(A):
         return A
-    A = torch.as_tensor(A)
+    try:
+        A = torch.as_tensor(A)
+    except (TypeError, RuntimeError) as err:  # torch's "could not infer dtype" names no remedy
+        raise not_a_chain(A, name) from err
     if A.ndim < 2 or A.shape[-1] != A.shape[-2]:
         raise ValueError(f"{name} must be square with shape (..., n, n), got {tuple(A.shape)}")
     if A.shape[-1] == 0:
@@ -76,7 +71,7 @@ def check_stochastic(A, name: str = "A") -> torch.Tensor:
     if A.dtype.is_complex:
         raise ValueError(f"{name} must be real, got {A.dtype}")
     tol = 1e-2 if A.dtype in (torch.float16, torch.bfloat16) else 1e-3
-    A = A.to(_work_dtype(A.dtype))
+    A = A.to(work_dtype(A.dtype))
     rows = A.sum(-1)
     if not torch.isfinite(rows).all():
         raise ValueError(f"{name} contains NaN or inf")
@@ -95,32 +90,6 @@ def check_stochastic(A, name: str = "A") -> torch.Tensor:
 def _check_direction(direction: str) -> None:
     if direction not in DIRECTIONS:
         raise ValueError(f"unknown direction {direction!r}; expected one of {DIRECTIONS}")
-
-
-def _check_index(i, n: int, what: str = "token index") -> int:
-    if isinstance(i, torch.Tensor) and i.ndim == 0 and not i.is_floating_point():
-        i = int(i)
-    if isinstance(i, bool) or not isinstance(i, int):
-        raise ValueError(f"{what} must be an int, got {type(i).__name__}")
-    if not -n <= i < n:
-        raise ValueError(f"{what} {i} is out of range for n = {n}")
-    return i % n
-
-
-def _check_distribution(v, n: int, like: torch.Tensor, name: str) -> torch.Tensor:
-    """A non-negative vector ``(..., n)``, normalised to sum 1 along the last dim."""
-    v = torch.as_tensor(v, device=like.device)
-    if v.ndim == 0 or v.shape[-1] != n:
-        raise ValueError(f"{name} must have shape (..., {n}), got {tuple(v.shape)}")
-    v = v.to(like.dtype)
-    total = v.sum(-1, keepdim=True)
-    if not torch.isfinite(total).all():
-        raise ValueError(f"{name} contains NaN or inf")
-    if v.amin() < 0:
-        raise ValueError(f"{name} has negative entries")
-    if (total <= 0).any():
-        raise ValueError(f"{name} sums to 0; it must hold some probability mass")
-    return v / total
 
 
 def _check_alpha(alpha: float) -> float:
@@ -158,7 +127,7 @@ def transition_matrix(A, direction: str = "incoming") -> torch.Tensor:
     return A_l.mT
 
 
-def _stepper(A: torch.Tensor, direction: str, float64: bool = False,
+def _stepper(A: torch.Tensor | LazyChain, direction: str, float64: bool = False,
              rows: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """Return ``step(V) = V P`` for row vectors ``V`` ``(..., m, n)``, without forming ``P``.
 
@@ -167,7 +136,7 @@ def _stepper(A: torch.Tensor, direction: str, float64: bool = False,
     accumulate in float64 (for residuals) without a float64 copy of ``A``. ``rows``: the
     float64 row sums ``(..., n)`` of ``A`` if already known.
     """
-    times, times_t, colsums = (A.products(float64) if _is_lazy(A)
+    times, times_t, colsums = (A.products(float64) if is_lazy(A)
                                else _dense_products(A, float64, rows))
     if direction == "incoming":
         return times
@@ -185,85 +154,24 @@ def _dense_products(A: torch.Tensor, float64: bool, rows: torch.Tensor | None):
 
     A lazy chain provides the same three (``LazyAttention.products``).
     """
-    matmul = _matmul_float64 if float64 else torch.matmul
+    matmul = matmul_float64 if float64 else torch.matmul
     dtype = torch.float64 if float64 else A.dtype
     # divide by the row sums on the fly: P is exactly stochastic even when float32 rows are off
     # by rounding (~1e-7), at the cost of an n-vector per step instead of a copy of A
-    rows = (_rowsum_float64(A) if rows is None else rows).to(dtype).unsqueeze(-2)
+    rows = (rowsum_float64(A) if rows is None else rows).to(dtype).unsqueeze(-2)
     return (lambda V: matmul(V / rows, A), lambda V: matmul(V, A.mT) / rows,
             lambda: matmul(1.0 / rows, A))
 
 
-def _rowsum_float64(A: torch.Tensor) -> torch.Tensor:
-    """Row sums ``(..., n)`` accumulated in float64 (``A.sum(dtype=float64)`` is 25x slower)."""
-    if _is_lazy(A):  # its products are row-normalised already
+def _row_sums(A) -> torch.Tensor:
+    """Row sums ``(..., n)`` in float64; a lazy chain's products are row-normalised already."""
+    if is_lazy(A):
         return torch.ones(A.shape[:-1], dtype=torch.float64, device=A.device)
-    if A.dtype == torch.float64:
-        return A.sum(-1)
-    # Contiguous row blocks: converting a few rows at a time stays in cache. One reused float64
-    # buffer and sums written in place: a fresh block per step, with small results allocated
-    # between them, fragments the heap (a 4608 x 4608 tile left 160 MB behind).
-    block = 128
-    out = torch.empty(A.shape[:-1], dtype=torch.float64, device=A.device)
-    buf = torch.empty((*A.shape[:-2], min(block, A.shape[-2]), A.shape[-1]), dtype=torch.float64,
-                      device=A.device)
-    for i in range(0, A.shape[-2], block):
-        rows = min(block, A.shape[-2] - i)
-        part = buf[..., :rows, :]
-        part.copy_(A[..., i:i + rows, :])
-        torch.sum(part, -1, out=out[..., i:i + rows])
-    return out
-
-
-def _matmul_rows(V: torch.Tensor, A: torch.Tensor, block: int = 128) -> torch.Tensor:
-    """``V @ A`` in ``V``'s dtype, reading ``A`` a block of rows at a time.
-
-    Converting (or letting the BLAS pack) a whole large ``A`` costs a second copy of it; a block
-    goes through one reused buffer instead (fresh blocks would fragment the heap, see
-    ``_rowsum_float64``).
-    """
-    rows_total = A.shape[-2]
-    if rows_total <= block:
-        return V @ A.to(V.dtype)
-    buf = None if A.dtype == V.dtype else torch.empty(
-        (*A.shape[:-2], block, A.shape[-1]), dtype=V.dtype, device=A.device)
-    out = None
-    for i in range(0, rows_total, block):
-        rows = min(block, rows_total - i)
-        part = A[..., i:i + rows, :]
-        if buf is not None:
-            part = buf[..., :rows, :].copy_(part)
-        prod = V[..., i:i + rows] @ part
-        out = prod if out is None else out.add_(prod)
-    return out
-
-
-def _matmul_float64(V: torch.Tensor, A: torch.Tensor, block: int = 128) -> torch.Tensor:
-    """``V @ A`` in float64 (``A`` converted a block of rows at a time)."""
-    return _matmul_rows(V.double(), A, block)
+    return rowsum_float64(A)
 
 
 def _normalize(v: torch.Tensor) -> torch.Tensor:
     return v / v.sum(-1, keepdim=True)
-
-
-def _uniform(A: torch.Tensor) -> torch.Tensor:
-    n = A.shape[-1]
-    return torch.full((n,), 1.0 / n, dtype=A.dtype, device=A.device)
-
-
-def _start_vector(v0: Start, A: torch.Tensor) -> torch.Tensor:
-    n = A.shape[-1]
-    if isinstance(v0, str):
-        if v0 != "uniform":
-            raise ValueError(f"unknown start {v0!r}; use 'uniform', an int or a tensor")
-        return _uniform(A)
-    if isinstance(v0, torch.Tensor) and v0.ndim > 0 or not isinstance(v0, (int, torch.Tensor)):
-        return _check_distribution(v0, n, A, "v0")
-    i = _check_index(v0, n)
-    v = torch.zeros(n, dtype=A.dtype, device=A.device)
-    v[i] = 1.0
-    return v
 
 
 # --------------------------------------------------------------------------- bounces
@@ -281,7 +189,7 @@ def bounce(A, v0: Start, steps: int = 1, direction: str = "incoming",
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
     A = check_stochastic(A)
-    v = _start_vector(v0, A)
+    v = start_vector(v0, A)
     _broadcast_batch(v.shape[:-1], A.shape[:-2], "v0 and A")
     step = _stepper(A, direction)
     history = []
@@ -297,8 +205,8 @@ def row_select(A, i: int) -> torch.Tensor:
     A: ``(..., n, n)``. Returns ``(..., n)``, summing to 1.
     """
     A = check_stochastic(A)
-    i = _check_index(i, A.shape[-1])
-    return _normalize(A.row(i) if _is_lazy(A) else A[..., i, :])
+    i = check_index(i, A.shape[-1])
+    return _normalize(A.row(i) if is_lazy(A) else A[..., i, :])
 
 
 def column_select(A, j: int) -> torch.Tensor:
@@ -316,15 +224,15 @@ def column_sum(A) -> torch.Tensor:
     A: ``(..., n, n)``. Returns ``(..., n)``, summing to 1.
     """
     A = check_stochastic(A)
-    return bounce(A, "uniform") if _is_lazy(A) else A.mean(-2)
+    return bounce(A, "uniform") if is_lazy(A) else A.mean(-2)
 
 
 # --------------------------------------------------------------------------- TokenRank
 def _personalization(personalization, A: torch.Tensor):
     """The teleport distribution ``p`` ``(..., n)`` (uniform if None) and the joint batch shape."""
     n = A.shape[-1]
-    p = (_uniform(A) if personalization is None
-         else _check_distribution(personalization, n, A, "personalization"))
+    p = (uniform(A) if personalization is None
+         else check_distribution(personalization, n, A, "personalization"))
     return p, _broadcast_batch(p.shape[:-1], A.shape[:-2], "personalization and A")
 
 
@@ -390,7 +298,7 @@ def tokenrank(A, alpha: float = DEFAULT_ALPHA, direction: str = "incoming",
     solvers = {"dense": _dense_steady_state, "krylov": _krylov_steady_state,
                "power": _power_iteration}
     if method == "auto":  # (a lazy chain whose dense matrices do not fit its budget: krylov)
-        small = n <= _DENSE_MAX_N and (not _is_lazy(A) or A.chunk_size(_DENSE_COPIES) > 0)
+        small = n <= _DENSE_MAX_N and (not is_lazy(A) or A.chunk_size(_DENSE_COPIES) > 0)
         method = "dense" if small else "krylov"
     if method not in solvers:
         raise ValueError(f"unknown method {method!r}; expected 'auto' or one of {tuple(solvers)}")
@@ -407,7 +315,7 @@ def _pieces(A, dense: bool = False):
     budget (each solved at dense speed), else whole and matrix-free; ``dense``: the solver
     needs the entries (raises ``ValueError`` if even one chain does not fit).
     """
-    if not _is_lazy(A):
+    if not is_lazy(A):
         return [(slice(None), A)]
     # iterative solvers: the chunk, a solver's copy of it, the next chunk while it is built
     return A.pieces(copies=_DENSE_COPIES if dense else 3, dense=dense)
@@ -440,7 +348,7 @@ def _krylov_steady_state(A, p, alpha, direction, tol, max_iter):
     ``pi M = p^T`` is the fixed point of the teleported chain with ``pi e = 1``.
     """
     n = A.shape[-1]
-    rows = _rowsum_float64(A)  # once: summing A costs about a bounce
+    rows = _row_sums(A)  # once: summing A costs about a bounce
 
     def operator(A_, p_, float64=False, rows_=rows):
         step = _stepper(A_, direction, float64, rows_)
@@ -687,7 +595,7 @@ def mix_heads(A, weights, dim: int = -3) -> torch.Tensor:
         raise ValueError("weights must be finite and non-negative")
     if ((w.sum(d) - 1).abs() > 1e-4).any():
         raise ValueError(f"weights must sum to 1 over the head dim {dim}")
-    if _is_lazy(A):  # a lazy mixture: its products are the weighted sums of the heads'
+    if is_lazy(A):  # a lazy mixture: its products are the weighted sums of the heads'
         return A.mix(w, d)
     return (A * w[..., None, None]).sum(d)
 

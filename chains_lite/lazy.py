@@ -1,4 +1,4 @@
-"""Matrix-free attention chains: ``softmax(q k^T * scale)`` from queries and keys (issue 6).
+"""Matrix-free attention chains: ``softmax(q k^T * scale)`` from queries and keys.
 
 A dense attention map is ``heads x n x n``: 2 GB in float32 for one FLUX block at 1024^2
 (n = 4608, 24 heads). Every chain operation in ``chains_lite.chain`` touches the matrix only
@@ -18,11 +18,11 @@ through products ``V P`` with row vectors (a bounce), so the matrix never has to
 * ``mix_heads(lazy, w)`` returns a ``LazyMixture``: its products are weighted sums of the
   heads' products, so head / layer / step averages never form the mixed matrix either.
 
-The chain functions accept these objects wherever they accept ``A`` (they dispatch on
-``products``, see ``chain._stepper``). What a lazy chain provides: ``shape``, ``dtype``,
-``device``; ``products(float64)`` -> ``(V -> V P, V -> V P^T, column sums)`` of the
-row-normalised ``P``; ``row(i)``; ``pieces(copies)``; ``mix(w, dim)``; ``reshape``,
-``expand`` and indexing of the batch dims; ``dense()``.
+The chain functions accept these objects wherever they accept ``A``: both implement
+``chains_lite.numerics.LazyChain`` (``shape``, ``dtype``, ``device``; ``products(float64)`` ->
+``(V -> V P, V -> V P^T, column sums)`` of the row-normalised ``P``; ``row(i)``;
+``pieces(copies)``; ``mix(w, dim)``; ``reshape``, ``expand`` and indexing of the batch dims;
+``dense()``), and ``chain._stepper`` asks them for products.
 
 ("Lazy" as in lazy evaluation: the paper's lazy chain ``0.5 (I + A)``, Sec. 4.1, is another thing.)
 """
@@ -32,11 +32,10 @@ import math
 
 import torch
 
-from .chain import _check_index, _matmul_rows, _rowsum_float64, _work_dtype
+from .numerics import check_index, matmul_rows, rowsum_float64, work_dtype
 
 #: Default memory budget for the tiles and dense chunks of one lazy chain: 256 MiB.
 DEFAULT_MAX_BYTES = 256 * 2**20
-
 
 
 def _all_finite(t: torch.Tensor, chunk: int = 2**20) -> bool:
@@ -49,8 +48,8 @@ def _all_finite(t: torch.Tensor, chunk: int = 2**20) -> bool:
 
 def _row_blocks_matmul_t(V: torch.Tensor, T: torch.Tensor, block: int = 256) -> torch.Tensor:
     """``V @ T^T`` ``(h, k, c) @ (h, c, r)`` in ``V``'s dtype, a block of ``T``'s rows at a time
-    (as ``_matmul_rows``: a whole tile would be packed or converted in one more tile of memory)."""
-    return torch.cat([_matmul_rows(V, T[..., i:i + block, :].mT, block)
+    (as ``matmul_rows``: a whole tile would be packed or converted in one more tile of memory)."""
+    return torch.cat([matmul_rows(V, T[..., i:i + block, :].mT, block)
                       for i in range(0, T.shape[-2], block)], dim=-1)
 
 
@@ -216,7 +215,7 @@ class LazyAttention(_LazyChain):
             raise ValueError(f"scale must be a finite positive number, got {scale}")
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
             raise ValueError(f"max_bytes must be a positive int, got {max_bytes!r}")
-        dtype = _work_dtype(torch.promote_types(q.dtype, k.dtype))
+        dtype = work_dtype(torch.promote_types(q.dtype, k.dtype))
         q, k = q.to(dtype).expand(*batch, n, d), k.to(dtype).expand(*batch, n, d)  # no copies
         if mask is not None:
             mask = self._check_mask(mask, batch, n, q.device)
@@ -310,7 +309,7 @@ class LazyAttention(_LazyChain):
                         m[b, i] = T.amax(-1)
                     T.sub_(m[b, i].unsqueeze(-1)).exp_()
                     if fresh:
-                        rows[b, i] = _rowsum_float64(T)
+                        rows[b, i] = rowsum_float64(T)
                     fn(b, i, j, T, rows[b, i])
                     del T
         if fresh:
@@ -329,7 +328,7 @@ class LazyAttention(_LazyChain):
             m[b, i] = torch.maximum(m[b, i], self._logits(q, k, mask, b, i, j).amax(-1))
         for b, i, j in blocks:
             T = self._logits(q, k, mask, b, i, j).sub_(m[b, i].unsqueeze(-1)).exp_()
-            rows[b, i] += _rowsum_float64(T)
+            rows[b, i] += rowsum_float64(T)
         self._m, self._rows = m.reshape(*self.batch, n), rows.reshape(*self.batch, n)
 
     # ------------------------------------------------------------------ products
@@ -338,7 +337,7 @@ class LazyAttention(_LazyChain):
         out = torch.zeros_like(V)
 
         def add(b, i, j, T, r):
-            out[b, :, j] += _matmul_rows(V[b, :, i] / r.unsqueeze(-2).to(V.dtype), T)
+            out[b, :, j] += matmul_rows(V[b, :, i] / r.unsqueeze(-2).to(V.dtype), T)
         self._each_tile(add)
         return out
 
@@ -354,7 +353,7 @@ class LazyAttention(_LazyChain):
 
     def row(self, i: int) -> torch.Tensor:
         """Row ``i`` of every chain, ``(..., n)``: the attention query ``i`` gives."""
-        i = _check_index(i, self.n)
+        i = check_index(i, self.n)
         S = (self.q[..., i, None, :] @ self.k.mT).squeeze(-2) * self.scale  # (..., n)
         if self.mask is not None:
             S = S.masked_fill(~self.mask, float("-inf"))

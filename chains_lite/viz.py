@@ -15,7 +15,8 @@ import networkx as nx
 import numpy as np
 import torch
 
-from .chain import DEFAULT_ALPHA, _start_vector, bounce, check_stochastic, lambda2
+from .chain import DEFAULT_ALPHA, bounce, check_stochastic, lambda2
+from .numerics import start_vector
 
 BAR = "tab:blue"
 HIGHLIGHT = "tab:orange"
@@ -56,7 +57,7 @@ def bounce_sequence(A, start="uniform", steps: int = 6, direction: str = "incomi
         raise ValueError(f"steps must be an int >= 0, got {steps!r}")
     if isinstance(start, np.integer):
         start = int(start)
-    v0 = _start_vector(start, A)  # the same starts (and checks) as chains_lite.bounce
+    v0 = start_vector(start, A)  # the same starts (and checks) as chains_lite.bounce
     if steps == 0:
         return v0[None]
     return torch.cat([v0[None], bounce(A, v0, steps, direction, return_all=True)])

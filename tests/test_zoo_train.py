@@ -206,3 +206,17 @@ def test_flux_training_with_caption_dropout_writes_it_on_the_card(tmp_path, monk
     card = read_card("shapes-flux", out / "shapes-flux")
     assert card["training"]["cond_dropout"] == 0.5
     assert card["validation"]["guidance_scale"] == 2 and "caption_match_unguided" in card["validation"]
+
+
+def test_specs_agree_with_the_shipped_cards_and_their_configs():
+    """One LiteSpec per lite model: its headline and optimizer text are what the shipped card says,
+    its image size is the model's, and the loader attaches what its samples need."""
+    from chains_lite.zoo.models import GEN_SIZE, LITE_SPECS
+    from chains_lite.zoo.registry import HEADLINE
+    for name, s in LITE_SPECS.items():
+        card = read_card(name)
+        assert HEADLINE[name] == s.headline == card["headline"] and s.headline in card["validation"], name
+        assert card["training"]["optimizer"] == train.optimizer_description(), name
+        assert s.training.size == s.config.get("img_size", s.config.get("sample_size", GEN_SIZE)), name
+        assert s.samples in ("classify", "captions", "unconditional"), name
+        assert s.text_encoder == (s.samples == "captions") and s.class_names == (s.samples == "classify"), name

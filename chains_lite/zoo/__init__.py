@@ -5,9 +5,10 @@
     vit = zoo.load("shapes-vit")            # or a paper model: zoo.load("dino-vitb8", mode="full")
     logits = vit.model(batch.images)        # (16, 6), classes in zoo.CLASS_NAMES order
 
-Modules: ``shapeworld`` (data), ``models`` (lite configs), ``train`` (``python -m
-chains_lite.zoo.train NAME``), ``evaluate`` (card numbers), ``generate`` (MiniLM text encoder,
-samplers), ``load`` (lite and full loading), ``registry`` (checkpoint files and cards).
+Modules: ``shapeworld`` (data), ``models`` (one ``LiteSpec`` per lite model: config, builder,
+training objective and defaults, card metric), ``train`` (``python -m chains_lite.zoo.train
+NAME``), ``evaluate`` (card numbers), ``generate`` (MiniLM text encoder, samplers), ``load``
+(lite and full loading), ``registry`` (checkpoint files and cards).
 """
 from .load import FULL_MODELS, LITE_NAMES, Loaded, load, load_full, resolve_mode
 from .shapeworld import CLASS_NAMES, ShapeBatch, shapeworld

@@ -130,6 +130,34 @@ def unet_metrics(model, n: int = 200, seed: int = 0, steps: int = 50, frechet: b
     return {**out, **(_frechet_to_real(imgs, seed) if frechet else {})}
 
 
+# ----------------------------------------------------------------------------- card evaluators
+# One per lite-model family, each ``(model, n, encoder=None, guidance=1.0) -> dict``: the
+# ``evaluator`` of a ``models.LiteSpec``, and the card's validation numbers.
+
+def vit_card(model, n: int, encoder=None, guidance: float = 1.0) -> dict:
+    """A classifier's val metrics on ``n`` images, with its test accuracy beside them."""
+    metrics = vit_metrics(model, split="val", n=n)
+    metrics["test_accuracy"] = vit_metrics(model, split="test", n=n)["accuracy"]
+    return metrics
+
+
+def flux_card(model, n: int, encoder=None, guidance: float = 1.0) -> dict:
+    """``flux_metrics`` of ``n`` val captions; sampled with classifier-free ``guidance`` > 1,
+    ``caption_match_unguided`` and ``color_match_unguided`` give the numbers of the same captions
+    and noise sampled without guidance, beside them."""
+    metrics = flux_metrics(model, encoder, n=n, guidance=guidance)
+    if guidance != 1:
+        plain = flux_metrics(model, encoder, n=n, frechet=False)
+        metrics.update(caption_match_unguided=plain["caption_match"],
+                       color_match_unguided=plain["color_match"])
+    return metrics
+
+
+def unet_card(model, n: int, encoder=None, guidance: float = 1.0) -> dict:
+    """``unet_metrics`` of ``n`` unconditional samples (``encoder`` and ``guidance`` unused)."""
+    return unet_metrics(model, n=n)
+
+
 def model_size(model) -> int:
     """Image side the generative lite models work at."""
     from .models import GEN_SIZE

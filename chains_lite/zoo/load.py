@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .models import LITE_CONFIGS, build
+from .models import LITE_SPECS, build
 from .registry import load_weights, read_card
 from .shapeworld import CLASS_NAMES
 
@@ -54,23 +54,25 @@ class Loaded:
 
 
 def _load_lite(name: str, device) -> Loaded:
+    """A lite model with its trained weights, card, and what its spec says to attach."""
     from . import generate
     if name == "minilm":
         enc = generate.TextEncoder(device=device)
         return Loaded(enc.model, name, "lite", "", tokenizer=enc.tokenizer, text_encoder=enc)
+    spec = LITE_SPECS[name]
     model = load_weights(build(name), name).to(device).eval()
     out = Loaded(model, name, "lite", "", card=read_card(name))
-    if name.startswith("shapes-vit"):
+    if spec.class_names:
         out.class_names = list(CLASS_NAMES)
-    elif name == "shapes-flux":
+    if spec.text_encoder:
         out.text_encoder = generate.TextEncoder(device=device)
         out.tokenizer = out.text_encoder.tokenizer
-    elif name == "shapes-unet":
+    if spec.scheduler:
         out.scheduler = generate.unet_scheduler()
     return out
 
 
-LITE_NAMES = sorted([*LITE_CONFIGS, "minilm"])
+LITE_NAMES = sorted([*LITE_SPECS, "minilm"])
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .models import LITE_SPECS
+
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 # The card number a new run must beat to replace the shipped checkpoint (higher is better).
-HEADLINE = {"shapes-vit": "accuracy", "shapes-vit-reg": "accuracy",
-            "shapes-flux": "caption_match", "shapes-unet": "confident_fraction"}
+HEADLINE = {name: spec.headline for name, spec in LITE_SPECS.items()}
 
 
 def card_path(name: str, folder: Path = CHECKPOINT_DIR) -> Path:

@@ -16,33 +16,36 @@ import math
 import platform
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import evaluate, generate
-from .models import FLUX_PACK, GEN_SIZE, LITE_CONFIGS, build, image_ids, pack
-from .registry import CHECKPOINT_DIR, HEADLINE, card_path, load_weights, read_card, render_card, save_checkpoint
+from .models import LITE_SPECS, build, spec
+from .registry import CHECKPOINT_DIR, card_path, load_weights, read_card, render_card, save_checkpoint
 from .shapeworld import shapeworld
 
-DEFAULTS = {  # steps, batch, lr, train-pool size, image size
-    "shapes-vit": dict(steps=1500, batch=64, lr=1e-3, pool=20000, size=64),
-    "shapes-vit-reg": dict(steps=1500, batch=64, lr=1e-3, pool=20000, size=64),
-    "shapes-flux": dict(steps=600, batch=64, lr=1e-3, pool=20000, size=GEN_SIZE),
-    "shapes-unet": dict(steps=700, batch=64, lr=1e-3, pool=20000, size=GEN_SIZE),
-}
+WEIGHT_DECAY = 0.05  # AdamW's
+CLIP_NORM = 1.0      # the gradient norm is clipped to this
+WARMUP = 100         # steps of linear learning-rate warm-up
+LR_FLOOR = 0.05      # the cosine ends at this share of the learning rate
 
 
-def _lr(step, steps, lr, warmup=100, done=0.0):
-    """Linear warm-up then cosine decay to 5% of ``lr`` over the remaining ``steps - warmup``
-    steps; ``done`` (0 to 1), when larger, is the share of the decay already spent (a run with a
-    time budget passes the share of its time used)."""
+def optimizer_description() -> str:
+    """The card's ``optimizer`` entry, written from the constants the loop uses."""
+    return f"AdamW(wd={WEIGHT_DECAY:g}), {WARMUP} warm-up steps, cosine to {LR_FLOOR:.0%}"
+
+
+def _lr(step, steps, lr, warmup=WARMUP, done=0.0):
+    """Linear warm-up then cosine decay to ``LR_FLOOR`` of ``lr`` over the remaining
+    ``steps - warmup`` steps; ``done`` (0 to 1), when larger, is the share of the decay already
+    spent (a run with a time budget passes the share of its time used)."""
     if step < warmup:
         return lr * (step + 1) / warmup
     frac = max((step - warmup) / max(1, steps - warmup), done)
-    return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+    return lr * (LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
 
 
 def _loop(model, loss_fn, pool_size, args, device):
@@ -53,7 +56,7 @@ def _loop(model, loss_fn, pool_size, args, device):
     the clock still ends at the low learning rate. With ``args.ema`` > 0 the returned model
     holds the exponential moving average of the weights (decay ``args.ema``, warmed up).
     """
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=WEIGHT_DECAY)
     params = [p for p in model.parameters()]
     ema = [p.detach().clone() for p in params] if args.ema else None
     gen = torch.Generator().manual_seed(args.seed)  # draws the batch indices
@@ -72,7 +75,7 @@ def _loop(model, loss_fn, pool_size, args, device):
         loss = loss_fn(idx.to(device), dgen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP_NORM)
         opt.step()
         if ema is not None:
             # The decay warms up as (1 + step) / (10 + step), as diffusers' EMAModel does, so
@@ -104,84 +107,33 @@ def _initial_model(args):
     return model
 
 
-def train_vit(args, device):
-    data = shapeworld(args.pool, seed=args.seed, split="train", size=args.size)
-    images, labels = data.images.to(device), data.labels.to(device)
-    model = _initial_model(args).to(device).train()
-
-    def loss_fn(idx, gen):
-        x = images[idx]
-        flip = torch.rand(len(idx), generator=gen, device=gen.device) < 0.5  # a mirrored shape keeps its class
-        x = torch.where(flip.to(device)[:, None, None, None], x.flip(-1), x)
-        return F.cross_entropy(model(x), labels[idx])
-
-    stats = _loop(model, loss_fn, args.pool, args, device)
-    model.eval()
-    return model, stats, evaluate_model(args.name, model, args.eval_n)
-
-
-def train_flux(args, device):
-    data = shapeworld(args.pool, seed=args.seed, split="train", size=args.size)
-    encoder = generate.TextEncoder(device=device)
-    txt, pooled = encoder(data.captions)  # frozen MiniLM: encode every caption once
-    empty_txt, empty_pooled = encoder([""])  # the unconditional input of classifier-free guidance
-    x1 = pack(data.images.to(device) * 2 - 1)
-    model = _initial_model(args).to(device).train()
-    ids = image_ids(args.size // FLUX_PACK, device)
-    txt_ids = torch.zeros(txt.shape[1], 3, device=device)
-
-    def loss_fn(idx, gen):
-        # Rectified flow: x_t = (1 - t) x_data + t noise, the model predicts noise - x_data.
-        data_x = x1[idx]
-        noise = torch.randn(data_x.shape, generator=gen, device=gen.device).to(device)
-        t = torch.sigmoid(torch.randn(len(idx), generator=gen, device=gen.device)).to(device)  # logit-normal
-        xt = (1 - t[:, None, None]) * data_x + t[:, None, None] * noise
-        # Caption dropout: with probability ``args.cond_dropout`` the model sees the empty caption,
-        # so it also learns the unconditional velocity that classifier-free guidance needs.
-        drop = (torch.rand(len(idx), generator=gen, device=gen.device) < args.cond_dropout).to(device)
-        c_txt = torch.where(drop[:, None, None], empty_txt, txt[idx])
-        c_pooled = torch.where(drop[:, None], empty_pooled, pooled[idx])
-        pred = model(xt, c_txt, c_pooled, t, ids, txt_ids).sample
-        return F.mse_loss(pred, noise - data_x)
-
+def train_lite(args, device):
+    """Train ``args.name`` by its spec's objective; returns the model (eval mode), the loop's
+    stats and the card's validation numbers."""
+    s = spec(args.name)
+    model, loss_fn, encoder = s.objective(args, device, lambda: _initial_model(args).to(device).train())
     stats = _loop(model, loss_fn, args.pool, args, device)
     model.eval()
     return model, stats, evaluate_model(args.name, model, args.eval_n, encoder, args.guidance)
 
 
-def train_unet(args, device):
-    data = shapeworld(args.pool, seed=args.seed, split="train", size=args.size)
-    x0 = (data.images * 2 - 1).to(device)
-    model = _initial_model(args).to(device).train()
-    sched = generate.unet_scheduler()
-    abar = sched.alphas_cumprod.to(device)
-
-    def loss_fn(idx, gen):
-        # DDPM epsilon-prediction objective.
-        t = torch.randint(len(abar), (len(idx),), generator=gen, device=gen.device).to(device)
-        noise = torch.randn(x0[idx].shape, generator=gen, device=gen.device).to(device)
-        a = abar[t][:, None, None, None]
-        xt = a.sqrt() * x0[idx] + (1 - a).sqrt() * noise
-        return F.mse_loss(model(xt, t).sample, noise)
-
-    stats = _loop(model, loss_fn, args.pool, args, device)
-    model.eval()
-    return model, stats, evaluate_model(args.name, model, args.eval_n)
-
-
 def save_sample_grid(name, model, path, encoder=None, n=16, seed=0, guidance=1.0):
-    """A PNG of what the model does on 16 val images: predictions (classifiers) or samples."""
+    """A PNG of what the model does on 16 val images, by its spec's ``samples`` kind: predicted
+    classes (``"classify"``), samples for the val captions (``"captions"``) or unconditional
+    samples (``"unconditional"``)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    data = shapeworld(n, seed=seed, split="val", size=64 if name.startswith("shapes-vit") else GEN_SIZE)
-    if name.startswith("shapes-vit"):
+    s = spec(name)
+    kind = s.samples
+    data = shapeworld(n, seed=seed, split="val", size=s.training.size)
+    if kind == "classify":
         imgs = data.images
         pred = evaluate.classify(model, imgs).argmax(-1)
         titles = [f"{data.class_names[p]}" + ("" if p == y else f" (is {data.class_names[y]})")
                   for p, y in zip(pred.tolist(), data.labels.tolist())]
-    elif name == "shapes-flux":
+    elif kind == "captions":
         imgs = generate.flux_sample(model, encoder, data.captions, steps=20, seed=seed, progress=False,
                                     guidance=guidance)
         titles = [c.replace(" and ", " &\n").replace(", ", ",\n") for c in data.captions]
@@ -193,33 +145,21 @@ def save_sample_grid(name, model, path, encoder=None, n=16, seed=0, guidance=1.0
         ax.imshow(img.permute(1, 2, 0).numpy(), interpolation="nearest")
         ax.set_title(t, fontsize=6)
         ax.axis("off")
-    fig.suptitle(f"{name}: " + {"shapes-flux": "samples for val captions (20 Euler steps"
-                                               + (f", guidance {guidance:g})" if guidance != 1 else ")"),
-                                "shapes-unet": "unconditional samples (50 DDIM steps)"}.get(
-        name, "val images, predicted class (true class when wrong)"), fontsize=9)
+    fig.suptitle(f"{name}: " + {"captions": "samples for val captions (20 Euler steps"
+                                            + (f", guidance {guidance:g})" if guidance != 1 else ")"),
+                                "unconditional": "unconditional samples (50 DDIM steps)",
+                                "classify": "val images, predicted class (true class when wrong)"}[kind],
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
 def evaluate_model(name, model, n, encoder=None, guidance=1.0):
-    """The card's validation numbers for a trained lite model (``n`` val images or samples).
-
-    For ``shapes-flux`` sampled with classifier-free ``guidance`` > 1, ``caption_match_unguided``
-    and ``color_match_unguided`` give the numbers of the same captions and noise sampled without
-    guidance, beside them."""
-    if name.startswith("shapes-vit"):
-        metrics = evaluate.vit_metrics(model, split="val", n=n)
-        metrics["test_accuracy"] = evaluate.vit_metrics(model, split="test", n=n)["accuracy"]
-        return metrics
-    if name == "shapes-flux":
-        metrics = evaluate.flux_metrics(model, encoder, n=n, guidance=guidance)
-        if guidance != 1:
-            plain = evaluate.flux_metrics(model, encoder, n=n, frechet=False)
-            metrics.update(caption_match_unguided=plain["caption_match"],
-                           color_match_unguided=plain["color_match"])
-        return metrics
-    return evaluate.unet_metrics(model, n=n)
+    """The card's validation numbers for a trained lite model (``n`` val images or samples), by
+    its spec's evaluator (``guidance``: the classifier-free guidance of caption-conditioned
+    samples; the others ignore it and ``encoder``)."""
+    return spec(name).evaluator(model, n, encoder, guidance)
 
 
 def refresh_card(name, reevaluate=False, n=500, guidance=None):
@@ -240,13 +180,9 @@ def refresh_card(name, reevaluate=False, n=500, guidance=None):
     print(f"re-rendered the card and sample grid of {name} in {CHECKPOINT_DIR}")
 
 
-TRAINERS = {"shapes-vit": train_vit, "shapes-vit-reg": train_vit,
-            "shapes-flux": train_flux, "shapes-unet": train_unet}
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("name", choices=sorted(TRAINERS))
+    p.add_argument("name", choices=sorted(LITE_SPECS))
     p.add_argument("--steps", type=int)
     p.add_argument("--batch", type=int)
     p.add_argument("--lr", type=float)
@@ -284,7 +220,8 @@ def main(argv=None):
     if args.card_only:
         return refresh_card(args.name, reevaluate=args.reevaluate, n=args.eval_n,
                             guidance=args.guidance if args.guidance != 1 else None)
-    for k, v in DEFAULTS[args.name].items():
+    s = spec(args.name)
+    for k, v in asdict(s.training).items():
         if getattr(args, k, None) is None:
             setattr(args, k, v)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -292,11 +229,11 @@ def main(argv=None):
     torch.use_deterministic_algorithms(True, warn_only=True)
 
     previous = read_card(args.name, Path(args.checkpoint_dir)) if args.init else None
-    model, stats, metrics = TRAINERS[args.name](args, device)
+    model, stats, metrics = train_lite(args, device)
     card = {
         "name": args.name,
         "config": {k: (list(v) if isinstance(v, tuple) else v)
-                   for k, v in {**LITE_CONFIGS[args.name], **args.config}.items()},
+                   for k, v in {**s.config, **args.config}.items()},
         "params": sum(p.numel() for p in model.parameters()),
         "data": f"ShapeWorld split=train seed={args.seed}: a pool of {args.pool} images of "
                 f"{args.size}x{args.size}, batches drawn with replacement",
@@ -304,30 +241,30 @@ def main(argv=None):
                      "total_steps": stats["steps_done"] + (previous["training"].get("total_steps", previous[
                          "training"]["steps"]) if previous else 0),
                      "init": "the shipped checkpoint" if previous else "random",
-                     "optimizer": "AdamW(wd=0.05), 100 warm-up steps, cosine to 5%",
+                     "optimizer": optimizer_description(),
                      "final_loss": round(stats["final_loss"], 5), "seed": args.seed,
                      **({"ema": args.ema} if args.ema else {}),
                      **({"minutes": args.minutes} if args.minutes else {}),
-                     **({"cond_dropout": args.cond_dropout} if args.name == "shapes-flux" else {})},
+                     **({"cond_dropout": args.cond_dropout} if s.text_encoder else {})},
         "wall_time_s": stats["train_seconds"] + (previous["wall_time_s"] if previous else 0),
         "hardware": f"{device.type}: " + (torch.cuda.get_device_name(device) if device.type == "cuda"
                                           else f"{platform.processor() or platform.machine()}, "
                                                f"{torch.get_num_threads()} threads"),
         "torch": torch.__version__,
         "validation": metrics,
-        "headline": HEADLINE[args.name],
+        "headline": s.headline,
         "date": time.strftime("%Y-%m-%d"),
     }
     run_dir = Path(args.out) / args.name
     save_checkpoint(model, card, run_dir)
-    encoder = generate.TextEncoder(device=device) if args.name == "shapes-flux" else None
+    encoder = generate.TextEncoder(device=device) if s.text_encoder else None
     save_sample_grid(args.name, model, run_dir / f"{args.name}-samples.png", encoder=encoder,
                      guidance=args.guidance)
     print(json.dumps(card["validation"], indent=1))
 
     ship_dir = Path(args.checkpoint_dir)
     shipped = card_path(args.name, ship_dir)
-    key = HEADLINE[args.name]
+    key = s.headline
     old = json.loads(shipped.read_text())["validation"][key] if shipped.exists() else None
     better = old is None or metrics[key] > old
     print(f"{key}: this run {metrics[key]:.4f}, shipped {old}")
