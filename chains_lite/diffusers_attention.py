@@ -141,21 +141,22 @@ def _flux_layers(model) -> list:
     return [b.attn for b in model.transformer_blocks] + [b.attn for b in model.single_transformer_blocks]
 
 
+def _project(attn, x, fused: str, to_q: str, to_k: str, norm_q: str, norm_k: str):
+    """``q, k`` ``(B, N, H, D)`` of ``x`` through the named projections (or the fused one, when the
+    module fused them) and per-head norms."""
+    if getattr(attn, "fused_projections", False):
+        q, k, _ = getattr(attn, fused)(x).chunk(3, dim=-1)
+    else:
+        q, k = getattr(attn, to_q)(x), getattr(attn, to_k)(x)
+    heads = lambda t: t.unflatten(-1, (-1, attn.head_dim))  # noqa: E731
+    return getattr(attn, norm_q)(heads(q)), getattr(attn, norm_k)(heads(k))
+
+
 def _flux_projections(attn, x, ctx):
     """``q, k`` ``(B, N, H, D)`` of the joint sequence before RoPE: text then image tokens."""
-    if getattr(attn, "fused_projections", False):
-        q, k, _ = attn.to_qkv(x).chunk(3, dim=-1)
-    else:
-        q, k = attn.to_q(x), attn.to_k(x)
-    q = attn.norm_q(q.unflatten(-1, (-1, attn.head_dim)))
-    k = attn.norm_k(k.unflatten(-1, (-1, attn.head_dim)))
+    q, k = _project(attn, x, "to_qkv", "to_q", "to_k", "norm_q", "norm_k")
     if ctx is not None and attn.added_kv_proj_dim is not None:
-        if getattr(attn, "fused_projections", False):
-            cq, ck, _ = attn.to_added_qkv(ctx).chunk(3, dim=-1)
-        else:
-            cq, ck = attn.add_q_proj(ctx), attn.add_k_proj(ctx)
-        cq = attn.norm_added_q(cq.unflatten(-1, (-1, attn.head_dim)))
-        ck = attn.norm_added_k(ck.unflatten(-1, (-1, attn.head_dim)))
+        cq, ck = _project(attn, ctx, "to_added_qkv", "add_q_proj", "add_k_proj", "norm_added_q", "norm_added_k")
         q, k = torch.cat([cq, q], dim=1), torch.cat([ck, k], dim=1)
     return q, k
 
