@@ -32,6 +32,11 @@ def _mixed(name: str, scheme: str) -> str:
 HEAD_WEIGHTING = tuple(_mixed("tokenrank", s) for s in scores.HEAD_SCHEMES)  # paper Fig. 9
 STRATEGIES = PER_HEAD + (_mixed("tokenrank", "lambda2"),)                  # paper Table 4
 FRACTIONS = tuple(round(0.1 * i, 1) for i in range(10))
+#: Paper Table 4: AUC (lower = bigger drop) of the full models on ImageNet, per strategy, for
+#: (ViT, CLIP, DINOv1, DINOv2).
+PAPER_TABLE4 = {"random": (0.79, 0.80, 0.88, 0.89), "center_row": (0.33, 0.47, 0.45, 0.70),
+                "column_sum": (0.27, 0.49, 0.47, 0.71), "cls_row": (0.33, 0.53, 0.56, 0.70),
+                "tokenrank": (0.26, 0.46, 0.44, 0.64)}
 
 
 def token_scores(A: torch.Tensor, strategy: str, layout: TokenLayout,
