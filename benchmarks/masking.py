@@ -14,13 +14,12 @@ and writes JSON: per strategy the curve and AUC, plus mode, model, n_images, see
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 
-from chains_lite import masking, zoo
+from chains_lite import masking, results, zoo
 from chains_lite.zoo.inputs import imagenet_folder, model_input
 
 LITE_MODELS = ("shapes-vit", "shapes-vit-reg")
@@ -46,10 +45,18 @@ def main(argv=None):
     allowed = LITE_MODELS if args.mode == "lite" else FULL_MODELS
     if model_name not in allowed:
         ap.error(f"--model {model_name} is not available in {args.mode} mode; choose from {allowed}")
-    n = args.n_images or (500 if args.mode == "lite" else 5000)
+    n = args.n_images if args.n_images is not None else (500 if args.mode == "lite" else 5000)
     fractions = args.fractions or (LITE_FRACTIONS if args.mode == "lite" else masking.FRACTIONS)
-    if args.out and args.out.exists():
-        ap.error(f"{args.out} exists; pass another --out (results are never overwritten)")
+    for name, v in (("--n-images", n), ("--batch-size", args.batch_size)):
+        if v < 1:
+            ap.error(f"{name} must be >= 1, got {v}")
+    if args.mode == "full" and args.data is None:
+        ap.error("full mode needs --data: an ImageNet validation folder (val/<wnid>/*.JPEG)")
+    try:
+        masking.check_fractions(fractions)
+        out_path = results.prepare_out(args.out) if args.out else None
+    except (ValueError, FileExistsError) as e:
+        ap.error(str(e))
 
     loaded = zoo.load(model_name, mode=args.mode)
     classify = None
@@ -57,8 +64,6 @@ def main(argv=None):
         data = zoo.shapeworld(n, split="test", seed=args.seed)
         x, y = model_input(loaded, data.images), data.labels
     else:
-        if args.data is None:
-            ap.error("full mode needs --data: an ImageNet validation folder (val/<wnid>/*.JPEG)")
         x, y, _ = imagenet_folder(args.data, n, args.seed, loaded)
         x = x.to(next(loaded.model.parameters()).device)
         if model_name == "clip-vitb32":
@@ -75,13 +80,12 @@ def main(argv=None):
     print(f"{'strategy':>18} {'AUC':>6}  " + " ".join(f"{f:>5.2f}" for f in fractions))
     for s in args.strategies:
         print(f"{s:>18} {aucs[s]:6.3f}  " + " ".join(f"{a:5.2f}" for a in curves[s]))
-    if args.out:
+    if out_path:
         result = dict(mode=loaded.mode, model=model_name, n_images=n, seed=args.seed,
                       layers=curves["layers"], fractions=list(fractions),
                       clean_accuracy=curves["clean_accuracy"], seconds=round(seconds, 1),
                       strategies={s: dict(curve=curves[s], auc=aucs[s]) for s in args.strategies})
-        args.out.write_text(json.dumps(result, indent=1))
-        print(f"wrote {args.out}")
+        print(f"wrote {results.write_json(out_path, result)}")
     return 0
 
 

@@ -25,7 +25,6 @@ setting acc / miou / map / miou_acc_2_minus_acc, plus mode, model, n_images, see
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from chains_lite import zoo  # noqa: E402
+from chains_lite import results, zoo  # noqa: E402
 from chains_lite.segmentation import (TABLE7, Setting, class_word_task, evaluate,  # noqa: E402
                                       load_imagenet_segmentation, table)
 
@@ -61,6 +60,20 @@ def full_data(args):
     return images, masks, [args.caption.format(w) for w in words], words
 
 
+def check_args(ap, args):
+    """Every numeric argument checked before any work (``ap.error`` exits with the message)."""
+    for name in ("n_images", "batch_size", "steps", "size", "image_size"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    if not 0 < args.t <= 1:
+        ap.error(f"--t must be in (0, 1], got {args.t}")
+    if args.mode == "full":
+        for flag, path in (("--data", args.data), ("--classes", args.classes)):
+            if not path or not Path(path).is_file():
+                ap.error(f"--mode full needs {flag}: an existing file (got {path!r}); see --help")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mode", choices=["lite", "full"], default="lite")
@@ -81,11 +94,17 @@ def main(argv=None):
     ap.add_argument("--caption", default="a {}", help="full: caption template for the class word")
     ap.add_argument("--image-size", type=int, default=512, help="full: FLUX input resolution")
     args = ap.parse_args(argv)
-
-    settings = [Setting.parse(s) for s in args.methods.split(",") if s]
+    check_args(ap, args)
+    try:
+        settings = [Setting.parse(s) for s in args.methods.split(",") if s]
+        out_path = results.prepare_out(args.out) if args.out else None
+    except (ValueError, FileExistsError) as e:
+        ap.error(str(e))
+    if not settings:
+        ap.error("--methods names no setting")
     t0 = time.perf_counter()
     if args.mode == "lite":
-        n = args.n_images or 500
+        n = 500 if args.n_images is None else args.n_images
         images, masks, captions, words = lite_data(n, args.seed)
         loaded = zoo.load("shapes-flux", mode="lite", device="cpu")
     else:
@@ -102,12 +121,11 @@ def main(argv=None):
     print(table(res, args.mode))
     print("paper: FLUX.1-schnell on ImageNet-Segmentation (4,276 images). A/(2-A): ConceptAttention's "
           "mIoU formula, beside the standard mIoU.")
-    if args.out:
+    if out_path:
         out = dict(mode=args.mode, model=loaded.name, n_images=len(images), seed=args.seed, t=args.t,
                    steps=args.steps, size=args.size, resize=args.resize, time_s=elapsed,
                    results={k: v for k, v in res.items() if isinstance(v, dict)})
-        Path(args.out).write_text(json.dumps(out, indent=1))
-        print(f"wrote {args.out}")
+        print(f"wrote {results.write_json(out_path, out)}")
 
 
 if __name__ == "__main__":

@@ -101,6 +101,7 @@ def masking_curves(model, images: torch.Tensor, labels: torch.Tensor,
     repeated (default: all; lower it when ``batch_size x fractions`` images do not fit).
     Returns ``{"clean_accuracy", "fractions", "layers", "n_images", strategy: accuracies (F,)}``.
     """
+    check_fractions(fractions)  # before the work, not after it
     classify = classify or model
     layers = default_layers(model) if layers is None else sorted(layers)
     gen = torch.Generator().manual_seed(seed)
@@ -133,14 +134,21 @@ def masking_curves(model, images: torch.Tensor, labels: torch.Tensor,
     return out
 
 
+def check_fractions(fractions: Sequence[float]) -> None:
+    """``ValueError`` unless ``fractions`` are at least two shares in [0, 1], strictly increasing."""
+    f = np.asarray(fractions, dtype=float)
+    if f.ndim != 1 or len(f) < 2 or not np.all(np.isfinite(f)) or np.any(np.diff(f) <= 0) \
+            or f[0] < 0 or f[-1] > 1:
+        raise ValueError(f"fractions must be at least two increasing shares in [0, 1], got {list(fractions)}")
+
+
 def normalized_auc(fractions: Sequence[float], accuracy: Sequence[float], clean: float) -> float:
     """Area under accuracy / clean accuracy over the fraction axis (trapezoid), divided by the
     fraction range: 1 = no drop anywhere, 0 = nothing right from the first step. Lower = the
     ranking found more important tokens."""
+    check_fractions(fractions)
     f = np.asarray(fractions, dtype=float)
     a = np.asarray(accuracy, dtype=float) / clean
-    if len(f) < 2 or np.any(np.diff(f) <= 0):
-        raise ValueError("fractions must be increasing, at least two of them")
     return float(np.trapezoid(a, f) / (f[-1] - f[0]))
 
 

@@ -1,0 +1,68 @@
+"""Result files of the experiment runners: claimed before any work, written atomically, never replaced.
+
+    out = results.prepare_out("runs/seg.json")   # before the run: refuses an existing file
+    ...                                           # the run
+    results.write_json(out, table)                # after it: temp file, then an atomic link
+
+:func:`prepare_out` fails in a second, not after an hour of work, when the file exists, and
+creates a missing folder. :func:`write_json` writes a temporary file in the same folder and links
+it to the name only if the name is still free, so a crash leaves no half-written file and a
+concurrent run that took the name first is never replaced: the result goes next to it instead.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+def prepare_out(path) -> Path:
+    """Check an output path before any work: ``FileExistsError`` if it exists (results are never
+    overwritten), ``ValueError`` if it is a folder; creates its missing parent folders."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; give a file name for the results")
+    if path.exists():
+        raise FileExistsError(f"{path} exists; pass another output path (results are never overwritten)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _free_name(path: Path) -> Path:
+    """``path`` itself, or ``NAME.1.json``, ``NAME.2.json``, ... the first that does not exist."""
+    candidate, k = path, 0
+    while candidate.exists():
+        k += 1
+        candidate = path.with_name(f"{path.stem}.{k}{path.suffix}")
+    return candidate
+
+
+def write_json(path, obj) -> Path:
+    """Write ``obj`` as JSON to ``path`` atomically and without replacing anything.
+
+    Returns the path written: ``path``, or, if another process created ``path`` after
+    :func:`prepare_out`, the first free ``NAME.k.json`` beside it (a warning says so)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        target = path
+        while True:
+            try:
+                os.link(tmp, target)  # atomic, and fails if the name is taken
+                break
+            except FileExistsError:
+                target = _free_name(path)
+        if target != path:
+            import warnings
+            warnings.warn(f"{path} appeared while this run worked; its results went to {target}",
+                          RuntimeWarning, stacklevel=2)
+        return target
+    finally:
+        os.unlink(tmp)
