@@ -372,16 +372,20 @@ def _krylov_steady_state(A, p, alpha, direction, tol, max_iter):
     exact = operator(A, p.double(), float64=True)
     x = torch.zeros_like(p, dtype=torch.float64)
     r = p.double()
-    spent = 0
+    spent, converged = 0, False
     while spent < max_iter:  # each round: a float32 GMRES solve for the float64 residual
         d, used = gmres(subset, r.to(A.dtype), rtol=1e-5, atol=0.1 * certify / n ** 0.5,
                         max_matvecs=max_iter - spent)
         spent += used
         x = x + d.double()
         r = p.double() - exact(x)
-        if (r.abs().sum(-1) <= certify).all():
+        if not torch.isfinite(r).all():
+            raise ValueError("tokenrank: the chain's products are not finite (NaN or inf); for "
+                             "attention from q and k, the logits q k^T * scale overflow float32")
+        converged = bool((r.abs().sum(-1) <= certify).all())
+        if converged or used == 0:  # used == 0: float32 GMRES cannot shrink this residual
             break
-    else:
+    if not converged:
         warnings.warn(f"tokenrank did not reach tol={tol} within max_iter={max_iter} bounces "
                       "(alpha = 1 on a chain without a unique steady state?); returning the "
                       "last iterate", RuntimeWarning, stacklevel=3)

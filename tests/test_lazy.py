@@ -331,3 +331,20 @@ def test_cuda_matches_cpu():
             out = f(Lc)
             assert out.is_cuda
             torch.testing.assert_close(out.cpu(), f(L), atol=1e-5, rtol=0)
+
+
+def test_tokenrank_of_overflowing_logits_fails_fast_instead_of_looping():
+    """Finite q, k whose logits overflow float32 give NaN products: a clear error, in bounded time."""
+    import signal
+
+    def too_slow(*_):
+        raise TimeoutError("tokenrank did not return")
+    old = signal.signal(signal.SIGALRM, too_slow)
+    signal.alarm(60)
+    try:
+        q = k = torch.randn(1, 2, 64, 16, generator=torch.Generator().manual_seed(0)) * 1e20
+        with pytest.raises(ValueError, match="not finite"):
+            cl.tokenrank(cl.LazyAttention(q, k, max_bytes=4096), max_iter=10)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
