@@ -25,6 +25,8 @@ solvers never see the difference. What such a chain provides is declared by
 """
 from __future__ import annotations
 
+import math
+import numbers
 import warnings
 from typing import Callable
 
@@ -472,6 +474,12 @@ def lambda2(A, direction: str = "incoming", tol: float = 1e-3, max_iter: int = 4
     ``tol`` or raise ``krylov_dim`` for such spectra.
     """
     _check_direction(direction)
+    if not (_is_real(tol) and 0 < tol < 1):
+        raise ValueError(f"tol must be a number in (0, 1), got {tol!r}")
+    if not (_is_int(max_iter) and max_iter >= 1):
+        raise ValueError(f"max_iter must be an int >= 1, got {max_iter!r}")
+    if not (_is_int(krylov_dim) and krylov_dim >= 2):
+        raise ValueError(f"krylov_dim must be an int >= 2, got {krylov_dim!r}")
     A = check_stochastic(A)
     n = A.shape[-1]
     batch = A.shape[:-2]
@@ -481,6 +489,14 @@ def lambda2(A, direction: str = "incoming", tol: float = 1e-3, max_iter: int = 4
     for _, A_s in _pieces(A.reshape(-1, n, n)):
         out.append(_lambda2(A_s, direction, tol, max_iter, krylov_dim))
     return torch.cat(out).reshape(batch)
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 def _lambda2(A, direction, tol, max_iter, krylov_dim):

@@ -374,3 +374,12 @@ def test_mix_is_mix_heads_of_head_weights():
                                cl.mix_heads(A, cl.head_weights(A, "random", generator=g2)))
     with pytest.raises(ValueError, match="unknown scheme"):
         cl.mix(A, "median")
+
+
+@pytest.mark.parametrize("kw, msg", [(dict(krylov_dim=0), "krylov_dim"), (dict(krylov_dim=True), "krylov_dim"),
+                                     (dict(tol=0), "tol"), (dict(tol=float("nan")), "tol"), (dict(tol="0.1"), "tol"),
+                                     (dict(max_iter=0), "max_iter")])
+def test_lambda2_rejects_bad_solver_options(kw, msg):
+    A = torch.softmax(torch.randn(6, 6, generator=torch.Generator().manual_seed(0)), -1)
+    with pytest.raises(ValueError, match=msg):
+        cl.lambda2(A, **kw)
