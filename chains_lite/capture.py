@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -497,6 +498,11 @@ def _probs(qk: QK) -> torch.Tensor:
         logits = (q * qk.scale) @ k.transpose(-2, -1)
     if qk.bias is not None:
         logits = logits + qk.bias.to(logits.device)
+    # a row is a distribution only if its largest logit is finite (not every key masked, no overflow)
+    if not torch.isfinite(logits.amax(-1)).all():
+        warnings.warn("captured attention has rows whose logits are all -inf (every key masked) or "
+                      "not finite: those rows are NaN, not distributions; check the mask or bias",
+                      RuntimeWarning, stacklevel=2)
     return logits.softmax(-1)
 
 

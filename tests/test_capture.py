@@ -1,6 +1,8 @@
 """capture(): every family records the attention the model really used (checked against each
 library's own non-fused attention weights), leaves outputs unchanged and removes its hooks;
 add_logit_bias() really removes masked columns. Models are small random configs, no download."""
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -217,3 +219,17 @@ def test_center_token_is_the_middle_patch():
     assert TokenLayout(None, (), (4, 4), 0).center_token == 2 * 4 + 2
     with pytest.raises(ValueError, match="no patch grid"):
         TokenLayout(0, (), None, 1).center_token
+
+
+def test_capture_warns_when_a_bias_masks_every_key_of_a_row():
+    m, x = small_vit(4), torch.rand(2, 3, 32, 32)
+    with torch.no_grad(), add_logit_bias(m, torch.full((21, 21), -float("inf")), layers=[0]):
+        with pytest.warns(RuntimeWarning, match="all -inf"), capture(m, layers=[0]) as rec:
+            m(x)
+    assert torch.isnan(rec.attentions[0]).all()   # the rows are NaN, and the warning said so
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")              # an ordinary mask stays silent
+        bias = torch.zeros(21)
+        bias[[7, 12]] = -float("inf")
+        with torch.no_grad(), add_logit_bias(m, bias, layers=[0]), capture(m, layers=[0]):
+            m(x)
