@@ -304,10 +304,24 @@ def tokenrank(A, alpha: float = DEFAULT_ALPHA, direction: str = "incoming",
         method = "dense" if small else "krylov"
     if method not in solvers:
         raise ValueError(f"unknown method {method!r}; expected 'auto' or one of {tuple(solvers)}")
+    if alpha == 1.0:
+        _warn_if_not_unique(A, direction)
     out = []
     for s, A_s in _pieces(A, dense=method == "dense"):
         out.append(solvers[method](A_s, p[s], alpha, direction, tol, max_iter))
     return torch.cat(out).reshape(*batch, n)
+
+
+def _warn_if_not_unique(A, direction: str) -> None:
+    """Without teleport a chain with a second eigenvalue of modulus 1 is reducible (several steady
+    states: the solvers pick different ones) or periodic (the power method never settles): warn."""
+    l2 = lambda2(A, direction=direction)
+    if (l2 > 1 - 1e-4).any():
+        bad = torch.nonzero(l2 > 1 - 1e-4).flatten().tolist()
+        warnings.warn(f"tokenrank(alpha=1): chain(s) {bad[:10]} have |lambda2| = 1, so their steady state "
+                      "is not unique (reducible chain) or not reached by bouncing (periodic chain); the "
+                      "answer depends on the solver. Use alpha < 1, the PageRank revision (Sec. 4.3).",
+                      RuntimeWarning, stacklevel=3)
 
 
 def _pieces(A, dense: bool = False):

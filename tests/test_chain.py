@@ -383,3 +383,18 @@ def test_lambda2_rejects_bad_solver_options(kw, msg):
     A = torch.softmax(torch.randn(6, 6, generator=torch.Generator().manual_seed(0)), -1)
     with pytest.raises(ValueError, match=msg):
         cl.lambda2(A, **kw)
+
+
+@pytest.mark.parametrize("method", ["dense", "krylov", "power"])
+def test_tokenrank_without_teleport_warns_on_a_reducible_chain(method):
+    # two closed blocks: every mixture of the blocks' steady states is a steady state
+    g = torch.Generator().manual_seed(0)
+    B = torch.zeros(8, 8)
+    B[:4, :4] = torch.softmax(torch.randn(4, 4, generator=g) * 2, -1)
+    B[4:, 4:] = torch.softmax(torch.randn(4, 4, generator=g) * 2, -1)
+    with pytest.warns(RuntimeWarning, match="not unique"):
+        cl.tokenrank(B, alpha=1.0, method=method)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")        # teleport makes it unique: no warning
+        cl.tokenrank(B, alpha=0.99, method=method)
+        cl.tokenrank(torch.softmax(torch.randn(3, 9, 9, generator=g), -1), alpha=1.0, method=method)
