@@ -95,6 +95,9 @@ def _check_direction(direction: str) -> None:
 
 
 def _check_alpha(alpha: float) -> float:
+    number = isinstance(alpha, numbers.Real) or (torch.is_tensor(alpha) and alpha.numel() == 1)
+    if isinstance(alpha, bool) or not number:  # "0.9" or True would convert silently
+        raise ValueError(f"alpha must be a number in (0, 1], got {alpha!r}")
     alpha = float(alpha)
     if not 0.0 < alpha <= 1.0:
         raise ValueError(f"alpha must be in (0, 1], got {alpha}")

@@ -325,6 +325,8 @@ A5 = torch.tensor(TOY, dtype=torch.float32)
     (lambda: cl.bounce(A5, 0.5), "shape"),
     (lambda: cl.teleport(A5, 0.0), "alpha"),
     (lambda: cl.tokenrank(A5, alpha=1.5), "alpha"),
+    (lambda: cl.tokenrank(A5, alpha="0.9"), "alpha must be a number"),
+    (lambda: cl.tokenrank(A5, alpha=True), "alpha must be a number"),
     (lambda: cl.bounce(A5, 0, direction="sideways"), "direction"),
     (lambda: cl.tokenrank(A5, direction="up"), "direction"),
     (lambda: cl.tokenrank(A5, method="eig"), "method"),
