@@ -19,8 +19,8 @@ mixture.
 
 :func:`noised_attention` runs the paper's protocol on encoded images: noise to ``t``, a few
 denoising steps with the caption, attention averaged over the chosen blocks and steps. Encoding
-images and captions belongs to the model zoo (:mod:`chains_lite.zoo.inputs`), which hands its
-encoder to :func:`encode` when imported.
+images and captions belongs to the model zoo (:mod:`chains_lite.zoo.inputs`; a loaded FLUX model's
+``encode``).
 """
 from __future__ import annotations
 
@@ -29,13 +29,14 @@ import contextlib
 import torch
 from torch import nn
 
+from . import scores
 from .capture import TokenLayout, attention_layers, capture
 from .chain import mix
 from .lazy import LazyMixture
 
 BLOCKS = ("double", "single")
 STORE = ("mean", "probs", "qk")
-HEAD_MIX = ("uniform", "lambda2")
+HEAD_MIX = scores.DETERMINISTIC_SCHEMES
 PAPER_BLOCKS = 10   # the paper (after ConceptAttention) uses the last 10 double-stream blocks
 
 

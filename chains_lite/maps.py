@@ -24,7 +24,7 @@ from .chain import mix as mix_chain
 from .metrics import auroc, iou_at_mean, resize_maps
 
 GLOBAL_METHODS = scores.select("tokenrank", "column_sum", "center_row", "cls_row")
-HEAD_MIX = tuple(s for s in scores.HEAD_SCHEMES if s != "random")  # deterministic schemes only
+HEAD_MIX = scores.DETERMINISTIC_SCHEMES
 
 
 def center_token(layout: TokenLayout) -> int:

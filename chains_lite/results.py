@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 
@@ -60,7 +61,6 @@ def write_json(path, obj) -> Path:
             except FileExistsError:
                 target = _free_name(path)
         if target != path:
-            import warnings
             warnings.warn(f"{path} appeared while this run worked; its results went to {target}",
                           RuntimeWarning, stacklevel=2)
         return target

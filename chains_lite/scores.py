@@ -29,6 +29,8 @@ Score = Callable[..., torch.Tensor]
 
 #: Head weighting schemes of :func:`chains_lite.chain.mix` (Sec. 4.4), in the order tables list them.
 HEAD_SCHEMES = ("uniform", "random", "lambda2")
+#: The schemes that give the same mixture on every run (maps and segmentation offer these).
+DETERMINISTIC_SCHEMES = tuple(s for s in HEAD_SCHEMES if s != "random")
 #: Keyword options a score may read; each score ignores the ones it does not use.
 OPTIONS = ("alpha", "start", "steps")
 
