@@ -158,3 +158,76 @@ def binary_segmentation(scores: torch.Tensor, masks: torch.Tensor, size: int = 2
            for i in range(len(s))]
     return dict(acc=100 * acc, miou=100 * sum(ious) / 2, map=100 * float(np.mean(aps)),
                 miou_acc_2_minus_acc=100 * acc / (2 - acc), n=len(s))
+
+
+# ----------------------------------------------------------------------------- unsupervised segmentation
+def _check_label_maps(pred, gt) -> tuple[np.ndarray, np.ndarray]:
+    pred, gt = torch.as_tensor(pred), torch.as_tensor(gt)
+    if pred.ndim != 3 or pred.shape != gt.shape:
+        raise ValueError(f"pred and gt must both be (B, H, W) label maps of one shape, got "
+                         f"{tuple(pred.shape)} and {tuple(gt.shape)}")
+    for name, t in (("pred", pred), ("gt", gt)):
+        if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+            raise ValueError(f"{name} must hold integer labels, got dtype {t.dtype}")
+    if (pred < 0).any():
+        raise ValueError("pred holds negative segment ids; segments are numbered 0, 1, 2, ...")
+    return pred.cpu().numpy().astype(np.int64), gt.cpu().numpy().astype(np.int64)
+
+
+def hungarian_counts(pred, gt, n_classes: int) -> dict:
+    """Per-image true positives, false positives and false negatives of unsupervised segments
+    matched one-to-one to classes (the evaluation of DiffSeg, Tian et al. 2024, and STEGO).
+
+    pred: ``(B, H, W)`` segment ids ``>= 0`` (any number of segments); gt: ``(B, H, W)`` class ids,
+    where pixels outside ``[0, n_classes)`` are ignored (e.g. 255 or -1 = unlabelled). Per image:
+    the histogram ``hist[c, s]`` of class ``c`` against segment ``s`` (at least ``n_classes``
+    segment columns, so every class is matched), the matching that maximises the matched pixels
+    (``scipy.optimize.linear_sum_assignment``); ``tp[c] = hist[c, s(c)]``, ``fn[c]`` = pixels of
+    class ``c`` outside ``s(c)``, ``fp[c]`` = pixels of ``s(c)`` of other classes. Segments matched
+    to no class count nowhere; a class absent from the image is matched too and collects the
+    pixels of its segment as false positives, as in DiffSeg's code.
+
+    Returns ``dict(tp, fp, fn)`` of ``(B, n_classes)`` float64 arrays and ``pixels`` ``(B,)``
+    (labelled pixels per image). :func:`hungarian_segmentation` sums them into scores.
+    """
+    from scipy.optimize import linear_sum_assignment
+    if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)) or n_classes < 1:
+        raise ValueError(f"n_classes must be a positive int, got {n_classes!r}")
+    pred, gt = _check_label_maps(pred, gt)
+    b = len(pred)
+    tp, fp, fn = (np.zeros((b, n_classes)) for _ in range(3))
+    pixels = np.zeros(b)
+    for i in range(b):
+        valid = (gt[i] >= 0) & (gt[i] < n_classes)
+        g, p = gt[i][valid], pred[i][valid]
+        cols = max(n_classes, int(pred[i].max()) + 1)
+        hist = np.bincount(g * cols + p, minlength=n_classes * cols).reshape(n_classes, cols)
+        rows, match = linear_sum_assignment(hist, maximize=True)  # rows = every class
+        tp[i] = hist[rows, match]
+        fn[i] = hist.sum(1) - tp[i]
+        fp[i] = hist[:, match].sum(0) - tp[i]
+        pixels[i] = valid.sum()
+    return dict(tp=tp, fp=fp, fn=fn, pixels=pixels)
+
+
+def scores_from_counts(counts: dict) -> dict:
+    """``acc`` = sum TP / labelled pixels and ``miou`` = mean over classes (those with a nonzero
+    denominator) of TP / (TP + FP + FN), both as fractions, from summed per-image counts."""
+    tp, fp, fn = (np.asarray(counts[k]).sum(0) for k in ("tp", "fp", "fn"))
+    pixels = float(np.asarray(counts["pixels"]).sum())
+    if pixels == 0:
+        raise ValueError("no labelled pixel: every ground-truth pixel is outside [0, n_classes)")
+    denom = tp + fp + fn
+    iou = np.divide(tp, denom, out=np.full_like(tp, np.nan), where=denom > 0)
+    return dict(acc=float(tp.sum() / pixels), miou=float(np.nanmean(iou)), iou=iou.tolist())
+
+
+def hungarian_segmentation(pred, gt, n_classes: int) -> dict:
+    """Pixel accuracy and mIoU of unsupervised segments, each matched to one class per image by
+    the Hungarian algorithm (DiffSeg's benchmark; see :func:`hungarian_counts`).
+
+    pred: ``(B, H, W)`` int segment ids; gt: ``(B, H, W)`` int class ids (outside
+    ``[0, n_classes)`` = ignored). Returns ``dict(acc, miou, iou)``: fractions; ``iou`` per class
+    (NaN for a class never matched with any pixel), summed over the whole dataset first.
+    """
+    return scores_from_counts(hungarian_counts(pred, gt, n_classes))

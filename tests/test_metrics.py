@@ -158,3 +158,67 @@ def test_binary_segmentation_takes_float64_scores_beyond_float32_range():
     masks = torch.tensor([[[0, 1], [0, 1]]])
     out = binary_segmentation(scores, masks, size=2)
     assert out["acc"] == pytest.approx(100) and out["map"] == pytest.approx(100)
+
+
+# ----------------------------------------------------------------------------- Hungarian segmentation
+def _brute_force_best(pred, gt, n_classes):
+    """Every one-to-one class -> segment assignment of one image: the max matched pixels and the
+    (tp, fp, fn) of every assignment reaching it."""
+    import itertools
+    valid = (gt >= 0) & (gt < n_classes)
+    cols = max(n_classes, int(pred.max()) + 1)
+    hist = np.zeros((n_classes, cols))
+    for g, p in zip(gt[valid].tolist(), pred[valid].tolist()):
+        hist[g, p] += 1
+    best, outs = -1, []
+    for perm in itertools.permutations(range(cols), n_classes):
+        tp = hist[np.arange(n_classes), perm]
+        if tp.sum() > best:
+            best, outs = tp.sum(), []
+        if tp.sum() == best:
+            outs.append((tp, hist[:, perm].sum(0) - tp, hist.sum(1) - tp))
+    return best, outs, valid.sum()
+
+
+def test_hungarian_counts_match_brute_force():
+    from chains_lite.metrics import hungarian_counts
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        gt = rng.integers(-1, 3, size=(1, 6, 6))          # -1 = unlabelled
+        pred = rng.integers(0, rng.integers(2, 5), size=(1, 6, 6))
+        c = hungarian_counts(torch.as_tensor(pred), torch.as_tensor(gt), 3)
+        best, outs, pixels = _brute_force_best(pred[0], gt[0], 3)
+        assert c["tp"].sum() == best and c["pixels"][0] == pixels
+        assert any(np.array_equal(c["tp"][0], tp) and np.array_equal(c["fp"][0], fp)
+                   and np.array_equal(c["fn"][0], fn) for tp, fp, fn in outs)
+
+
+def test_hungarian_segmentation_of_a_relabelled_perfect_segmentation_is_one():
+    from chains_lite.metrics import hungarian_segmentation
+    gt = torch.randint(0, 4, (3, 10, 10), generator=torch.Generator().manual_seed(1))
+    pred = torch.tensor([3, 0, 2, 1])[gt] + 5  # segment ids permuted and shifted
+    r = hungarian_segmentation(pred, gt, 4)
+    assert r["acc"] == 1.0 and r["miou"] == 1.0
+
+
+def test_hungarian_segmentation_hand_case():
+    from chains_lite.metrics import hungarian_segmentation
+    gt = torch.tensor([[[0, 0, 1, 1, 255]]])
+    pred = torch.tensor([[[1, 1, 1, 0, 0]]])   # segment 1 -> class 0, segment 0 -> class 1
+    r = hungarian_segmentation(pred, gt, 2)
+    # class 0: tp 2, fp 1 (a class-1 pixel in segment 1), fn 0; class 1: tp 1, fp 0, fn 1
+    assert r["acc"] == pytest.approx(3 / 4)
+    assert r["iou"] == pytest.approx([2 / 3, 1 / 2])
+
+
+def test_hungarian_segmentation_rejects_bad_input():
+    from chains_lite.metrics import hungarian_segmentation
+    gt = torch.zeros(1, 4, 4, dtype=torch.long)
+    with pytest.raises(ValueError, match="one shape"):
+        hungarian_segmentation(torch.zeros(1, 4, 5, dtype=torch.long), gt, 2)
+    with pytest.raises(ValueError, match="integer"):
+        hungarian_segmentation(torch.zeros(1, 4, 4), gt, 2)
+    with pytest.raises(ValueError, match="n_classes"):
+        hungarian_segmentation(gt, gt, 0)
+    with pytest.raises(ValueError, match="no labelled pixel"):
+        hungarian_segmentation(gt, gt - 1, 2)

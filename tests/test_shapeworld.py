@@ -106,3 +106,14 @@ def test_pack_is_flux_order_and_inverts():
     # token (row 1, col 2) holds pixels [2:4, 4:6] of every channel, channel-major
     np.testing.assert_array_equal(tok[0, 1 * 4 + 2].numpy(), x[0, :, 2:4, 4:6].reshape(-1).numpy())
     assert torch.equal(unpack(tok, 8), x)
+
+
+def test_class_masks_label_each_object_pixel_with_its_shape_class():
+    from chains_lite.zoo.shapeworld import CLASS_NAMES, shapeworld
+    b = shapeworld(6, seed=3, size=32)
+    cm = b.class_masks()
+    assert cm.shape == b.masks.shape and cm.dtype == torch.long
+    assert torch.equal(cm == 0, b.masks == 0)
+    for i in range(6):
+        for k, name in enumerate(b.shapes[i], start=1):
+            assert (cm[i][b.masks[i] == k] == 1 + CLASS_NAMES.index(name)).all()

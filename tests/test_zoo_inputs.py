@@ -102,3 +102,15 @@ def test_imagenet_folder_draws_seeded_images_with_sorted_wnid_labels(tmp_path):
     (tmp_path / "n00000000").rmdir()
     with pytest.raises(ValueError, match="1000 class folders, found 999"):
         imagenet_folder(tmp_path, 4, seed=1, loaded=loaded)
+
+
+def test_unet_inputs_of_the_lite_unet_are_pixels_in_minus_one_one():
+    from chains_lite import zoo
+    from chains_lite.zoo.inputs import unet_inputs
+    loaded = zoo.load("shapes-unet", mode="lite", device="cpu", verbose=False)
+    images = torch.rand(2, 3, 32, 32)
+    x0, cond = unet_inputs(loaded, images)
+    torch.testing.assert_close(x0, images * 2 - 1)
+    assert cond == {}
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        unet_inputs(loaded, images + 1)

@@ -192,3 +192,28 @@ def encode(loaded, images: torch.Tensor, captions: list[str], **kw) -> FluxInput
         return full_inputs(loaded, images, captions, **kw)
     return lite_inputs(loaded, images, captions, **kw)
 
+
+
+def unet_inputs(loaded, images: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """Clean UNet inputs of images ``(B, 3, H, W)`` in [0, 1], and the extra keyword arguments of
+    the UNet call: ``shapes-unet`` works on pixels scaled to [-1, 1] and takes no condition;
+    Stable Diffusion (``loaded.pipeline``) works on VAE latents (posterior mean times the VAE's
+    scaling factor, ``H/8 x W/8``) and takes ``encoder_hidden_states`` of the empty prompt, as
+    DiffSeg runs it."""
+    images = torch.as_tensor(images, dtype=torch.float32)
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
+    if images.min() < 0 or images.max() > 1:
+        raise ValueError("images must be in [0, 1]")
+    unet = loaded.model
+    device = next(unet.parameters()).device
+    pipe = loaded.pipeline
+    if pipe is None:
+        return (images * 2 - 1).to(device, unet.dtype), {}
+    with torch.no_grad():
+        x = (images * 2 - 1).to(device, pipe.vae.dtype)
+        lat = pipe.vae.encode(x).latent_dist.mode() * pipe.vae.config.scaling_factor
+        ids = pipe.tokenizer([""] * len(images), padding="max_length", truncation=True,
+                             max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
+        text = pipe.text_encoder(ids.to(device))[0]
+    return lat.to(unet.dtype), {"encoder_hidden_states": text.to(unet.dtype)}

@@ -69,6 +69,15 @@ class ShapeBatch:
         """``(H, W)`` bool mask of object ``k`` (1 = largest) in image ``i``."""
         return self.masks[i] == k
 
+    def class_masks(self) -> torch.Tensor:
+        """``(n, H, W)`` int64 semantic labels: 0 = background, ``1 + CLASS_NAMES index`` = the
+        shape class of the object covering the pixel (``len(CLASS_NAMES) + 1`` classes)."""
+        out = torch.zeros_like(self.masks)
+        for i, shapes in enumerate(self.shapes):
+            for k, name in enumerate(shapes, start=1):
+                out[i][self.masks[i] == k] = 1 + self.class_names.index(name)
+        return out
+
     def to(self, device) -> "ShapeBatch":
         self.images, self.masks, self.labels = (x.to(device) for x in (self.images, self.masks, self.labels))
         return self
