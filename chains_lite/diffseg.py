@@ -47,6 +47,10 @@ STRATEGIES = ("uniform",) + SCORE_NAMES
 DISTANCES = ("euclidean", "chebyshev")
 #: DiffSeg's KL thresholds (its benchmark notebook): merging rounds use the same value.
 KL_THRESHOLD = {"coco-stuff": 1.1, "cityscapes": 0.9}
+#: Lite mode (``shapes-unet``, 16 x 16 tokens): the threshold that scored best for the uniform grid
+#: on ShapeWorld validation images (``benchmarks/diffseg.py --sweep``); a 256-token chain's
+#: distances are on another scale than SD's 4096-token ones.
+LITE_THRESHOLD = 0.05
 ITERATIONS = 3
 #: DiffSeg noises the image to this timestep (of 1000) for its one forward pass.
 TIMESTEP = 300
@@ -57,18 +61,24 @@ PAPER_TABLE3 = {"uniform": (72.50, 43.60), "tokenrank": (84.97, 44.87)}
 # ----------------------------------------------------------------------------- capture
 @torch.no_grad()
 def self_attention(unet, x0: torch.Tensor, scheduler, timestep: int = TIMESTEP, cond: dict | None = None,
-                   generator: torch.Generator | None = None, store: str = "probs"):
+                   generator: torch.Generator | None = None, store: str = "probs",
+                   noise: torch.Tensor | None = None):
     """Noise clean model inputs ``x0`` ``(B, C, h, w)`` to ``timestep`` and record every
     self-attention layer of a diffusers UNet in one forward pass.
 
     ``cond``: extra keyword arguments of the UNet call (SD: ``encoder_hidden_states`` of the
-    empty prompt). ``store="probs"`` records head-averaged probabilities ``(B, n, n)`` per layer;
+    empty prompt). ``noise``: the noise to add (default: drawn from ``generator``).
+    ``store="probs"`` records head-averaged probabilities ``(B, n, n)`` per layer;
     ``"qk"`` records matrix-free chains ``(B, H, n, n)`` (for layers too large to hold per head).
     Returns ``(attentions, grids)``: per layer, its chain and its token grid ``(h, w)``.
     """
     if store not in ("probs", "qk"):
         raise ValueError(f"store must be 'probs' or 'qk', got {store!r}")
-    noise = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
+    if noise is None:
+        noise = torch.randn(x0.shape, generator=generator)
+    if noise.shape != x0.shape:
+        raise ValueError(f"noise must have x0's shape {tuple(x0.shape)}, got {tuple(noise.shape)}")
+    noise = noise.to(x0.device, x0.dtype)
     t = torch.full((len(x0),), int(timestep), device=x0.device, dtype=torch.long)
     xt = scheduler.add_noise(x0, noise, t)
     heads = "mean" if store == "probs" else "all"
@@ -76,6 +86,13 @@ def self_attention(unet, x0: torch.Tensor, scheduler, timestep: int = TIMESTEP, 
         unet(xt, t, **(cond or {}))
     attns = [a[:, 0] for a in rec.attentions] if store == "probs" else rec.lazy()
     return attns, [layout.grid for layout in rec.layouts]
+
+
+def index_noise(shape, indices, seed: int = 0) -> torch.Tensor:
+    """``(len(indices), *shape)`` standard normal noise, image ``i``'s drawn from its own seed
+    ``(seed, i)``: an image gets the same noise in any batch, order or process."""
+    return torch.stack([torch.randn(tuple(shape), generator=torch.Generator().manual_seed(
+        int(seed) * 1_000_003 + int(i))) for i in indices])
 
 
 # ----------------------------------------------------------------------------- aggregation
@@ -321,7 +338,8 @@ def segment_images(A: torch.Tensor, image_size, strategies=("uniform", "tokenran
 def bootstrap(counts: dict, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
     """Scores with bootstrap intervals over images, and paired differences between strategies.
 
-    counts: ``{strategy: metrics.hungarian_counts(...)}`` on the same images in the same order.
+    counts: ``{strategy: metrics.hungarian_counts(...)}`` on the same images in the same order
+    (e.g. :func:`score_chains`; an ``n_segments`` entry is averaged into ``segments``).
     Images are resampled with replacement ``n_boot`` times (the same resamples for every
     strategy); each resample's ``acc`` and ``miou`` come from its summed counts. Returns
     ``{strategy: {acc, miou, acc_ci, miou_ci}}`` and, for every later strategy against the first,
@@ -331,6 +349,8 @@ def bootstrap(counts: dict, n_boot: int = 1000, seed: int = 0, level: float = 0.
     import numpy as np
     from .metrics import scores_from_counts
     names = list(counts)
+    counts = {s: {k: v for k, v in c.items() if k != "n_segments"} | {"segments": c.get("n_segments")}
+              for s, c in counts.items()}
     n = {len(c["pixels"]) for c in counts.values()}
     if len(n) != 1:
         raise ValueError(f"strategies were scored on different numbers of images: {sorted(n)}")
@@ -339,10 +359,10 @@ def bootstrap(counts: dict, n_boot: int = 1000, seed: int = 0, level: float = 0.
     idx = rng.integers(0, n, size=(n_boot, n))
     lo, hi = (1 - level) / 2, 1 - (1 - level) / 2
 
-    def resampled(c):
-        out = np.array([[v[k] for k in ("acc", "miou")] for v in
-                        (scores_from_counts({key: np.asarray(c[key])[i] for key in c}) for i in idx)])
-        return out  # (n_boot, 2)
+    def resampled(c):  # (n_boot, 2): acc and miou of every resample
+        keys = ("tp", "fp", "fn", "pixels")
+        return np.array([[v["acc"], v["miou"]] for v in
+                         (scores_from_counts({k: np.asarray(c[k])[i] for k in keys}) for i in idx)])
 
     boots = {s: resampled(counts[s]) for s in names}
     table = {}
@@ -351,6 +371,8 @@ def bootstrap(counts: dict, n_boot: int = 1000, seed: int = 0, level: float = 0.
         table[s] = dict(acc=full["acc"], miou=full["miou"],
                         acc_ci=np.quantile(boots[s][:, 0], [lo, hi]).tolist(),
                         miou_ci=np.quantile(boots[s][:, 1], [lo, hi]).tolist(), n_images=n)
+        if counts[s]["segments"] is not None:
+            table[s]["segments"] = float(np.mean(counts[s]["segments"]))
     a = names[0]
     for b in names[1:]:
         d = boots[b] - boots[a]
@@ -359,3 +381,40 @@ def bootstrap(counts: dict, n_boot: int = 1000, seed: int = 0, level: float = 0.
             acc_ci=np.quantile(d[:, 0], [lo, hi]).tolist(), miou_ci=np.quantile(d[:, 1], [lo, hi]).tolist(),
             acc_p=float((d[:, 0] <= 0).mean()), miou_p=float((d[:, 1] <= 0).mean()))
     return table
+
+
+def score_chains(chains: torch.Tensor, gt: torch.Tensor, n_classes: int,
+                 strategies=("uniform", "tokenrank"), **kw) -> dict:
+    """Segment every chain of ``chains`` ``(B, n, n)`` with every strategy and score it against
+    class maps ``gt`` ``(B, H, W)`` (:func:`chains_lite.metrics.hungarian_counts`).
+
+    Returns ``{strategy: dict(tp, fp, fn, pixels, n_segments)}``, per-image arrays in image order
+    (``kw``: options of :func:`segment`, e.g. ``threshold``)."""
+    import numpy as np
+    from .metrics import hungarian_counts
+    if len(chains) != len(gt):
+        raise ValueError(f"{len(chains)} chains but {len(gt)} ground-truth maps")
+    out = {}
+    for s, segs in segment_images(chains, tuple(gt.shape[-2:]), strategies, **kw).items():
+        out[s] = hungarian_counts(torch.stack([seg.labels for seg in segs]), gt, n_classes)
+        out[s]["n_segments"] = np.array([seg.n_segments for seg in segs])
+    return out
+
+
+def format_table(res: dict, strategies, mode: str) -> str:
+    """A markdown table of :func:`bootstrap` results (in percent, 95 % intervals, paired
+    differences against the first strategy) beside the paper's Table 3."""
+    lines = [f"| anchors | mACC ({mode}) | mIoU ({mode}) | segments / image | paper mACC | paper mIoU |",
+             "|---|---|---|---|---|---|"]
+    for s in strategies:
+        r = res[s]
+        paper = PAPER_TABLE3.get(s, ("", ""))
+        lines.append(f"| {s} | {100 * r['acc']:.1f} [{100 * r['acc_ci'][0]:.1f}, {100 * r['acc_ci'][1]:.1f}] "
+                     f"| {100 * r['miou']:.1f} [{100 * r['miou_ci'][0]:.1f}, {100 * r['miou_ci'][1]:.1f}] "
+                     f"| {r.get('segments', float('nan')):.2f} | {paper[0]} | {paper[1]} |")
+    for s in strategies[1:]:
+        d = res[f"{s} - {strategies[0]}"]
+        lines.append(f"| {s} - {strategies[0]} | {100 * d['acc']:+.1f} [{100 * d['acc_ci'][0]:+.1f}, "
+                     f"{100 * d['acc_ci'][1]:+.1f}] p={d['acc_p']:.3f} | {100 * d['miou']:+.1f} "
+                     f"[{100 * d['miou_ci'][0]:+.1f}, {100 * d['miou_ci'][1]:+.1f}] p={d['miou_p']:.3f} | | | |")
+    return "\n".join(lines)

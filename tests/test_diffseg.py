@@ -191,3 +191,18 @@ def test_bootstrap_of_identical_strategies_has_zero_difference():
     lo, hi = t["uniform"]["acc_ci"]
     assert lo <= t["uniform"]["acc"] <= hi and lo < hi
     assert math.isclose(t["uniform"]["acc"], c["tp"].sum() / c["pixels"].sum())
+
+
+def test_index_noise_does_not_depend_on_the_batch():
+    a = ds.index_noise((3, 4, 4), [0, 1, 2, 3], seed=5)
+    b = ds.index_noise((3, 4, 4), [2, 0], seed=5)
+    torch.testing.assert_close(b, a[[2, 0]])
+    assert not torch.equal(a[0], ds.index_noise((3, 4, 4), [0], seed=6)[0])
+
+
+def test_score_chains_counts_every_strategy_per_image():
+    A = torch.stack([block_chain(8, halves(8)), block_chain(8, halves(8).T.contiguous(), seed=1)])
+    gt = torch.stack([halves(16), halves(16).T]).long()
+    scored = ds.score_chains(A, gt, 2, ("uniform", "tokenrank"), threshold=1.1, min_distance=4)
+    for s in ("uniform", "tokenrank"):
+        assert scored[s]["tp"].sum() == 2 * 256 and list(scored[s]["n_segments"]) == [2, 2]
