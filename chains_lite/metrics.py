@@ -1,5 +1,6 @@
-"""How well a map localises ground truth: per-image AUROC and IoU at the mean threshold, and the
-dataset-level binary segmentation scores of the Chefer et al. protocol (chapter 3).
+"""How well a map localises ground truth: per-image AUROC and IoU at the mean threshold, the
+dataset-level binary segmentation scores of the Chefer et al. protocol (chapter 3), and the
+Hungarian-matched accuracy and mIoU of unsupervised segments (DiffSeg's benchmark, chapter 5).
 
 Maps are scores per pixel (any resolution: :func:`resize_maps` brings them to the mask's);
 masks are boolean foreground. :func:`auroc` and :func:`iou_at_mean` return one number per image, so
