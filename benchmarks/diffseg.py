@@ -29,7 +29,6 @@ their intervals, the paired difference, the settings, mode, model and time. Neve
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -43,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from chains_lite import diffseg as ds  # noqa: E402
 from chains_lite import metrics, results, zoo  # noqa: E402
-from chains_lite.zoo.inputs import unet_inputs  # noqa: E402
+from chains_lite.zoo.inputs import CocoStuff, unet_inputs  # noqa: E402
 from chains_lite.zoo.shapeworld import CLASS_NAMES  # noqa: E402
 
 LITE_CLASSES = 1 + len(CLASS_NAMES)
@@ -54,27 +53,6 @@ def lite_batch(indices, seed, split="test"):
     """ShapeWorld images ``indices`` of the stream ``(split, seed)`` and their class masks."""
     b = zoo.shapeworld(max(indices) + 1, seed=seed, split=split, size=32)[list(indices)]
     return b.images, b.class_masks()
-
-
-def coco_batch(indices, args, fine_to_coarse):
-    """COCO-Stuff images and coarse labels ``(B, 512, 512)`` (-1 = unlabelled), read on demand."""
-    from PIL import Image
-    ids = [line.strip() for line in Path(args.file_list).read_text().splitlines() if line.strip()]
-    lut = np.full(256, -1, dtype=np.int64)
-    for fine, coarse in fine_to_coarse.items():
-        lut[int(fine)] = int(coarse)
-    images, labels = [], []
-    for i in indices:
-        img = Image.open(Path(args.data) / "val2017" / f"{ids[i]}.jpg").convert("RGB")
-        lab = Image.open(Path(args.data) / "annotation_val2017" / f"{ids[i]}.png")
-        s = min(img.size)
-        box = ((img.width - s) // 2, (img.height - s) // 2, (img.width - s) // 2 + s, (img.height - s) // 2 + s)
-        img = img.crop(box).resize((512, 512), Image.BILINEAR)
-        lab = np.asarray(lab.crop(box).resize((512, 512), Image.NEAREST))
-        lab = lab[..., 0] if lab.ndim == 3 else lab
-        images.append(torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1))
-        labels.append(torch.from_numpy(lut[lab]))
-    return torch.stack(images), torch.stack(labels)
 
 
 def make_work(loaded, args, load_batch, n_classes, strategies, threshold):
@@ -167,12 +145,13 @@ def main(argv=None):
         n, n_classes, threshold = args.n_images or 200, LITE_CLASSES, args.threshold or ds.LITE_THRESHOLD
         load_batch = lambda idx: lite_batch(idx, args.seed)  # noqa: E731
     else:
-        fine_to_coarse = json.loads(Path(args.fine_to_coarse).read_text())
-        ids = [x for x in Path(args.file_list).read_text().splitlines() if x.strip()]
+        data = CocoStuff(args.data, args.file_list, args.fine_to_coarse)
+        if data.n_classes != FULL_CLASSES:
+            ap.error(f"--fine-to-coarse maps to {data.n_classes} classes; COCO-Stuff-27 has {FULL_CLASSES}")
         loaded = zoo.load("sd15", mode="full")
-        n, n_classes = min(args.n_images or len(ids), len(ids)), FULL_CLASSES
+        n, n_classes = min(args.n_images or len(data), len(data)), FULL_CLASSES
         threshold = args.threshold or ds.KL_THRESHOLD["coco-stuff"]
-        load_batch = lambda idx: coco_batch(idx, args, fine_to_coarse)  # noqa: E731
+        load_batch = data.batch
     sweep = {}
     if args.mode == "lite" and args.sweep:
         val = lambda idx: lite_batch(idx, args.seed, split="val")  # noqa: E731

@@ -206,3 +206,36 @@ def test_score_chains_counts_every_strategy_per_image():
     scored = ds.score_chains(A, gt, 2, ("uniform", "tokenrank"), threshold=1.1, min_distance=4)
     for s in ("uniform", "tokenrank"):
         assert scored[s]["tp"].sum() == 2 * 256 and list(scored[s]["n_segments"]) == [2, 2]
+
+
+# ----------------------------------------------------------------------------- the runner
+def _runner():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "diffseg.py"
+    spec = importlib.util.spec_from_file_location("bench_diffseg", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("argv", [["--n-images", "0"], ["--threshold", "0"], ["--strategies", "nope"],
+                                  ["--timestep", "1000"], ["--mode", "full", "--data", "/nonexistent"]])
+def test_diffseg_runner_checks_arguments_before_work(argv, monkeypatch):
+    from chains_lite import zoo
+    monkeypatch.setattr(zoo, "load", lambda *a, **k: pytest.fail("work started before the checks"))
+    with pytest.raises(SystemExit):
+        _runner().main(argv)
+
+
+def test_diffseg_runner_writes_json_and_never_overwrites(tmp_path):
+    import json
+    out = tmp_path / "r.json"
+    _runner().main(["--n-images", "3", "--n-boot", "20", "--out", str(out)])
+    r = json.loads(out.read_text())
+    assert r["n_images"] == 3 and r["mode"] == "lite" and set(r["results"]) >= {"uniform", "tokenrank"}
+    for s in ("uniform", "tokenrank"):
+        assert 0 <= r["results"][s]["acc"] <= 1 and len(r["results"][s]["acc_ci"]) == 2
+    with pytest.raises(SystemExit):
+        _runner().main(["--n-images", "3", "--out", str(out)])
+    assert json.loads(out.read_text()) == r

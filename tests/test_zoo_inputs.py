@@ -114,3 +114,25 @@ def test_unet_inputs_of_the_lite_unet_are_pixels_in_minus_one_one():
     assert cond == {}
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         unet_inputs(loaded, images + 1)
+
+
+def test_coco_stuff_reads_centre_squares_and_maps_fine_to_coarse_labels(tmp_path):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from chains_lite.zoo.inputs import CocoStuff
+    (tmp_path / "val2017").mkdir()
+    (tmp_path / "annotation_val2017").mkdir()
+    lab = np.full((40, 60), 255, dtype=np.uint8)
+    lab[:, 10:30], lab[:, 30:50] = 7, 3             # fine labels; the centre square is columns 10..49
+    Image.fromarray(np.full((40, 60, 3), 200, dtype=np.uint8)).save(tmp_path / "val2017" / "a.jpg")
+    Image.fromarray(lab).save(tmp_path / "annotation_val2017" / "a.png")
+    (tmp_path / "list.txt").write_text("a\n")
+    (tmp_path / "f2c.json").write_text(json.dumps({"7": 1, "3": 0, "9": 26}))
+    data = CocoStuff(tmp_path, tmp_path / "list.txt", tmp_path / "f2c.json", size=20)
+    images, labels = data.batch([0])
+    assert len(data) == 1 and data.n_classes == 27
+    assert images.shape == (1, 3, 20, 20) and 0 <= images.min() <= images.max() <= 1
+    assert labels.dtype == torch.long and (labels[0, :, :10] == 1).all() and (labels[0, :, 10:] == 0).all()

@@ -116,6 +116,50 @@ def imagenet_folder(path, n: int, seed: int, loaded):
     return image_folder(path, n, seed, loaded, n_classes=1000)
 
 
+class CocoStuff:
+    """COCO-Stuff images with coarse class maps, read one item at a time (memory stays flat).
+
+    root: a folder with ``val2017/<id>.jpg`` and ``annotation_val2017/<id>.png`` (the stuffthingmaps:
+    fine labels, 255 = unlabelled); file_list: a text file of image ids, one per line (e.g. the
+    curated COCO-Stuff-27 validation list of STEGO and DiffSeg); fine_to_coarse: a JSON file
+    ``{fine label: coarse label}`` (fine labels it lacks become -1 = ignored). Item ``i`` is the
+    centre square of image ``i`` resized to ``size`` (bilinear) and its label map (nearest).
+    """
+
+    def __init__(self, root, file_list, fine_to_coarse, size: int = 512):
+        import json
+        from pathlib import Path
+        self.root, self.size = Path(root), int(size)
+        self.ids = [x.strip() for x in Path(file_list).read_text().splitlines() if x.strip()]
+        self.lut = np.full(256, -1, dtype=np.int64)
+        for fine, coarse in json.loads(Path(fine_to_coarse).read_text()).items():
+            if not 0 <= int(fine) < 256:
+                raise ValueError(f"{fine_to_coarse}: fine label {fine} is outside [0, 256)")
+            self.lut[int(fine)] = int(coarse)
+        self.n_classes = int(self.lut.max()) + 1
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images ``(B, 3, size, size)`` in [0, 1] and class maps ``(B, size, size)`` int64."""
+        from PIL import Image
+        images, labels = [], []
+        for i in indices:
+            img = Image.open(self.root / "val2017" / f"{self.ids[i]}.jpg").convert("RGB")
+            lab = Image.open(self.root / "annotation_val2017" / f"{self.ids[i]}.png")
+            if lab.size != img.size:
+                raise ValueError(f"{self.ids[i]}: label map {lab.size} and image {img.size} differ in size")
+            s = min(img.size)
+            x, y = (img.width - s) // 2, (img.height - s) // 2
+            img = img.crop((x, y, x + s, y + s)).resize((self.size, self.size), Image.BILINEAR)
+            lab = np.asarray(lab.crop((x, y, x + s, y + s)).resize((self.size, self.size), Image.NEAREST))
+            lab = lab[..., 0] if lab.ndim == 3 else lab
+            images.append(torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1))
+            labels.append(torch.from_numpy(self.lut[lab]))
+        return torch.stack(images), torch.stack(labels)
+
+
 # ----------------------------------------------------------------------------- FLUX inputs
 @dataclass
 class FluxInputs:
