@@ -179,6 +179,15 @@ def _normalize(v: torch.Tensor) -> torch.Tensor:
     return v / v.sum(-1, keepdim=True)
 
 
+def _finite(x: torch.Tensor, what: str) -> torch.Tensor:
+    """``x``, after checking that a lazy chain's products gave finite numbers (a validated dense
+    ``A`` cannot give NaN; a ``LazyChain`` from elsewhere can)."""
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{what}: the chain's products are not finite (NaN or inf); for attention "
+                         "from q and k, the logits q k^T * scale overflow float32")
+    return x
+
+
 # --------------------------------------------------------------------------- bounces
 def bounce(A, v0: Start, steps: int = 1, direction: str = "incoming",
            return_all: bool = False) -> torch.Tensor:
@@ -201,6 +210,7 @@ def bounce(A, v0: Start, steps: int = 1, direction: str = "incoming",
     for _ in range(steps):
         v = _normalize(step(v.unsqueeze(-2)).squeeze(-2))
         history.append(v)
+    _finite(v, "bounce")  # NaN stays NaN: the last step tells
     return torch.stack(history, -2) if return_all else v
 
 
@@ -211,7 +221,7 @@ def row_select(A, i: int) -> torch.Tensor:
     """
     A = check_stochastic(A)
     i = check_index(i, A.shape[-1])
-    return _normalize(A.row(i) if is_lazy(A) else A[..., i, :])
+    return _normalize(_finite(A.row(i), "row_select") if is_lazy(A) else A[..., i, :])
 
 
 def column_select(A, j: int) -> torch.Tensor:
@@ -398,9 +408,7 @@ def _krylov_steady_state(A, p, alpha, direction, tol, max_iter):
         spent += used
         x = x + d.double()
         r = p.double() - exact(x)
-        if not torch.isfinite(r).all():
-            raise ValueError("tokenrank: the chain's products are not finite (NaN or inf); for "
-                             "attention from q and k, the logits q k^T * scale overflow float32")
+        _finite(r, "tokenrank")
         converged = bool((r.abs().sum(-1) <= certify).all())
         if converged or used == 0:  # used == 0: float32 GMRES cannot shrink this residual
             break
@@ -568,6 +576,7 @@ def _top_ritz(H: torch.Tensor):
     ``|h_{k+1,k}| |s_k|`` for a unit eigenvector ``s`` of the square part of ``H``.
     """
     k = H.shape[-1]
+    _finite(H, "lambda2")  # a lazy chain's overflowing products would reach eig as NaN
     theta, S = torch.linalg.eig(H[:, :k, :k].double())
     i = theta.abs().argmax(-1)
     s = S.gather(-1, i[:, None, None].expand(-1, k, 1)).squeeze(-1)

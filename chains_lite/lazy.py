@@ -46,6 +46,18 @@ def _all_finite(t: torch.Tensor, chunk: int = 2**20) -> bool:
     return all(bool(torch.isfinite(t[..., i:i + rows, :]).all()) for i in range(0, n, rows))
 
 
+def _check_row_maxima(m: torch.Tensor) -> None:
+    """Each row's largest logit must be finite: from finite q and k, +inf or NaN there means
+    ``q k^T * scale`` overflowed the working dtype (and -inf that every logit of the row did),
+    which would turn the whole row into NaN. One check of ``(..., n)`` maxima per pass."""
+    if not torch.isfinite(m).all():
+        dtype = str(m.dtype).removeprefix("torch.")
+        raise ValueError(f"the attention logits q k^T * scale are not finite in some rows: they overflow "
+                         f"{dtype} (|logit| > {torch.finfo(m.dtype).max:.3g}), so the softmax would be "
+                         "NaN. q and k are finite but too large for this scale: rescale q, k or scale, "
+                         "or pass float64 q and k")
+
+
 def _row_blocks_matmul_t(V: torch.Tensor, T: torch.Tensor, block: int = 256) -> torch.Tensor:
     """``V @ T^T`` ``(h, k, c) @ (h, c, r)`` in ``V``'s dtype, a block of ``T``'s rows at a time
     (as ``matmul_rows``: a whole tile would be packed or converted in one more tile of memory)."""
@@ -313,6 +325,7 @@ class LazyAttention(_LazyChain):
                     fn(b, i, j, T, rows[b, i])
                     del T
         if fresh:
+            _check_row_maxima(m)
             self._m, self._rows = m.reshape(*self.batch, n), rows.reshape(*self.batch, n)
 
     def _normalise(self):
@@ -326,6 +339,7 @@ class LazyAttention(_LazyChain):
                   for b in range(0, B, hc) for i in range(0, n, bq) for j in range(0, n, bk)]
         for b, i, j in blocks:
             m[b, i] = torch.maximum(m[b, i], self._logits(q, k, mask, b, i, j).amax(-1))
+        _check_row_maxima(m)
         for b, i, j in blocks:
             T = self._logits(q, k, mask, b, i, j).sub_(m[b, i].unsqueeze(-1)).exp_()
             rows[b, i] += rowsum_float64(T)
@@ -357,6 +371,7 @@ class LazyAttention(_LazyChain):
         S = (self.q[..., i, None, :] @ self.k.mT).squeeze(-2) * self.scale  # (..., n)
         if self.mask is not None:
             S = S.masked_fill(~self.mask, float("-inf"))
+        _check_row_maxima(S.amax(-1))
         return torch.softmax(S, -1)
 
     def _dense(self, idx: torch.Tensor) -> torch.Tensor:
@@ -365,7 +380,9 @@ class LazyAttention(_LazyChain):
         S = torch.baddbmm(q.new_zeros(1, 1, 1), q[idx], k[idx].mT, beta=0, alpha=self.scale)
         if mask is not None:
             S.masked_fill_(~mask[idx, None, :], float("-inf"))
-        S.sub_(S.amax(-1, keepdim=True)).exp_()
+        m = S.amax(-1, keepdim=True)
+        _check_row_maxima(m)
+        S.sub_(m).exp_()
         return S.div_(S.sum(-1, keepdim=True))
 
 

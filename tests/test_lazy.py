@@ -348,3 +348,36 @@ def test_tokenrank_of_overflowing_logits_fails_fast_instead_of_looping():
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
+
+
+_BIG = torch.randn(1, 2, 64, 16, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("inputs", [dict(q=_BIG * 1e20, k=_BIG * 1e20), dict(q=_BIG, k=-_BIG, scale=1e38)],
+                         ids=["q,k~1e20", "scale=1e38"])
+@pytest.mark.parametrize("budget", ["default", "rows", "keys"])
+@pytest.mark.parametrize("name", ["tokenrank", "tokenrank power", "bounce", "bounce outgoing", "column_sum",
+                                  "column_select", "row_select", "lambda2", "dense"])
+def test_overflowing_logits_raise_instead_of_nan(inputs, budget, name):
+    """Finite q, k whose logits q k^T * scale overflow float32: every path used to return NaN
+    (lambda2: an obscure linalg.eig error); now each names the overflow."""
+    q, k = inputs["q"], inputs["k"]
+    S = q.double() @ k.double().mT * inputs.get("scale", 1 / 4)
+    assert torch.isfinite(q).all() and not (S.abs() < torch.finfo(torch.float32).max).all()  # the premise
+    calls = {"tokenrank": cl.tokenrank, "tokenrank power": lambda a: cl.tokenrank(a, method="power"),
+             "bounce": lambda a: cl.bounce(a, 0, 3), "bounce outgoing": lambda a: cl.bounce(a, 0, 1, "outgoing"),
+             "column_sum": cl.column_sum, "column_select": lambda a: cl.column_select(a, 3),
+             "row_select": lambda a: cl.row_select(a, 3), "lambda2": cl.lambda2, "dense": lambda a: a.dense()}
+    L = cl.LazyAttention(q, k, scale=inputs.get("scale"), max_bytes=BUDGETS[budget])
+    with pytest.raises(ValueError, match="logits q k\\^T \\* scale are not finite"):
+        calls[name](L)
+
+
+def test_logits_beyond_float32_are_fine_in_float64():
+    """The remedy the error names: float64 q, k hold logits of 1e40, and the softmax is the argmax."""
+    q, k = (_BIG * 1e20).double(), (_BIG * 1e20).double()
+    ref = ref_attention(q, k)                                 # numpy float64
+    assert np.isfinite(ref).all()
+    L = cl.LazyAttention(q, k)
+    np.testing.assert_allclose(cl.row_select(L, 3), ref[..., 3, :], atol=1e-12)
+    np.testing.assert_allclose(cl.column_sum(L), ref.mean(-2), atol=1e-12)
