@@ -273,8 +273,9 @@ def tokenrank(A, alpha: float = DEFAULT_ALPHA, direction: str = "incoming",
     A: ``(..., n, n)`` right-stochastic. Returns ``(..., n)`` summing to 1: the ``pi`` with
     ``pi^T P' = pi^T`` where ``P' = alpha*P + (1-alpha)*e*p^T`` and ``P`` is the
     ``direction`` chain (``transition_matrix``). incoming ranks "authorities" (tokens
-    attention flows into), outgoing ranks "hubs". ``alpha=1.0`` means no teleport (then
-    the steady state is unique only for irreducible, aperiodic chains).
+    attention flows into), outgoing ranks "hubs". ``alpha=1.0`` means no teleport: then a
+    chain with several closed classes (eigenvalue 1 repeated) has no unique steady state and
+    raises ``ValueError``, and a periodic one (``|lambda_2| = 1``) warns.
 
     Three solvers give the same answer (tested against each other and against scipy);
     ``method="auto"`` (default) takes ``"dense"`` for ``n <= 256`` and ``"krylov"`` above:
@@ -319,23 +320,39 @@ def tokenrank(A, alpha: float = DEFAULT_ALPHA, direction: str = "incoming",
     if method not in solvers:
         raise ValueError(f"unknown method {method!r}; expected 'auto' or one of {tuple(solvers)}")
     if alpha == 1.0:
-        _warn_if_not_unique(A, direction)
+        _check_unique(A, direction)
     out = []
     for s, A_s in _pieces(A, dense=method == "dense"):
         out.append(solvers[method](A_s, p[s], alpha, direction, tol, max_iter))
     return torch.cat(out).reshape(*batch, n)
 
 
-def _warn_if_not_unique(A, direction: str) -> None:
-    """Without teleport a chain with a second eigenvalue of modulus 1 is reducible (several steady
-    states: the solvers pick different ones) or periodic (the power method never settles): warn."""
-    l2 = lambda2(A, direction=direction)
-    if (l2 > 1 - 1e-4).any():
-        bad = torch.nonzero(l2 > 1 - 1e-4).flatten().tolist()
-        warnings.warn(f"tokenrank(alpha=1): chain(s) {bad[:10]} have |lambda2| = 1, so their steady state "
-                      "is not unique (reducible chain) or not reached by bouncing (periodic chain); the "
-                      "answer depends on the solver. Use alpha < 1, the PageRank revision (Sec. 4.3).",
-                      RuntimeWarning, stacklevel=3)
+def _check_unique(A, direction: str) -> None:
+    """Without teleport the steady state is unique only if the eigenvalue 1 is simple.
+
+    A chain whose eigenvalue 1 is repeated (a reducible chain with several closed classes, the
+    identity at the extreme) has a whole family of steady states, and each solver would pick a
+    different one: ``ValueError``. A chain with another eigenvalue of modulus 1 (periodic) has
+    a unique one that bouncing never settles on: a warning (the power method hits max_iter).
+    """
+    n = A.shape[-1]
+    if n == 1:
+        return
+    pieces = [_lambda2(A_s, direction, 1e-3, 400, 40, near_one=True) for _, A_s in _pieces(A)]
+    l2, near = torch.cat([l for l, _ in pieces]), torch.cat([d for _, d in pieces])
+    repeated = torch.nonzero(near < 1e-4).flatten().tolist()
+    if repeated:
+        raise ValueError(f"tokenrank(alpha=1): chain(s) {repeated[:10]} have the eigenvalue 1 more than "
+                         "once (to within 1e-4: a reducible chain with several closed classes, or nearly "
+                         "so), so the steady state is "
+                         "not unique: every mixture of the classes' steady states is one. Use alpha < 1, "
+                         "the PageRank revision (Sec. 4.3).")
+    periodic = torch.nonzero(l2 > 1 - 1e-4).flatten().tolist()
+    if periodic:
+        warnings.warn(f"tokenrank(alpha=1): chain(s) {periodic[:10]} have |lambda2| = 1 (a periodic "
+                      "chain, or nearly reducible): bouncing does not settle, so the power method "
+                      "fails and the others are ill-conditioned. Use alpha < 1, the PageRank revision "
+                      "(Sec. 4.3).", RuntimeWarning, stacklevel=3)
 
 
 def _pieces(A, dense: bool = False):
@@ -538,8 +555,11 @@ def _is_int(v) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
-def _lambda2(A, direction, tol, max_iter, krylov_dim):
-    """|lambda_2| ``(B,)`` of ``B`` chains ``(B, n, n)``, ``n >= 2`` (see ``lambda2``)."""
+def _lambda2(A, direction, tol, max_iter, krylov_dim, near_one: bool = False):
+    """|lambda_2| ``(B,)`` of ``B`` chains ``(B, n, n)``, ``n >= 2`` (see ``lambda2``).
+
+    ``near_one``: also return the distance ``(B,)`` from 1 to the nearest Ritz value (0 when the
+    eigenvalue 1 is repeated: a reducible chain with several closed classes)."""
     n = A.shape[-1]
     step = _stepper(A, direction)
 
@@ -559,13 +579,16 @@ def _lambda2(A, direction, tol, max_iter, krylov_dim):
         lam, residual = _top_ritz(H)
         # m == n - 1 steps span the whole zero-sum space: the Ritz values are exact
         if (residual <= tol).all() or H.shape[-1] == n - 1:
-            return lam.to(A.dtype)
+            break
         if spent >= max_iter:
+            warnings.warn(f"lambda2 did not converge to tol={tol} in max_iter={max_iter} bounces; "
+                          "increase max_iter or krylov_dim", RuntimeWarning, stacklevel=3)
             break
         v = _restart_vector(H, V)
-    warnings.warn(f"lambda2 did not converge to tol={tol} in max_iter={max_iter} bounces; "
-                  "increase max_iter or krylov_dim", RuntimeWarning, stacklevel=3)
-    return lam.to(A.dtype)
+    if not near_one:
+        return lam.to(A.dtype)
+    k = H.shape[-1]
+    return lam.to(A.dtype), (torch.linalg.eigvals(H[:, :k, :k].double()) - 1).abs().amin(-1)
 
 
 def _restart_vector(H: torch.Tensor, V: torch.Tensor, keep: int = 4) -> torch.Tensor:
