@@ -10,7 +10,9 @@ through products ``V P`` with row vectors (a bounce), so the matrix never has to
   the outgoing chain needs from one more pass, cached too. One tile exists at a time.
 * The memory budget ``max_bytes`` sizes the tiles: whole ``n x n`` matrices of a few heads
   when they fit (``chunked dense``), blocks of query rows otherwise, blocks of rows x keys
-  when even a row block does not fit (then the normalisers take two extra passes).
+  when even a row block does not fit (then the normalisers take two extra passes). A budget
+  so small that a pass would take more than ``MAX_TILES`` tiles (and tiles under 64 KiB) is
+  raised with a warning: such passes spend their time in per-tile overhead.
 * Iterative solvers (``tokenrank``, ``lambda2``) would recompute every tile at every bounce.
   When the dense matrices of a chunk of heads fit the budget (three times over), they
   are solved chunk by chunk on dense matrices instead (``pieces``): dense speed, the memory
@@ -29,6 +31,7 @@ The chain functions accept these objects wherever they accept ``A``: both implem
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -36,6 +39,18 @@ from .numerics import check_index, matmul_rows, rowsum_float64, work_dtype
 
 #: Default memory budget for the tiles and dense chunks of one lazy chain: 256 MiB.
 DEFAULT_MAX_BYTES = 256 * 2**20
+
+#: A smaller budget is raised so that one pass over the chains takes at most this many tiles,
+#: unless the tiles would exceed ``MAX_FLOOR_BYTES``: each tile costs ~30 us of overhead, and a
+#: budget of a few bytes (one logit per tile) took minutes where the default took a second.
+MAX_TILES = 512
+MAX_FLOOR_BYTES = 64 * 2**10
+
+
+def budget_floor(batch: int, n: int, dtype: torch.dtype) -> int:
+    """The smallest ``max_bytes`` honoured for ``batch`` chains of size ``n`` (see ``MAX_TILES``)."""
+    whole = batch * n * n * (dtype.itemsize + 8)  # every tile of a pass, with its temporaries
+    return min(MAX_FLOOR_BYTES, -(-whole // MAX_TILES))
 
 
 def _all_finite(t: torch.Tensor, chunk: int = 2**20) -> bool:
@@ -193,7 +208,8 @@ class LazyAttention(_LazyChain):
     ``(..., n)`` broadcastable to the batch, ``True`` = the key takes part (as in
     ``scaled_dot_product_attention``); masked keys get logit ``-inf``, so nobody attends to
     them (a dangling state of the outgoing chain). ``max_bytes``: memory budget for tiles and
-    dense chunks (``DEFAULT_MAX_BYTES``, 256 MiB); q and k themselves are not counted.
+    dense chunks (``DEFAULT_MAX_BYTES``, 256 MiB); q and k themselves are not counted. A budget
+    below ``budget_floor`` (at most 64 KiB) is raised to it with a warning.
     Computes in float32 (float64 for float64 q, k); bf16 / fp16 inputs are upcast.
 
     Shape ``(..., n, n)``; pass it to ``bounce``, ``tokenrank``, ``lambda2`` ... as ``A``.
@@ -231,6 +247,12 @@ class LazyAttention(_LazyChain):
         q, k = q.to(dtype).expand(*batch, n, d), k.to(dtype).expand(*batch, n, d)  # no copies
         if mask is not None:
             mask = self._check_mask(mask, batch, n, q.device)
+        floor = budget_floor(math.prod(batch), n, dtype)
+        if max_bytes < floor:
+            warnings.warn(f"max_bytes={max_bytes} is raised to {floor}: with tiles that small a pass over "
+                          f"these chains would take more than {MAX_TILES} tiles and its time would go "
+                          "to per-tile overhead", RuntimeWarning, stacklevel=2)
+            max_bytes = floor
         self._set(q, k, scale, mask, max_bytes)
 
     @staticmethod

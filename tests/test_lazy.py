@@ -5,6 +5,7 @@ numpy / scipy for bounces, steady states and eigenvalues. float32 agreement is c
 against the dense path of chains_lite.chain on the float32 matrix (the issue's <= 1e-5).
 """
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -264,7 +265,7 @@ def test_budget_switching_gives_the_same_numbers():
     q, k, mask = structured_and_random(n=60, heads=2, d=16)[1]
     out = {}
     for name, max_bytes in [("dense chunks", cl.DEFAULT_MAX_BYTES), ("one head", 60 * 60 * 12),
-                            ("rows", 60 * 12 * 7), ("keys", 12 * 25)]:
+                            ("rows", 60 * 12 * 7), ("keys", 12 * 30)]:
         L = cl.LazyAttention(q, k, mask=mask, max_bytes=max_bytes)
         out[name] = [cl.bounce(L, 3, 2, "outgoing"), cl.column_sum(L),
                      cl.tokenrank(L, method="krylov", tol=1e-9),
@@ -277,12 +278,33 @@ def test_budget_switching_gives_the_same_numbers():
 @settings(max_examples=200, deadline=None)
 @given(st.integers(1, 5000), st.integers(1, 30), st.integers(50, 10**9))
 def test_tiles_fit_the_budget(n, B, max_bytes):
-    L = cl.LazyAttention(torch.zeros(B, 1, 1).expand(B, n, 1), torch.zeros(1, n, 1),
-                         max_bytes=max_bytes)
+    # the floor: a pass takes at most MAX_TILES tiles, or tiles of MAX_FLOOR_BYTES
+    floor = min(cl.lazy.MAX_FLOOR_BYTES, math.ceil(B * n * n * 12 / cl.lazy.MAX_TILES))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        L = cl.LazyAttention(torch.zeros(B, 1, 1).expand(B, n, 1), torch.zeros(1, n, 1),
+                             max_bytes=max_bytes)
+    assert L.max_bytes == max(max_bytes, floor)
+    assert (len(caught) == 1 and "raised" in str(caught[0].message)) == (max_bytes < floor)
     heads, rows, keys = L._plan()
     assert 1 <= heads <= B and 1 <= rows <= n and 1 <= keys <= n
-    assert heads * rows * keys * (4 + 8) <= max_bytes  # the tile, float64 rows summing it
-    assert L.chunk_size() * 3 * 4 * n * n <= max_bytes
+    assert heads * rows * keys * (4 + 8) <= L.max_bytes  # the tile, float64 rows summing it
+    assert L.chunk_size() * 3 * 4 * n * n <= L.max_bytes
+    # a pass takes at most MAX_TILES tiles (twice that from rounding the blocks), unless the budget
+    # is at least MAX_FLOOR_BYTES
+    tiles = math.ceil(B / heads) * math.ceil(n / rows) * math.ceil(n / keys)
+    assert tiles <= 2 * cl.lazy.MAX_TILES or L.max_bytes >= cl.lazy.MAX_FLOOR_BYTES
+
+
+def test_a_tiny_budget_is_raised_to_the_floor_and_gives_the_same_answer():
+    """max_bytes of 1-100 bytes made one tile per logit (minutes for tokenrank at n = 64)."""
+    q, k = attention_qk(2, 64, d=16, seed=0)
+    A = torch.tensor(ref_attention(q, k))
+    for max_bytes in (1, 100):
+        with pytest.warns(RuntimeWarning, match=f"max_bytes={max_bytes} is raised"):
+            L = cl.LazyAttention(q, k, max_bytes=max_bytes)
+        assert L._plan()[1:] == (1, 16)                 # still one row x 16 keys: chunked, not dense
+        np.testing.assert_allclose(cl.tokenrank(L), cl.tokenrank(A), atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- bad input
