@@ -41,8 +41,8 @@ from .numerics import check_index, matmul_rows, rowsum_float64, work_dtype
 DEFAULT_MAX_BYTES = 256 * 2**20
 
 #: A smaller budget is raised so that one pass over the chains takes at most this many tiles,
-#: unless the tiles would exceed ``MAX_FLOOR_BYTES``: each tile costs ~30 us of overhead, and a
-#: budget of a few bytes (one logit per tile) took minutes where the default took a second.
+#: unless the tiles would exceed ``MAX_FLOOR_BYTES``: each tile costs ~30 us of overhead, so a
+#: budget of a few bytes (one logit per tile) would spend minutes where the default spends a second.
 MAX_TILES = 512
 MAX_FLOOR_BYTES = 64 * 2**10
 
