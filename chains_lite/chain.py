@@ -179,6 +179,15 @@ def _normalize(v: torch.Tensor) -> torch.Tensor:
     return v / v.sum(-1, keepdim=True)
 
 
+def _finite(x: torch.Tensor, what: str) -> torch.Tensor:
+    """``x``, after checking that a lazy chain's products gave finite numbers (a validated dense
+    ``A`` cannot give NaN; a ``LazyChain`` from elsewhere can)."""
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{what}: the chain's products are not finite (NaN or inf); for attention "
+                         "from q and k, the logits q k^T * scale overflow float32")
+    return x
+
+
 # --------------------------------------------------------------------------- bounces
 def bounce(A, v0: Start, steps: int = 1, direction: str = "incoming",
            return_all: bool = False) -> torch.Tensor:
@@ -201,6 +210,7 @@ def bounce(A, v0: Start, steps: int = 1, direction: str = "incoming",
     for _ in range(steps):
         v = _normalize(step(v.unsqueeze(-2)).squeeze(-2))
         history.append(v)
+    _finite(v, "bounce")  # NaN stays NaN: the last step tells
     return torch.stack(history, -2) if return_all else v
 
 
@@ -211,7 +221,7 @@ def row_select(A, i: int) -> torch.Tensor:
     """
     A = check_stochastic(A)
     i = check_index(i, A.shape[-1])
-    return _normalize(A.row(i) if is_lazy(A) else A[..., i, :])
+    return _normalize(_finite(A.row(i), "row_select") if is_lazy(A) else A[..., i, :])
 
 
 def column_select(A, j: int) -> torch.Tensor:
@@ -263,8 +273,9 @@ def tokenrank(A, alpha: float = DEFAULT_ALPHA, direction: str = "incoming",
     A: ``(..., n, n)`` right-stochastic. Returns ``(..., n)`` summing to 1: the ``pi`` with
     ``pi^T P' = pi^T`` where ``P' = alpha*P + (1-alpha)*e*p^T`` and ``P`` is the
     ``direction`` chain (``transition_matrix``). incoming ranks "authorities" (tokens
-    attention flows into), outgoing ranks "hubs". ``alpha=1.0`` means no teleport (then
-    the steady state is unique only for irreducible, aperiodic chains).
+    attention flows into), outgoing ranks "hubs". ``alpha=1.0`` means no teleport: then a
+    chain with several closed classes (eigenvalue 1 repeated) has no unique steady state and
+    raises ``ValueError``, and a periodic one (``|lambda_2| = 1``) warns.
 
     Three solvers give the same answer (tested against each other and against scipy);
     ``method="auto"`` (default) takes ``"dense"`` for ``n <= 256`` and ``"krylov"`` above:
@@ -282,7 +293,8 @@ def tokenrank(A, alpha: float = DEFAULT_ALPHA, direction: str = "incoming",
       uniform vector, never forming ``P'``. It stops when the estimated L1 distance to the
       fixed point, ``|v_k - v_{k-1}|_1 * r / (1 - r)`` (``r`` the observed contraction rate,
       capped by ``alpha``, with a 4x margin), is below ``tol``, or when the steps stall at
-      rounding noise. float32 rounding limits it to a few 1e-6 (L1) on slowly mixing chains.
+      rounding noise. The iterates are float64 (most bounces still multiply in float32, see
+      ``_power_iteration``), so float32 attention reaches ``tol`` as with the other solvers.
 
     In the iterative solvers chains that converge leave the batch early, and both warn if
     ``max_iter`` is reached.
@@ -308,23 +320,39 @@ def tokenrank(A, alpha: float = DEFAULT_ALPHA, direction: str = "incoming",
     if method not in solvers:
         raise ValueError(f"unknown method {method!r}; expected 'auto' or one of {tuple(solvers)}")
     if alpha == 1.0:
-        _warn_if_not_unique(A, direction)
+        _check_unique(A, direction)
     out = []
     for s, A_s in _pieces(A, dense=method == "dense"):
         out.append(solvers[method](A_s, p[s], alpha, direction, tol, max_iter))
     return torch.cat(out).reshape(*batch, n)
 
 
-def _warn_if_not_unique(A, direction: str) -> None:
-    """Without teleport a chain with a second eigenvalue of modulus 1 is reducible (several steady
-    states: the solvers pick different ones) or periodic (the power method never settles): warn."""
-    l2 = lambda2(A, direction=direction)
-    if (l2 > 1 - 1e-4).any():
-        bad = torch.nonzero(l2 > 1 - 1e-4).flatten().tolist()
-        warnings.warn(f"tokenrank(alpha=1): chain(s) {bad[:10]} have |lambda2| = 1, so their steady state "
-                      "is not unique (reducible chain) or not reached by bouncing (periodic chain); the "
-                      "answer depends on the solver. Use alpha < 1, the PageRank revision (Sec. 4.3).",
-                      RuntimeWarning, stacklevel=3)
+def _check_unique(A, direction: str) -> None:
+    """Without teleport the steady state is unique only if the eigenvalue 1 is simple.
+
+    A chain whose eigenvalue 1 is repeated (a reducible chain with several closed classes, the
+    identity at the extreme) has a whole family of steady states, and each solver would pick a
+    different one: ``ValueError``. A chain with another eigenvalue of modulus 1 (periodic) has
+    a unique one that bouncing never settles on: a warning (the power method hits max_iter).
+    """
+    n = A.shape[-1]
+    if n == 1:
+        return
+    pieces = [_lambda2(A_s, direction, 1e-3, 400, 40, near_one=True) for _, A_s in _pieces(A)]
+    l2, near = torch.cat([l for l, _ in pieces]), torch.cat([d for _, d in pieces])
+    repeated = torch.nonzero(near < 1e-4).flatten().tolist()
+    if repeated:
+        raise ValueError(f"tokenrank(alpha=1): chain(s) {repeated[:10]} have the eigenvalue 1 more than "
+                         "once (to within 1e-4: a reducible chain with several closed classes, or nearly "
+                         "so), so the steady state is "
+                         "not unique: every mixture of the classes' steady states is one. Use alpha < 1, "
+                         "the PageRank revision (Sec. 4.3).")
+    periodic = torch.nonzero(l2 > 1 - 1e-4).flatten().tolist()
+    if periodic:
+        warnings.warn(f"tokenrank(alpha=1): chain(s) {periodic[:10]} have |lambda2| = 1 (a periodic "
+                      "chain, or nearly reducible): bouncing does not settle, so the power method "
+                      "fails and the others are ill-conditioned. Use alpha < 1, the PageRank revision "
+                      "(Sec. 4.3).", RuntimeWarning, stacklevel=3)
 
 
 def _pieces(A, dense: bool = False):
@@ -398,9 +426,7 @@ def _krylov_steady_state(A, p, alpha, direction, tol, max_iter):
         spent += used
         x = x + d.double()
         r = p.double() - exact(x)
-        if not torch.isfinite(r).all():
-            raise ValueError("tokenrank: the chain's products are not finite (NaN or inf); for "
-                             "attention from q and k, the logits q k^T * scale overflow float32")
+        _finite(r, "tokenrank")
         converged = bool((r.abs().sum(-1) <= certify).all())
         if converged or used == 0:  # used == 0: float32 GMRES cannot shrink this residual
             break
@@ -429,24 +455,34 @@ def _geometric_converged(steps, tol, max_rate, noise):
     ratio = (D[-1] / D[0].clamp_min(1e-30)) ** (1.0 / _WINDOW)  # mean rate over the window
     rate = (D[1:] / D[:-1].clamp_min(1e-30)).amax(0).clamp(0.0, max_rate)
     done = 4 * D[1:].amax(0) * rate / (1 - rate) <= tol
-    return done | ((ratio >= 1) & (D.amax(0) <= noise))
+    # a NaN step (a lazy chain's products overflowed) ends the sequence: the caller checks
+    return done | ((ratio >= 1) & (D.amax(0) <= noise)) | D[-1].isnan()
 
 
 def _power_iteration(A, p, alpha, direction, tol, max_iter):
     """Steady states of ``B`` teleported chains: ``A`` ``(B, n, n)``, ``p`` ``(B, n)`` -> ``(B, n)``.
 
     Chains that have converged leave the batch, so slowly mixing heads do not make the
-    fast ones iterate on.
+    fast ones iterate on. The iterates are float64: the fixed point of a float32 iteration is
+    off by about eps32 / (1 - alpha |lambda_2|), 1e-5 in L1 at alpha = 0.99 on slow heads. Each
+    bounce is ``v P = x P + (v - x) P`` around an anchor ``x`` whose ``x P`` is a float64 product
+    (renewed every ``_ANCHOR`` steps); ``(v - x) P`` is small and goes in float32, so its rounding
+    is far below ``tol`` at the cost of one float64 product per ``_ANCHOR`` float32 ones.
     """
+    p = p.double()
     out = p.clone()
     todo = torch.arange(A.shape[0], device=A.device)  # chains still iterating
-    step = _stepper(A, direction)
+    rows = _row_sums(A)  # once for both products: summing A costs about a bounce
+    step, exact = _stepper(A, direction, False, rows), _stepper(A, direction, True, rows)
     v = p.unsqueeze(-2)  # (B, 1, n): the uniform start when p is uniform
     diffs = []  # the last _WINDOW + 1 step sizes |v_k - v_{k-1}|_1, each (B,)
     max_rate = min(alpha, 0.999)  # the teleported chain contracts L1 distances by alpha
-    noise = 2 * torch.finfo(A.dtype).eps  # step sizes of a float32 iteration stall around 1e-7
-    for _ in range(max_iter):
-        v_new = _normalize(alpha * step(v) + (1.0 - alpha) * p.unsqueeze(-2))
+    noise = 2 * torch.finfo(torch.float64).eps  # where float64 steps stall
+    for k in range(max_iter):
+        if k % _ANCHOR == 0:
+            x, xP = v, exact(v)
+        vP = xP + step((v - x).to(A.dtype)).double()
+        v_new = _normalize(alpha * vP + (1.0 - alpha) * p.unsqueeze(-2))
         diffs = (diffs + [(v_new - v).abs().sum((-2, -1))])[-(_WINDOW + 1):]
         v = v_new
         done = _geometric_converged(diffs, tol, max_rate, noise)
@@ -455,15 +491,18 @@ def _power_iteration(A, p, alpha, direction, tol, max_iter):
         out[todo[done]] = v[done, 0]
         keep = ~done
         if not keep.any():
-            return out
-        todo, A, p, v = todo[keep], A[keep], p[keep], v[keep]
-        diffs = [d[keep] for d in diffs]
-        step = _stepper(A, direction)
+            return _finite(out, "tokenrank").to(A.dtype)
+        todo, A, p, v, x, xP = todo[keep], A[keep], p[keep], v[keep], x[keep], xP[keep]
+        diffs, rows = [d[keep] for d in diffs], rows[keep]
+        step, exact = _stepper(A, direction, False, rows), _stepper(A, direction, True, rows)
     warnings.warn(f"tokenrank did not reach tol={tol} in max_iter={max_iter} iterations for "
                   f"{len(todo)} chain(s) (alpha close to 1 on a slowly mixing chain?); "
                   "returning the last iterate", RuntimeWarning, stacklevel=3)
     out[todo] = v[:, 0]
-    return out
+    return _finite(out, "tokenrank").to(A.dtype)
+
+
+_ANCHOR = 16  # float32 bounces per float64 one in the power method
 
 
 # --------------------------------------------------------------------------- lambda2
@@ -516,8 +555,11 @@ def _is_int(v) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
-def _lambda2(A, direction, tol, max_iter, krylov_dim):
-    """|lambda_2| ``(B,)`` of ``B`` chains ``(B, n, n)``, ``n >= 2`` (see ``lambda2``)."""
+def _lambda2(A, direction, tol, max_iter, krylov_dim, near_one: bool = False):
+    """|lambda_2| ``(B,)`` of ``B`` chains ``(B, n, n)``, ``n >= 2`` (see ``lambda2``).
+
+    ``near_one``: also return the distance ``(B,)`` from 1 to the nearest Ritz value (0 when the
+    eigenvalue 1 is repeated: a reducible chain with several closed classes)."""
     n = A.shape[-1]
     step = _stepper(A, direction)
 
@@ -537,13 +579,16 @@ def _lambda2(A, direction, tol, max_iter, krylov_dim):
         lam, residual = _top_ritz(H)
         # m == n - 1 steps span the whole zero-sum space: the Ritz values are exact
         if (residual <= tol).all() or H.shape[-1] == n - 1:
-            return lam.to(A.dtype)
+            break
         if spent >= max_iter:
+            warnings.warn(f"lambda2 did not converge to tol={tol} in max_iter={max_iter} bounces; "
+                          "increase max_iter or krylov_dim", RuntimeWarning, stacklevel=3)
             break
         v = _restart_vector(H, V)
-    warnings.warn(f"lambda2 did not converge to tol={tol} in max_iter={max_iter} bounces; "
-                  "increase max_iter or krylov_dim", RuntimeWarning, stacklevel=3)
-    return lam.to(A.dtype)
+    if not near_one:
+        return lam.to(A.dtype)
+    k = H.shape[-1]
+    return lam.to(A.dtype), (torch.linalg.eigvals(H[:, :k, :k].double()) - 1).abs().amin(-1)
 
 
 def _restart_vector(H: torch.Tensor, V: torch.Tensor, keep: int = 4) -> torch.Tensor:
@@ -568,6 +613,7 @@ def _top_ritz(H: torch.Tensor):
     ``|h_{k+1,k}| |s_k|`` for a unit eigenvector ``s`` of the square part of ``H``.
     """
     k = H.shape[-1]
+    _finite(H, "lambda2")  # a lazy chain's overflowing products would reach eig as NaN
     theta, S = torch.linalg.eig(H[:, :k, :k].double())
     i = theta.abs().argmax(-1)
     s = S.gather(-1, i[:, None, None].expand(-1, k, 1)).squeeze(-1)

@@ -10,7 +10,9 @@ through products ``V P`` with row vectors (a bounce), so the matrix never has to
   the outgoing chain needs from one more pass, cached too. One tile exists at a time.
 * The memory budget ``max_bytes`` sizes the tiles: whole ``n x n`` matrices of a few heads
   when they fit (``chunked dense``), blocks of query rows otherwise, blocks of rows x keys
-  when even a row block does not fit (then the normalisers take two extra passes).
+  when even a row block does not fit (then the normalisers take two extra passes). A budget
+  so small that a pass would take more than ``MAX_TILES`` tiles (and tiles under 64 KiB) is
+  raised with a warning: such passes spend their time in per-tile overhead.
 * Iterative solvers (``tokenrank``, ``lambda2``) would recompute every tile at every bounce.
   When the dense matrices of a chunk of heads fit the budget (three times over), they
   are solved chunk by chunk on dense matrices instead (``pieces``): dense speed, the memory
@@ -29,6 +31,7 @@ The chain functions accept these objects wherever they accept ``A``: both implem
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -37,6 +40,18 @@ from .numerics import check_index, matmul_rows, rowsum_float64, work_dtype
 #: Default memory budget for the tiles and dense chunks of one lazy chain: 256 MiB.
 DEFAULT_MAX_BYTES = 256 * 2**20
 
+#: A smaller budget is raised so that one pass over the chains takes at most this many tiles,
+#: unless the tiles would exceed ``MAX_FLOOR_BYTES``: each tile costs ~30 us of overhead, so a
+#: budget of a few bytes (one logit per tile) would spend minutes where the default spends a second.
+MAX_TILES = 512
+MAX_FLOOR_BYTES = 64 * 2**10
+
+
+def budget_floor(batch: int, n: int, dtype: torch.dtype) -> int:
+    """The smallest ``max_bytes`` honoured for ``batch`` chains of size ``n`` (see ``MAX_TILES``)."""
+    whole = batch * n * n * (dtype.itemsize + 8)  # every tile of a pass, with its temporaries
+    return min(MAX_FLOOR_BYTES, -(-whole // MAX_TILES))
+
 
 def _all_finite(t: torch.Tensor, chunk: int = 2**20) -> bool:
     """``torch.isfinite(t).all()`` a chunk at a time: on the whole tensor its temporaries cost
@@ -44,6 +59,18 @@ def _all_finite(t: torch.Tensor, chunk: int = 2**20) -> bool:
     n = t.shape[-2]
     rows = max(1, chunk * n // max(1, t.numel()))   # slices along n: views, whatever the strides
     return all(bool(torch.isfinite(t[..., i:i + rows, :]).all()) for i in range(0, n, rows))
+
+
+def _check_row_maxima(m: torch.Tensor) -> None:
+    """Each row's largest logit must be finite: from finite q and k, +inf or NaN there means
+    ``q k^T * scale`` overflowed the working dtype (and -inf that every logit of the row did),
+    which would turn the whole row into NaN. One check of ``(..., n)`` maxima per pass."""
+    if not torch.isfinite(m).all():
+        dtype = str(m.dtype).removeprefix("torch.")
+        raise ValueError(f"the attention logits q k^T * scale are not finite in some rows: they overflow "
+                         f"{dtype} (|logit| > {torch.finfo(m.dtype).max:.3g}), so the softmax would be "
+                         "NaN. q and k are finite but too large for this scale: rescale q, k or scale, "
+                         "or pass float64 q and k")
 
 
 def _row_blocks_matmul_t(V: torch.Tensor, T: torch.Tensor, block: int = 256) -> torch.Tensor:
@@ -181,7 +208,8 @@ class LazyAttention(_LazyChain):
     ``(..., n)`` broadcastable to the batch, ``True`` = the key takes part (as in
     ``scaled_dot_product_attention``); masked keys get logit ``-inf``, so nobody attends to
     them (a dangling state of the outgoing chain). ``max_bytes``: memory budget for tiles and
-    dense chunks (``DEFAULT_MAX_BYTES``, 256 MiB); q and k themselves are not counted.
+    dense chunks (``DEFAULT_MAX_BYTES``, 256 MiB); q and k themselves are not counted. A budget
+    below ``budget_floor`` (at most 64 KiB) is raised to it with a warning.
     Computes in float32 (float64 for float64 q, k); bf16 / fp16 inputs are upcast.
 
     Shape ``(..., n, n)``; pass it to ``bounce``, ``tokenrank``, ``lambda2`` ... as ``A``.
@@ -219,6 +247,12 @@ class LazyAttention(_LazyChain):
         q, k = q.to(dtype).expand(*batch, n, d), k.to(dtype).expand(*batch, n, d)  # no copies
         if mask is not None:
             mask = self._check_mask(mask, batch, n, q.device)
+        floor = budget_floor(math.prod(batch), n, dtype)
+        if max_bytes < floor:
+            warnings.warn(f"max_bytes={max_bytes} is raised to {floor}: with tiles that small a pass over "
+                          f"these chains would take more than {MAX_TILES} tiles and its time would go "
+                          "to per-tile overhead", RuntimeWarning, stacklevel=2)
+            max_bytes = floor
         self._set(q, k, scale, mask, max_bytes)
 
     @staticmethod
@@ -313,6 +347,7 @@ class LazyAttention(_LazyChain):
                     fn(b, i, j, T, rows[b, i])
                     del T
         if fresh:
+            _check_row_maxima(m)
             self._m, self._rows = m.reshape(*self.batch, n), rows.reshape(*self.batch, n)
 
     def _normalise(self):
@@ -326,6 +361,7 @@ class LazyAttention(_LazyChain):
                   for b in range(0, B, hc) for i in range(0, n, bq) for j in range(0, n, bk)]
         for b, i, j in blocks:
             m[b, i] = torch.maximum(m[b, i], self._logits(q, k, mask, b, i, j).amax(-1))
+        _check_row_maxima(m)
         for b, i, j in blocks:
             T = self._logits(q, k, mask, b, i, j).sub_(m[b, i].unsqueeze(-1)).exp_()
             rows[b, i] += rowsum_float64(T)
@@ -357,6 +393,7 @@ class LazyAttention(_LazyChain):
         S = (self.q[..., i, None, :] @ self.k.mT).squeeze(-2) * self.scale  # (..., n)
         if self.mask is not None:
             S = S.masked_fill(~self.mask, float("-inf"))
+        _check_row_maxima(S.amax(-1))
         return torch.softmax(S, -1)
 
     def _dense(self, idx: torch.Tensor) -> torch.Tensor:
@@ -365,7 +402,9 @@ class LazyAttention(_LazyChain):
         S = torch.baddbmm(q.new_zeros(1, 1, 1), q[idx], k[idx].mT, beta=0, alpha=self.scale)
         if mask is not None:
             S.masked_fill_(~mask[idx, None, :], float("-inf"))
-        S.sub_(S.amax(-1, keepdim=True)).exp_()
+        m = S.amax(-1, keepdim=True)
+        _check_row_maxima(m)
+        S.sub_(m).exp_()
         return S.div_(S.sum(-1, keepdim=True))
 
 

@@ -22,9 +22,10 @@ def _check_pair(scores: torch.Tensor, masks: torch.Tensor):
     if scores.ndim != 3 or masks.ndim != 3 or scores.shape != masks.shape:
         raise ValueError(f"scores and masks must both be (N, H, W) with the same shape, got "
                          f"{tuple(scores.shape)} and {tuple(masks.shape)} (resize_maps first)")
-    if not torch.isfinite(scores).all():
+    if not torch.isfinite(scores).all():  # in the input's dtype: large float64 scores are fine
         raise ValueError("scores contain NaN or inf")
-    return scores.float(), masks.bool()
+    # float64 stays float64: beyond float32's range it would become inf and tie
+    return scores.to(torch.float64 if scores.dtype == torch.float64 else torch.float32), masks.bool()
 
 
 def resize_maps(maps: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
@@ -64,6 +65,9 @@ def iou_at_mean(scores: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     threshold is its own mean, as in the Chefer et al. protocol; 0 when both sets are empty).
     """
     scores, masks = _check_pair(scores, masks)
+    # each image divided by its largest |score| first: the order and the mean threshold are the
+    # same, and a sum of scores near the dtype's maximum cannot overflow
+    scores = scores / scores.flatten(1).abs().amax(1).clamp_min(torch.finfo(scores.dtype).tiny)[:, None, None]
     pred = scores > scores.flatten(1).mean(1)[:, None, None]
     inter = (pred & masks).flatten(1).sum(1).float()
     union = (pred | masks).flatten(1).sum(1).float()

@@ -242,7 +242,11 @@ def load_imagenet_segmentation(path, n: int | None = None, size: int = 512):
     al.'s loader). Needs ``h5py``. Class names are not in the file: the benchmark script takes
     them from a text file.
     """
-    import h5py
+    try:
+        import h5py
+    except ImportError:
+        raise ImportError("load_imagenet_segmentation reads gtsegs_ijcv.mat (MATLAB v7.3, HDF5) with "
+                          "h5py, which is not installed: pip install h5py") from None
     import numpy as np
     import torch.nn.functional as F
     images, masks = [], []

@@ -180,6 +180,20 @@ def test_tokenrank_reaches_requested_accuracy_on_slow_chains():
             assert np.abs(pi.numpy() - ref).sum(-1).max() <= tol
 
 
+@pytest.mark.parametrize("direction", ["incoming", "outgoing"])
+def test_power_tokenrank_float32_reaches_tol_on_slow_chains(direction):
+    """float32 attention at alpha = 0.99: a float32 iteration's fixed point sat ~1e-5 (L1) from the
+    float64 answer whatever tol; the power method now meets tol like the other solvers."""
+    A = attention_like(12, 100, seed=3)                       # |lambda2| up to ~0.998
+    A64 = (A.double() / A.double().sum(-1, keepdim=True)).numpy()
+    P = A64 if direction == "incoming" else np.stack([ref_outgoing(a) for a in A64])
+    ref = np.stack([ref_steady_state(ref_teleport(a, 0.99)) for a in P])
+    for tol in (1e-6, 1e-7):
+        pi = cl.tokenrank(A, alpha=0.99, direction=direction, tol=tol, method="power")
+        assert pi.dtype == torch.float32
+        assert np.abs(pi.double().numpy() - ref).sum(-1).max() <= tol
+
+
 def test_krylov_tokenrank_float32_reaches_float64_accuracy():
     """float32 attention, float64-grade answer: GMRES in float32, residuals in float64."""
     A = attention_like(12, 150, seed=11)
@@ -330,7 +344,7 @@ A5 = torch.tensor(TOY, dtype=torch.float32)
     (lambda: cl.bounce(A5, 0, direction="sideways"), "direction"),
     (lambda: cl.tokenrank(A5, direction="up"), "direction"),
     (lambda: cl.tokenrank(A5, method="eig"), "method"),
-    (lambda: cl.tokenrank(torch.eye(3), alpha=1.0), "unique steady state"),
+    (lambda: cl.tokenrank(torch.eye(3), alpha=1.0), "not unique"),
     (lambda: cl.head_weights(A5[None], "softmax"), "scheme"),
     (lambda: cl.bounce(A5, "random"), "start"),
     (lambda: cl.bounce(A5, torch.ones(4)), "shape"),
@@ -387,16 +401,42 @@ def test_lambda2_rejects_bad_solver_options(kw, msg):
         cl.lambda2(A, **kw)
 
 
-@pytest.mark.parametrize("method", ["dense", "krylov", "power"])
-def test_tokenrank_without_teleport_warns_on_a_reducible_chain(method):
-    # two closed blocks: every mixture of the blocks' steady states is a steady state
+def _two_closed_blocks():
     g = torch.Generator().manual_seed(0)
     B = torch.zeros(8, 8)
     B[:4, :4] = torch.softmax(torch.randn(4, 4, generator=g) * 2, -1)
     B[4:, 4:] = torch.softmax(torch.randn(4, 4, generator=g) * 2, -1)
-    with pytest.warns(RuntimeWarning, match="not unique"):
-        cl.tokenrank(B, alpha=1.0, method=method)
+    return B
+
+
+@pytest.mark.parametrize("method", ["dense", "krylov", "power"])
+@pytest.mark.parametrize("chain", ["two closed blocks", "identity"])
+def test_tokenrank_without_teleport_refuses_a_chain_without_unique_steady_state(method, chain):
+    # every mixture of the closed classes' steady states is a steady state: the solvers used to
+    # pick different ones (block masses 0/1, 0.51/0.49, 0.5/0.5; on the identity dense raised
+    # and the others returned the uniform vector); every method now refuses the same way
+    A = _two_closed_blocks() if chain == "two closed blocks" else torch.eye(5)
+    A64 = A.double().numpy() / A.double().numpy().sum(-1, keepdims=True)
+    ones = np.sum(np.abs(np.linalg.eigvals(A64) - 1) < 1e-9)
+    assert ones >= 2                                      # the premise: eigenvalue 1 is repeated
+    with pytest.raises(ValueError, match="not unique"):
+        cl.tokenrank(A, alpha=1.0, method=method)
+    with pytest.raises(ValueError, match="not unique"):   # matrix-free too
+        cl.tokenrank(cl.LazyAttention(torch.eye(6), torch.eye(6), scale=1e3), alpha=1.0, method=method)
     with warnings.catch_warnings():
         warnings.simplefilter("error")        # teleport makes it unique: no warning
-        cl.tokenrank(B, alpha=0.99, method=method)
+        pi = cl.tokenrank(A, alpha=0.99, method=method, tol=1e-9)
+    np.testing.assert_allclose(pi, ref_steady_state(ref_teleport(A64, 0.99)), atol=1e-7)
+
+
+@pytest.mark.parametrize("method", ["dense", "krylov", "power"])
+def test_tokenrank_without_teleport_warns_on_a_periodic_chain(method):
+    # a cycle: a unique steady state (uniform) that bouncing never settles on from a one-hot start
+    P = torch.roll(torch.eye(5, dtype=torch.float64), 1, 1)
+    with pytest.warns(RuntimeWarning, match="periodic"):
+        pi = cl.tokenrank(P, alpha=1.0, method=method, max_iter=50)
+    np.testing.assert_allclose(pi, ref_steady_state(P.numpy()), atol=1e-9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")        # an irreducible aperiodic chain: no warning
+        g = torch.Generator().manual_seed(0)
         cl.tokenrank(torch.softmax(torch.randn(3, 9, 9, generator=g), -1), alpha=1.0, method=method)

@@ -45,6 +45,24 @@ def test_iou_at_mean_hand_case():
     assert iou_at_mean(torch.zeros(1, 2, 2), torch.zeros(1, 2, 2, dtype=torch.bool)).item() == 0.0
 
 
+@pytest.mark.parametrize("scale", [1e300, 1e307])
+def test_float64_scores_beyond_float32_keep_their_order(scale):
+    """float64 maps above float32's range used to become inf in auroc / iou_at_mean: every pixel
+    tied (AUROC 0.5, IoU 0); the answers must equal those of the same maps scaled down."""
+    g = np.random.default_rng(1)
+    small = torch.from_numpy(g.random((3, 6, 6)))
+    y = torch.from_numpy(g.random((3, 6, 6)) < 0.4)
+    y[:, 0, 0], y[:, 0, 1] = True, False
+    big = small * scale
+    assert not torch.isfinite(big.float()).all()                  # the premise: beyond float32
+    for i in range(3):
+        assert auroc(big, y)[i].item() == pytest.approx(brute_auroc(small[i].flatten().numpy(),
+                                                                    y[i].flatten().numpy()))
+    pred = small > small.flatten(1).mean(1)[:, None, None]          # the threshold by hand
+    want = (pred & y).flatten(1).sum(1) / (pred | y).flatten(1).sum(1)
+    np.testing.assert_allclose(iou_at_mean(big, y), want, rtol=1e-6)
+
+
 def test_resize_maps():
     m = torch.arange(4.0).reshape(1, 2, 2)
     assert torch.equal(resize_maps(m, (4, 4), "nearest")[0, :2, :2], torch.zeros(2, 2))

@@ -89,3 +89,11 @@ def test_word_object_scores_runs_on_multi_object_images():
         assert r["n"] == n and 0 <= r["map"] <= 100
     with pytest.raises(ValueError, match="kind"):
         word_object_scores(loaded, batch, "size")
+
+
+def test_imagenet_segmentation_without_h5py_says_how_to_install_it(monkeypatch, tmp_path):
+    import sys
+    from chains_lite.segmentation import load_imagenet_segmentation
+    monkeypatch.setitem(sys.modules, "h5py", None)             # as if not installed
+    with pytest.raises(ImportError, match="pip install h5py"):
+        load_imagenet_segmentation(tmp_path / "gtsegs_ijcv.mat")

@@ -99,9 +99,10 @@ def test_auto_without_gpu_says_why(capsys, monkeypatch):
     assert "no GPU" in capsys.readouterr().out
 
 
-def test_full_mode_failure_says_how_to_fix():
-    with pytest.raises(RuntimeError, match="hf auth login"):
-        load_full("dino-vits16", device="cpu")  # offline: the hub is unreachable
+def test_full_mode_failure_says_how_to_fix(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))  # offline, and the weights are not cached
+    with pytest.raises(RuntimeError, match="(?s)not in the hub cache.*CHAINS_MODE=lite"):
+        load_full("dino-vits16", device="cpu")
 
 
 def test_modes_and_names_are_validated(monkeypatch):

@@ -8,10 +8,12 @@
 Modules: ``shapeworld`` (data), ``models`` (one ``LiteSpec`` per lite model: config, builder,
 training objective and defaults, card metric), ``train`` (``python -m chains_lite.zoo.train
 NAME``), ``evaluate`` (card numbers), ``generate`` (MiniLM text encoder, samplers), ``load``
-(lite and full loading), ``registry`` (checkpoint files and cards).
+(lite and full loading), ``preflight`` (what full mode needs, checked before loading), ``registry``
+(checkpoint files and cards).
 """
 from .load import FULL_MODELS, LITE_NAMES, Loaded, load, load_full, resolve_mode
+from .preflight import FullModeUnavailable, preflight
 from .shapeworld import CLASS_NAMES, ShapeBatch, shapeworld
 
-__all__ = ["CLASS_NAMES", "FULL_MODELS", "LITE_NAMES", "Loaded", "ShapeBatch", "load", "load_full",
-           "resolve_mode", "shapeworld"]
+__all__ = ["CLASS_NAMES", "FULL_MODELS", "FullModeUnavailable", "LITE_NAMES", "Loaded", "ShapeBatch", "load",
+           "load_full", "preflight", "resolve_mode", "shapeworld"]

@@ -12,6 +12,9 @@ Full names map to the paper's models on the Hugging Face hub (see :data:`FULL_MO
 the network the first time (then the hub cache), and FLUX needs a GPU and an accepted licence.
 ``mode="auto"`` chooses full only when a GPU is present and the weights load; otherwise it uses
 the lite counterpart, and it always prints which and why. ``mode="full"`` never falls back.
+Before a download, :func:`chains_lite.zoo.preflight` checks what full mode needs (GPU, packages,
+the hub: one short probe, or with ``HF_HUB_OFFLINE=1`` the hub cache), so an offline machine
+fails (or, in auto mode, falls back) in seconds.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import torch
 from torch import nn
 
 from .models import LITE_SPECS, build
+from .preflight import preflight
 from .registry import load_weights, read_card
 from .shapeworld import CLASS_NAMES
 
@@ -83,6 +87,15 @@ class FullSpec:
     hub_id: str
     lite: str
     note: str = ""
+    repo: str = ""       # the hub repository the weights come from, when not derived from hub_id
+
+    @property
+    def hub_repo(self) -> str:
+        return self.repo or (f"timm/{self.hub_id}" if self.family == "timm" else self.hub_id)
+
+    @property
+    def needs_gpu(self) -> bool:
+        return self.family in ("flux", "sd")
 
 
 FULL_MODELS = {
@@ -94,7 +107,8 @@ FULL_MODELS = {
                                   "DINOv2 ViT-B/14 with 4 registers"),
     "vit-b16": FullSpec("timm", "vit_base_patch16_224.augreg2_in21k_ft_in1k", "shapes-vit",
                         "supervised ViT-B/16, ImageNet-1k classifier"),
-    "clip-vitb32": FullSpec("open_clip", "ViT-B-32/openai", "shapes-vit", "CLIP ViT-B/32 (OpenAI weights)"),
+    "clip-vitb32": FullSpec("open_clip", "ViT-B-32/openai", "shapes-vit", "CLIP ViT-B/32 (OpenAI weights)",
+                             repo="timm/vit_base_patch32_clip_224.openai"),
     "flux-schnell": FullSpec("flux", "black-forest-labs/FLUX.1-schnell", "shapes-flux",
                              "FLUX.1-schnell (gated: accept the licence on the hub, `hf auth login`)"),
     "sd15": FullSpec("sd", "stable-diffusion-v1-5/stable-diffusion-v1-5", "shapes-unet", "Stable Diffusion 1.5"),
@@ -150,11 +164,15 @@ _HOW_TO_FIX = (
 def load_full(name: str, device=None, pretrained: bool = True, **overrides) -> Loaded:
     """Load a full (hub) model. ``pretrained=False`` builds the same class from its config (and
     ``overrides``, e.g. a small depth) with random weights and no download: that is how tests
-    exercise these loaders."""
+    exercise these loaders. With ``pretrained`` the needs of full mode are checked first
+    (:func:`chains_lite.zoo.preflight`: GPU, packages, hub), so an offline machine fails in
+    seconds with ``FullModeUnavailable`` instead of after the hub client's retries."""
     if name not in FULL_MODELS:
         raise ValueError(f"unknown full model {name!r}; choose from {sorted(FULL_MODELS)}")
     spec = FULL_MODELS[name]
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if pretrained:
+        preflight(name, device)
     try:
         out = _FULL_LOADERS[spec.family](spec, device, pretrained=pretrained, **overrides)
     except (OSError, RuntimeError, ImportError, ValueError) as e:
