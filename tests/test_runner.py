@@ -1,5 +1,6 @@
 """The dataset runner: sharded over processes (gloo on the CPU) with the same records as one
 process, resumable after a crash or a torn line, and never mixing two configurations."""
+import importlib.util
 import json
 import os
 import socket
@@ -169,3 +170,28 @@ def test_two_processes_give_the_records_of_one_and_resume_a_one_process_crash(tm
     ranks = [[json.loads(line)["index"] for line in (tmp_path / "mixed" / f"rank{r}.jsonl").open()]
              for r in range(2)]
     assert ranks == [[0, 1, 2, 3, 4, 5, 8, 9, 12], [6, 7, 10, 11]]
+
+
+def _segmentation():
+    spec = importlib.util.spec_from_file_location("bench_segmentation", ROOT / "benchmarks" / "segmentation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+SEG_ARGS = ["--n-images", "4", "--batch-size", "2", "--methods", "outgoing_2:uniform,row_select:uniform",
+            "--steps", "1", "--size", "32"]
+
+
+def test_segmentation_benchmark_on_two_processes_writes_the_json_of_one(tmp_path):
+    _segmentation().main(SEG_ARGS + ["--out", str(tmp_path / "one.json")])
+    out = launch([str(ROOT / "benchmarks" / "segmentation.py"), *SEG_ARGS, "--out", str(tmp_path / "two.json")],
+                 2, timeout=300)
+    assert all(r == 0 for r, _, _ in out), out[0][2] + out[1][2]
+    one, two = (json.loads((tmp_path / f"{k}.json").read_text()) for k in ("one", "two"))
+    assert one.pop("time_s") > 0 and two.pop("time_s") > 0
+    assert one == two and set(one["results"]) == {"outgoing_2:uniform", "row_select:uniform"}
+    assert sorted(p.name for p in (tmp_path / "two.run").iterdir()) == ["rank0.jsonl", "rank1.jsonl", "run.json"]
+    # the same command again: refused before any work, the result kept
+    with pytest.raises(SystemExit):
+        _segmentation().main(SEG_ARGS + ["--out", str(tmp_path / "one.json")])
