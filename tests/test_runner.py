@@ -195,3 +195,30 @@ def test_segmentation_benchmark_on_two_processes_writes_the_json_of_one(tmp_path
     # the same command again: refused before any work, the result kept
     with pytest.raises(SystemExit):
         _segmentation().main(SEG_ARGS + ["--out", str(tmp_path / "one.json")])
+
+
+def test_masking_benchmark_killed_midway_then_rerun_writes_the_uninterrupted_json(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("bench_masking", ROOT / "benchmarks" / "masking.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = ["--n-images", "6", "--batch-size", "2", "--strategies", "random", "cls_row",
+            "--fractions", "0", "0.3", "0.9"]
+    bench.main(args + ["--out", str(tmp_path / "whole.json")])
+    from chains_lite import masking
+    records, calls = masking.masking_records, []
+
+    def crash_on_second_batch(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return records(*a, **k)
+    monkeypatch.setattr(masking, "masking_records", crash_on_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(args + ["--out", str(tmp_path / "resumed.json")])
+    assert not (tmp_path / "resumed.json").exists()
+    assert len((tmp_path / "resumed.run" / "rank0.jsonl").read_text().splitlines()) == 2
+    bench.main(args + ["--out", str(tmp_path / "resumed.json")])
+    assert len(calls) == 4  # the rerun computed the two batches left, not the first again
+    whole, resumed = (json.loads((tmp_path / f"{k}.json").read_text()) for k in ("whole", "resumed"))
+    assert whole.pop("seconds") >= 0 and resumed.pop("seconds") >= 0
+    assert whole == resumed and whole["n_images"] == 6
