@@ -30,6 +30,7 @@ process sees (one node: any folder; a cluster: a shared one).
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
@@ -132,17 +133,25 @@ def read_records(out_dir, n: int) -> dict[int, dict]:
     return out
 
 
-def _cut_torn_tail(path: Path) -> None:
-    """Truncate ``path`` after its last newline: a torn line must not prefix the next append."""
-    if not path.exists():
-        return
+def _open_own(path: Path):
+    """This process's records file, opened to append and locked against a second run into the same
+    folder (``RuntimeError``), its torn last line (if any) cut off so that it cannot prefix the
+    next record."""
+    f = open(path, "ab")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise RuntimeError(f"{path} is being written by another run; one run per folder at a time") from None
+    except OSError:  # a file system without locks: go on unlocked
+        pass
     data = path.read_bytes()
     keep = data.rfind(b"\n") + 1
     if keep < len(data):
-        with open(path, "r+b") as f:
-            f.truncate(keep)
-            f.flush()
-            os.fsync(f.fileno())
+        f.truncate(keep)
+        f.flush()
+        os.fsync(f.fileno())
+    return f
 
 
 class _Progress:
@@ -198,16 +207,13 @@ def run(work: Callable[[list[int]], list[dict]], n: int, out_dir, config: dict, 
         _write_spec(out_dir, spec)
     st.wait_for_everyone()
     _check_spec(out_dir, spec)
-    mine = out_dir / f"rank{rank}.jsonl"
-    _cut_torn_tail(mine)
-    done = read_records(out_dir, n)
-    st.wait_for_everyone()  # nobody appends before everyone has read what is done
-
-    chunks = [list(range(a, min(a + batch, n))) for a in range(0, n, batch)]
-    todo = [c for c in chunks if any(i not in done for i in c)]
-    bar = _Progress(out_dir, n, len(done), desc, progress and st.is_main_process)
-    try:
-        with open(mine, "a") as f:
+    with _open_own(out_dir / f"rank{rank}.jsonl") as f:
+        done = read_records(out_dir, n)
+        st.wait_for_everyone()  # nobody appends before everyone has read what is done
+        chunks = [list(range(a, min(a + batch, n))) for a in range(0, n, batch)]
+        todo = [c for c in chunks if any(i not in done for i in c)]
+        bar = _Progress(out_dir, n, len(done), desc, progress and st.is_main_process)
+        try:
             for chunk in todo[rank::world]:
                 got = work(chunk)
                 if not isinstance(got, (list, tuple)) or len(got) != len(chunk) \
@@ -215,15 +221,17 @@ def run(work: Callable[[list[int]], list[dict]], n: int, out_dir, config: dict, 
                     raise ValueError(f"work({chunk}) must return a list of {len(chunk)} dicts, one "
                                      f"per index, got {type(got).__name__} of length "
                                      f"{len(got) if hasattr(got, '__len__') else '?'}")
+                # only the missing items of a chunk (a torn line) are written; the chunk is
+                # computed whole so that its batch is the same as in an uninterrupted run
                 lines = [json.dumps({"index": i, "record": r}) for i, r in zip(chunk, got) if i not in done]
-                f.write("".join(line + "\n" for line in lines))
+                f.write("".join(line + "\n" for line in lines).encode())
                 f.flush()
                 os.fsync(f.fileno())
                 bar.update()
-        st.wait_for_everyone()
-        bar.update()
-    finally:
-        bar.close()
+            st.wait_for_everyone()
+            bar.update()
+        finally:
+            bar.close()
     if not st.is_main_process:
         return None
     merged = read_records(out_dir, n)

@@ -142,6 +142,16 @@ def test_a_torn_last_line_is_cut_off_and_recomputed(tmp_path):
         runner.run(cheap, 6, tmp_path, {"seed": 7}, batch=2, progress=False)
 
 
+def test_a_second_run_into_a_folder_being_written_is_refused(tmp_path):
+    import fcntl
+    runner.run(cheap, 4, tmp_path, {}, batch=2, progress=False)
+    with open(tmp_path / "rank0.jsonl", "ab") as other:  # another run holds rank 0's file
+        fcntl.flock(other, fcntl.LOCK_EX)
+        with pytest.raises(RuntimeError, match="another run"):
+            runner.run(cheap, 4, tmp_path, {}, batch=2, progress=False)
+    assert runner.run(cheap, 4, tmp_path, {}, batch=2, progress=False) == expected(4, 2)
+
+
 def test_work_must_return_one_dict_per_index(tmp_path):
     with pytest.raises(ValueError, match="list of 2 dicts"):
         runner.run(lambda idx: [{}], 4, tmp_path, {}, batch=2, progress=False)
