@@ -18,7 +18,8 @@ that the metric computed from the merged records is the one a single process wou
   records are written). A torn last line after a crash is ignored, cut off and recomputed.
 * **Never mixed**: ``out_dir/run.json`` holds the run's ``config`` with ``n`` and ``batch``; a
   rerun with anything different is refused (``ValueError`` naming the differences). Nothing in
-  ``out_dir`` is rewritten or deleted except a torn last line.
+  ``out_dir`` is rewritten or deleted except a torn last line. Each process locks its file: a
+  second run into a folder that a live run writes is refused (``RuntimeError``).
 * **Merged on the main process**: after a barrier, it reads all records back (so a fresh,
   a resumed and a many-process run return the same JSON-decoded records) and returns them in
   index order; the other processes return ``None``.
@@ -27,6 +28,8 @@ Randomness is the benchmark's job: derive each item's seed from its index with
 :func:`item_seed` (never from a generator shared across items), so an item's result does not
 depend on which process ran it or what ran before it. ``out_dir`` must be on a file system every
 process sees (one node: any folder; a cluster: a shared one).
+
+``accelerate`` is a dependency of the package, imported on the first :func:`state` call only.
 """
 from __future__ import annotations
 
