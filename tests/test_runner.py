@@ -194,7 +194,15 @@ SEG_ARGS = ["--n-images", "4", "--batch-size", "2", "--methods", "outgoing_2:uni
 
 
 def test_segmentation_benchmark_on_two_processes_writes_the_json_of_one(tmp_path):
-    _segmentation().main(SEG_ARGS + ["--out", str(tmp_path / "one.json")])
+    # the launched processes run one thread each (OMP_NUM_THREADS=1, as accelerate gives 2 processes
+    # on 2 cores): the same here, since other thread counts change float sums in the last digits
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _segmentation().main(SEG_ARGS + ["--out", str(tmp_path / "one.json")])
+    finally:
+        torch.set_num_threads(threads)
     out = launch([str(ROOT / "benchmarks" / "segmentation.py"), *SEG_ARGS, "--out", str(tmp_path / "two.json")],
                  2, timeout=300)
     assert all(r == 0 for r, _, _ in out), out[0][2] + out[1][2]
