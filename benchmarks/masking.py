@@ -2,6 +2,8 @@
 
     python benchmarks/masking.py --mode lite --model shapes-vit --n-images 500 --out results.json
     python benchmarks/masking.py --mode full --model vit-b16 --data /path/to/imagenet/val --n-images 5000
+    accelerate launch --multi_gpu --num_processes 8 benchmarks/masking.py --mode full ... \
+        --out runs/mask.json [--run-dir runs/mask.run]
 
 Lite: ShapeWorld test images (seeded), classified by shapes-vit / shapes-vit-reg. Full: an ImageNet
 validation folder in ImageFolder layout (``val/<wnid>/*.JPEG``, classes in sorted wnid order = the

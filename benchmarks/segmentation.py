@@ -3,13 +3,15 @@
     python benchmarks/segmentation.py --mode lite [--n-images 500] [--seed 0] [--out results.json]
                                       [--methods outgoing_2,outgoing_2:uniform,...]
     python benchmarks/segmentation.py --mode full --data gtsegs_ijcv.mat --classes classes.txt
+    accelerate launch --multi_gpu --num_processes 8 benchmarks/segmentation.py --mode full ... \
+        --out runs/seg.json [--run-dir runs/seg.run]
 
 Every setting is ``METHOD[:HEADS[:BLOCKS]]`` (``chains_lite.segmentation.Setting``); the default
-runs every row of the paper's supp. Table 7. Maps come from ``chains_lite.segmentation.evaluate``:
+runs every row of the paper's supp. Table 7. Maps come from ``chains_lite.segmentation.word_maps``:
 encode the image, noise to ``t`` (0.5), ``--steps`` (2) denoising steps with the caption, joint
 attention averaged over the last 10 blocks of the kind (fewer if the model has fewer) and the
 steps, heads mixed (λ2 or uniform), bounces from the word's token; scored with
-``chains_lite.metrics.binary_segmentation`` (acc, standard mIoU, mAP; and ConceptAttention's
+``chains_lite.metrics.binary_segmentation``, from per-image counts (acc, standard mIoU, mAP; and ConceptAttention's
 Acc/(2-Acc)).
 
 * lite: ``shapes-flux`` on ShapeWorld test images (32 x 32); the caption is the image's own; the
