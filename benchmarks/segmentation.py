@@ -10,9 +10,9 @@ Every setting is ``METHOD[:HEADS[:BLOCKS]]`` (``chains_lite.segmentation.Setting
 runs every row of the paper's supp. Table 7. Maps come from ``chains_lite.segmentation.word_maps``:
 encode the image, noise to ``t`` (0.5), ``--steps`` (2) denoising steps with the caption, joint
 attention averaged over the last 10 blocks of the kind (fewer if the model has fewer) and the
-steps, heads mixed (λ2 or uniform), bounces from the word's token; scored with
-``chains_lite.metrics.binary_segmentation``, from per-image counts (acc, standard mIoU, mAP; and ConceptAttention's
-Acc/(2-Acc)).
+steps, heads mixed (λ2 or uniform), bounces from the word's token; scored as
+``chains_lite.metrics.binary_segmentation`` from per-image counts (acc, standard mIoU, mAP; and
+ConceptAttention's Acc/(2-Acc)).
 
 * lite: ``shapes-flux`` on ShapeWorld test images (32 x 32); the caption is the image's own; the
   word is the class of the largest shape; the ground truth is the mask of every object of that
