@@ -162,13 +162,14 @@ def test_binary_segmentation_takes_float64_scores_beyond_float32_range():
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(1, 6), st.integers(0, 2 ** 16), st.sampled_from([5, 12]), st.sampled_from(["nearest", "bilinear"]),
-       st.integers(1, 5))
+@given(st.integers(1, 6), st.integers(0, 2 ** 16), st.sampled_from([5, 12]),
+       st.sampled_from(["nearest", "bilinear"]), st.integers(1, 5))
 def test_merged_per_image_counts_are_the_whole_dataset_scores(n, seed, size, resize, cut):
     """Any split of a dataset into parts (processes, resumed runs), merged in image order, scores
     exactly as the dataset in one call: counts are summed, not averages averaged."""
     g = torch.Generator().manual_seed(seed)
-    scores = torch.rand(n, 7, 9, generator=g) * torch.randint(0, 2, (n, 1, 1), generator=g)  # some constant maps
+    # some maps constant (all zero)
+    scores = torch.rand(n, 7, 9, generator=g) * torch.randint(0, 2, (n, 1, 1), generator=g)
     masks = torch.rand(n, 13, 11, generator=g) > 0.6
     masks[0, 4:9, 3:8] = True                    # some foreground after resizing
     whole = binary_segmentation(scores, masks, size, resize)

@@ -123,7 +123,8 @@ def test_another_config_n_or_batch_into_the_same_folder_is_refused(tmp_path):
         runner.run(cheap, 5, tmp_path, dict(config, extra=1), batch=2, progress=False)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
     # the list JSON stores is the same config as the tuple it came from
-    assert runner.run(cheap, 5, tmp_path, dict(config, layers=[0, 1]), batch=2, progress=False) == expected(5, 2)
+    again = runner.run(cheap, 5, tmp_path, dict(config, layers=[0, 1]), batch=2, progress=False)
+    assert again == expected(5, 2)
 
 
 def test_a_torn_last_line_is_cut_off_and_recomputed(tmp_path):
@@ -176,14 +177,15 @@ def test_two_processes_give_the_records_of_one_and_resume_a_one_process_crash(tm
     ranks = [[json.loads(line)["index"] for line in (tmp_path / "two" / f"rank{r}.jsonl").open()]
              for r in range(2)]
     assert ranks == [[0, 1, 4, 5, 8, 9, 12], [2, 3, 6, 7, 10, 11]]
-    # the resumed run dealt only the chunks left (2, 3, ...) and wrote each item once
+    # the resumed run dealt only the chunks left (items 4 to 12) and wrote each item once
     ranks = [[json.loads(line)["index"] for line in (tmp_path / "mixed" / f"rank{r}.jsonl").open()]
              for r in range(2)]
     assert ranks == [[0, 1, 2, 3, 4, 5, 8, 9, 12], [6, 7, 10, 11]]
 
 
 def _segmentation():
-    spec = importlib.util.spec_from_file_location("bench_segmentation", ROOT / "benchmarks" / "segmentation.py")
+    path = ROOT / "benchmarks" / "segmentation.py"
+    spec = importlib.util.spec_from_file_location("bench_segmentation", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -203,13 +205,15 @@ def test_segmentation_benchmark_on_two_processes_writes_the_json_of_one(tmp_path
         _segmentation().main(SEG_ARGS + ["--out", str(tmp_path / "one.json")])
     finally:
         torch.set_num_threads(threads)
-    out = launch([str(ROOT / "benchmarks" / "segmentation.py"), *SEG_ARGS, "--out", str(tmp_path / "two.json")],
+    script = str(ROOT / "benchmarks" / "segmentation.py")
+    out = launch([script, *SEG_ARGS, "--out", str(tmp_path / "two.json")],
                  2, timeout=300)
     assert all(r == 0 for r, _, _ in out), out[0][2] + out[1][2]
     one, two = (json.loads((tmp_path / f"{k}.json").read_text()) for k in ("one", "two"))
     assert one.pop("time_s") > 0 and two.pop("time_s") > 0
     assert one == two and set(one["results"]) == {"outgoing_2:uniform", "row_select:uniform"}
-    assert sorted(p.name for p in (tmp_path / "two.run").iterdir()) == ["rank0.jsonl", "rank1.jsonl", "run.json"]
+    files = sorted(p.name for p in (tmp_path / "two.run").iterdir())
+    assert files == ["rank0.jsonl", "rank1.jsonl", "run.json"]
     # the same command again: refused before any work, the result kept
     with pytest.raises(SystemExit):
         _segmentation().main(SEG_ARGS + ["--out", str(tmp_path / "one.json")])
