@@ -2,24 +2,35 @@
 
     python benchmarks/masking.py --mode lite --model shapes-vit --n-images 500 --out results.json
     python benchmarks/masking.py --mode full --model vit-b16 --data /path/to/imagenet/val --n-images 5000
+    accelerate launch --multi_gpu --num_processes 8 benchmarks/masking.py --mode full ... \
+        --out runs/mask.json [--run-dir runs/mask.run]
 
 Lite: ShapeWorld test images (seeded), classified by shapes-vit / shapes-vit-reg. Full: an ImageNet
 validation folder in ImageFolder layout (``val/<wnid>/*.JPEG``, classes in sorted wnid order = the
 ImageNet-1k index of timm classifiers), ``--n-images`` drawn with the seed; ``vit-b16`` (timm's
 classifier) or ``clip-vitb32`` (zero-shot, "A photo of a <class>."). The DINO models on the hub come
 without the linear heads the paper used, so they are not offered here.
+Runs on :func:`chains_lite.runner.run`: one process, or data-parallel under ``accelerate launch``
+(``accelerate launch benchmarks/masking.py --mode full ...``), resumable: whether each image is
+classified right, clean and per strategy and fraction, is appended to ``--run-dir`` (default:
+``--out`` with ``.run`` for ``.json``) as it is computed; rerunning the command skips the images
+done, and a run dir of another configuration is refused. Image i's random scores come from a
+generator seeded ``runner.item_seed(seed, i)``.
 Prints accuracy per fraction and the normalised AUC (lower = the ranking found more important tokens),
-and writes JSON: per strategy the curve and AUC, plus mode, model, n_images, seed, layers, time.
+and writes JSON: per strategy the curve (correct counts of all images / n) and AUC, plus mode,
+model, n_images, seed, layers, time of this invocation.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import torch
 
-from chains_lite import masking, results, zoo
+from chains_lite import masking, results, runner, zoo
 from chains_lite.zoo.inputs import imagenet_folder, model_input
 
 LITE_MODELS = ("shapes-vit", "shapes-vit-reg")
@@ -40,6 +51,9 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--run-dir", type=Path, default=None,
+                    help="the run's per-image records, for resuming (default: --out with .run; "
+                         "without either, a temporary folder)")
     args = ap.parse_args(argv)
     model_name = args.model or ("shapes-vit" if args.mode == "lite" else "vit-b16")
     allowed = LITE_MODELS if args.mode == "lite" else FULL_MODELS
@@ -58,21 +72,38 @@ def main(argv=None):
     except (ValueError, FileExistsError) as e:
         ap.error(str(e))
 
-    loaded = zoo.load(model_name, mode=args.mode)
+    if args.run_dir is None and args.out is None and runner.state().num_processes > 1:
+        ap.error("a run of several processes needs --out or --run-dir (the folder they share)")
+
+    t0 = time.time()
+    loaded = zoo.load(model_name, mode=args.mode, device=runner.state().device)
     classify = None
     if args.mode == "lite":
         data = zoo.shapeworld(n, split="test", seed=args.seed)
-        x, y = model_input(loaded, data.images), data.labels
+        x, y = model_input(loaded, data.images).cpu(), data.labels
     else:
         x, y, _ = imagenet_folder(args.data, n, args.seed, loaded)
-        x = x.to(next(loaded.model.parameters()).device)
         if model_name == "clip-vitb32":
             from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
             classify = masking.clip_classifier(loaded, IMAGENET_CLASSNAMES)
-    t0 = time.time()
-    curves = masking.masking_curves(loaded.model, x, y, classify=classify, strategies=args.strategies,
-                                    fractions=fractions, layers=args.layers,
-                                    batch_size=args.batch_size, seed=args.seed)
+    device = next(loaded.model.parameters()).device
+    layers = masking.default_layers(loaded.model) if args.layers is None else sorted(args.layers)
+    config = dict(mode=loaded.mode, model=model_name, n_images=n, seed=args.seed, layers=layers,
+                  fractions=list(fractions), strategies=list(args.strategies),
+                  data=None if args.data is None else str(args.data))
+
+    def work(indices):
+        idx = torch.tensor(indices)
+        return masking.masking_records(loaded.model, x[idx].to(device), y[idx], classify=classify,
+                                       seeds=[runner.item_seed(args.seed, i) for i in indices],
+                                       strategies=args.strategies, fractions=fractions, layers=layers)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        records = runner.run(work, n, runner.run_dir(args.out, args.run_dir) or tmp, config,
+                             batch=args.batch_size, desc="masking")
+    if records is None:  # not the main process: it has written its share
+        return 0
+    curves = masking.merge_masking_records(records, fractions, layers)
     seconds = time.time() - t0
     aucs = masking.auc_table(curves)
     print(f"\n{model_name} [{loaded.mode} mode], {n} images, masked layers {curves['layers']}, "

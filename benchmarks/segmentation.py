@@ -3,14 +3,16 @@
     python benchmarks/segmentation.py --mode lite [--n-images 500] [--seed 0] [--out results.json]
                                       [--methods outgoing_2,outgoing_2:uniform,...]
     python benchmarks/segmentation.py --mode full --data gtsegs_ijcv.mat --classes classes.txt
+    accelerate launch --multi_gpu --num_processes 8 benchmarks/segmentation.py --mode full ... \
+        --out runs/seg.json [--run-dir runs/seg.run]
 
 Every setting is ``METHOD[:HEADS[:BLOCKS]]`` (``chains_lite.segmentation.Setting``); the default
-runs every row of the paper's supp. Table 7. Maps come from ``chains_lite.segmentation.evaluate``:
+runs every row of the paper's supp. Table 7. Maps come from ``chains_lite.segmentation.word_maps``:
 encode the image, noise to ``t`` (0.5), ``--steps`` (2) denoising steps with the caption, joint
 attention averaged over the last 10 blocks of the kind (fewer if the model has fewer) and the
-steps, heads mixed (λ2 or uniform), bounces from the word's token; scored with
-``chains_lite.metrics.binary_segmentation`` (acc, standard mIoU, mAP; and ConceptAttention's
-Acc/(2-Acc)).
+steps, heads mixed (λ2 or uniform), bounces from the word's token; scored as
+``chains_lite.metrics.binary_segmentation`` from per-image counts (acc, standard mIoU, mAP; and
+ConceptAttention's Acc/(2-Acc)).
 
 * lite: ``shapes-flux`` on ShapeWorld test images (32 x 32); the caption is the image's own; the
   word is the class of the largest shape; the ground truth is the mask of every object of that
@@ -19,13 +21,20 @@ Acc/(2-Acc)).
   (4,276 images), ``--classes`` a text file with one one-word class name per image (line i =
   image i), captions ``--caption`` (default "a {}"). Needs a GPU, the hub weights and h5py.
 
+Runs on :func:`chains_lite.runner.run`: one process, or data-parallel under ``accelerate launch``
+(``accelerate launch benchmarks/segmentation.py --mode full ...``), resumable: each image's
+confusion counts and AP are appended to ``--run-dir`` (default: ``--out`` with ``.run`` for
+``.json``) as they are computed; rerunning the command skips the images done, and a run dir of
+another configuration is refused. Image i's noise is seeded with ``runner.item_seed(seed, i)``.
 Prints a table (measured beside the paper's numbers, labelled by mode) and writes JSON: per
-setting acc / miou / map / miou_acc_2_minus_acc, plus mode, model, n_images, seed, time.
+setting acc / miou / map / miou_acc_2_minus_acc (from the merged counts of all images), plus
+mode, model, n_images, seed, time of this invocation.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,31 +42,36 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from chains_lite import results, zoo  # noqa: E402
-from chains_lite.segmentation import (TABLE7, Setting, class_word_task, evaluate,  # noqa: E402
-                                      load_imagenet_segmentation, table)
+from chains_lite import results, runner, zoo  # noqa: E402
+from chains_lite.segmentation import (TABLE7, Setting, class_word_task,  # noqa: E402
+                                      imagenet_segmentation_size, load_imagenet_segmentation,
+                                      merge_records, segmentation_records, table)
 
 DEFAULT_SETTINGS = ",".join(s.name for s, _ in TABLE7.values())
 
 
 def lite_data(n: int, seed: int):
+    """``load(indices) -> (images, masks, captions, words)`` over ``n`` ShapeWorld test images."""
     batch, masks, words = class_word_task(zoo.shapeworld(n, seed=seed, split="test", size=32))
-    return batch.images, masks, batch.captions, words
+
+    def load(indices):
+        return batch.images[indices], masks[indices], [batch.captions[i] for i in indices], \
+            [words[i] for i in indices]
+    return n, load
 
 
 def full_data(args):
-    if not args.data or not Path(args.data).exists():
-        sys.exit("--mode full needs --data PATH/TO/gtsegs_ijcv.mat (ImageNet-Segmentation, the file "
-                 "of Chefer et al.'s benchmark; it cannot be downloaded by this script)")
-    if not args.classes or not Path(args.classes).exists():
-        sys.exit("--mode full needs --classes FILE: one one-word class name per image, in the "
-                 "order of the .mat file")
+    """``(n, load)``: ImageNet-Segmentation read batch by batch (a process reads only its images)."""
     words = [w.strip() for w in Path(args.classes).read_text().splitlines() if w.strip()]
-    images, masks = load_imagenet_segmentation(args.data, n=args.n_images, size=args.image_size)
-    if len(words) < len(images):
-        sys.exit(f"{args.classes} names {len(words)} classes for {len(images)} images")
-    words = words[:len(images)]
-    return images, masks, [args.caption.format(w) for w in words], words
+    total = imagenet_segmentation_size(args.data)
+    n = total if args.n_images is None else min(args.n_images, total)
+    if len(words) < n:
+        sys.exit(f"{args.classes} names {len(words)} classes for {n} images")
+
+    def load(indices):
+        images, masks = load_imagenet_segmentation(args.data, size=args.image_size, indices=indices)
+        return images, masks, [args.caption.format(words[i]) for i in indices], [words[i] for i in indices]
+    return n, load
 
 
 def check_args(ap, args):
@@ -82,6 +96,9 @@ def main(argv=None):
     ap.add_argument("--n-images", type=int, default=None, help="default: 500 (lite), all (full)")
     ap.add_argument("--seed", type=int, default=0, help="ShapeWorld stream (lite) and the noise")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
+    ap.add_argument("--run-dir", default=None,
+                    help="the run's per-image records, for resuming (default: --out with .run; "
+                         "without either, a temporary folder)")
     ap.add_argument("--t", type=float, default=0.5, help="normalised noise level")
     ap.add_argument("--steps", type=int, default=2, help="denoising steps recorded from t")
     ap.add_argument("--store", choices=["mean", "qk"], default="mean",
@@ -102,29 +119,44 @@ def main(argv=None):
         ap.error(str(e))
     if not settings:
         ap.error("--methods names no setting")
+    if args.run_dir is None and args.out is None and runner.state().num_processes > 1:
+        ap.error("a run of several processes needs --out or --run-dir (the folder they share)")
     t0 = time.perf_counter()
     if args.mode == "lite":
-        n = 500 if args.n_images is None else args.n_images
-        images, masks, captions, words = lite_data(n, args.seed)
+        n, load = lite_data(500 if args.n_images is None else args.n_images, args.seed)
         loaded = zoo.load("shapes-flux", mode="lite", device="cpu")
     else:
-        images, masks, captions, words = full_data(args)
-        loaded = zoo.load("flux-schnell", mode="full")
+        n, load = full_data(args)
+        loaded = zoo.load("flux-schnell", mode="full", device=runner.state().device)
     batch = args.batch_size or (32 if args.mode == "lite" else 1)
-    with torch.no_grad():
-        res = evaluate(loaded, images, masks, captions, words, settings, batch_size=batch,
-                       size=args.size, resize=args.resize, t=args.t, steps=args.steps,
-                       store=args.store, seed=args.seed)
+    config = dict(mode=args.mode, model=loaded.name, n_images=n, seed=args.seed, t=args.t,
+                  steps=args.steps, store=args.store, size=args.size, resize=args.resize,
+                  settings=[s.name for s in settings], data=args.data, classes=args.classes,
+                  caption=args.caption, image_size=args.image_size)
+
+    def work(indices):
+        images, masks, captions, words = load(indices)
+        with torch.no_grad():
+            return segmentation_records(loaded, images, masks, captions, words, settings,
+                                        size=args.size, resize=args.resize, t=args.t, steps=args.steps,
+                                        store=args.store,
+                                        seed=[runner.item_seed(args.seed, i) for i in indices])
+
+    with tempfile.TemporaryDirectory() as tmp:
+        records = runner.run(work, n, runner.run_dir(args.out, args.run_dir) or tmp, config,
+                             batch=batch, desc="segmentation")
+    if records is None:  # not the main process: it has written its share
+        return
+    res = merge_records(records)
     elapsed = time.perf_counter() - t0
-    print(f"\n{loaded.name} ({args.mode} mode), {len(images)} images, seed {args.seed}, "
+    print(f"\n{loaded.name} ({args.mode} mode), {n} images, seed {args.seed}, "
           f"t = {args.t}, {args.steps} steps, {elapsed:.1f} s")
     print(table(res, args.mode))
     print("paper: FLUX.1-schnell on ImageNet-Segmentation (4,276 images). A/(2-A): ConceptAttention's "
           "mIoU formula, beside the standard mIoU.")
     if out_path:
-        out = dict(mode=args.mode, model=loaded.name, n_images=len(images), seed=args.seed, t=args.t,
-                   steps=args.steps, size=args.size, resize=args.resize, time_s=elapsed,
-                   results={k: v for k, v in res.items() if isinstance(v, dict)})
+        out = dict(mode=args.mode, model=loaded.name, n_images=n, seed=args.seed, t=args.t,
+                   steps=args.steps, size=args.size, resize=args.resize, time_s=elapsed, results=res)
         print(f"wrote {results.write_json(out_path, out)}")
 
 

@@ -123,6 +123,17 @@ def capture_joint(model: nn.Module, blocks: str = "double", layers=None, store: 
         yield JointAttention(rec, blocks)
 
 
+def _noise(shape, seed) -> torch.Tensor:
+    """Standard normal noise of ``shape`` ``(B, ...)``: from one generator seeded with ``seed``
+    (an int), or image ``b``'s from a generator seeded with ``seed[b]`` (one int per image)."""
+    if isinstance(seed, int):
+        return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    seed = list(seed)
+    if len(seed) != shape[0]:
+        raise ValueError(f"seed must be an int or one int per image ({shape[0]}), got {len(seed)} seeds")
+    return torch.stack([torch.randn(shape[1:], generator=torch.Generator().manual_seed(int(s))) for s in seed])
+
+
 @torch.no_grad()
 def noised_attention(model, inputs, t: float = 0.5, steps: int = 2,
                      blocks: str = "double", layers=None, store: str = "mean", seed: int = 0,
@@ -136,7 +147,9 @@ def noised_attention(model, inputs, t: float = 0.5, steps: int = 2,
     model). ``inputs``: clean packed latents ``x0`` ``(B, n_img, C)``, text states ``text``
     ``(B, n_txt, d)``, ``pooled``, ``img_ids``, ``txt_ids`` and ``guidance`` (``None`` for models
     without guidance), as :func:`encode` returns them. ``layers``: default the last 10 blocks of
-    the kind (fewer if the model has fewer). ``seed``: the noise (one ``torch.Generator``).
+    the kind (fewer if the model has fewer). ``seed``: the noise, an int (one ``torch.Generator``
+    for the batch) or one int per image (image ``b``'s noise from its own generator, so it does
+    not depend on the batch it is in; :func:`chains_lite.runner.item_seed` gives them).
     Returns the filled :class:`JointAttention`.
     """
     if not 0 < t <= 1:
@@ -146,8 +159,7 @@ def noised_attention(model, inputs, t: float = 0.5, steps: int = 2,
     model = getattr(model, "model", model)
     if layers is None:
         layers = last_blocks(model, PAPER_BLOCKS, blocks)
-    gen = torch.Generator().manual_seed(seed)
-    noise = torch.randn(inputs.x0.shape, generator=gen).to(inputs.x0.device, inputs.x0.dtype)
+    noise = _noise(inputs.x0.shape, seed).to(inputs.x0.device, inputs.x0.dtype)
     x = (1 - t) * inputs.x0 + t * noise
     ts = torch.linspace(t, 0, steps + 1).tolist()
     with capture_joint(model, blocks, layers, store, device) as rec:

@@ -31,6 +31,9 @@ def _mixed(name: str, scheme: str) -> str:
 
 HEAD_WEIGHTING = tuple(_mixed("tokenrank", s) for s in scores.HEAD_SCHEMES)  # paper Fig. 9
 STRATEGIES = PER_HEAD + (_mixed("tokenrank", "lambda2"),)                  # paper Table 4
+#: The strategies whose scores are drawn from a generator (a new random score belongs here, so
+#: that :func:`masking_records` gives it one generator per image).
+RANDOMIZED = ("random", "random_row", _mixed("tokenrank", "random"))
 FRACTIONS = tuple(round(0.1 * i, 1) for i in range(10))
 #: Paper Table 4: AUC (lower = bigger drop) of the full models on ImageNet, per strategy, for
 #: (ViT, CLIP, DINOv1, DINOv2).
@@ -105,32 +108,90 @@ def masking_curves(model, images: torch.Tensor, labels: torch.Tensor,
     classify = classify or model
     layers = default_layers(model) if layers is None else sorted(layers)
     gen = torch.Generator().manual_seed(seed)
-    device = images.device
-    correct = {s: torch.zeros(len(fractions)) for s in strategies}
+    correct = {s: torch.zeros(len(fractions), dtype=torch.float64) for s in strategies}
     clean = 0
     batches = range(0, len(images), batch_size)
     for i in tqdm(batches, desc="masking", disable=not progress):
-        x, y = images[i:i + batch_size], labels[i:i + batch_size].to(device)
-        with torch.no_grad(), capture(model, layers=layers) as rec:
-            clean += (classify(x).argmax(-1) == y).sum().item()
-        lay = rec.layout
-        n_patch = lay.n_patches
+        ok, hits = _correct(model, images[i:i + batch_size], labels[i:i + batch_size], classify,
+                            strategies, fractions, layers, fractions_per_pass, generator=gen)
+        clean += int(ok.sum())
         for s in strategies:
-            ranked = [token_scores(A, s, lay, gen) for A in rec.attentions]
-            # several fractions in one forward pass (the batch repeated, one mask per copy):
-            # far fewer, larger kernels than one pass per fraction
-            step = fractions_per_pass or len(fractions)
-            for f0 in range(0, len(fractions), step):
-                ks = [int(round(f * n_patch)) for f in fractions[f0:f0 + step]]
-                bias = {l: torch.cat([column_mask(sc, k, lay) for k in ks])
-                        for l, sc in zip(layers, ranked)}
-                xr = x.repeat(len(ks), *([1] * (x.ndim - 1)))
-                with torch.no_grad(), add_logit_bias(model, lambda layer, n: bias[layer], layers=layers):
-                    pred = classify(xr).argmax(-1).reshape(len(ks), -1)
-                correct[s][f0:f0 + len(ks)] += (pred == y).sum(1).float().cpu()
+            correct[s] += hits[s].sum(1)
     n = len(images)
     out = {"clean_accuracy": clean / n, "fractions": list(fractions), "layers": layers, "n_images": n}
     out.update({s: (correct[s] / n).tolist() for s in strategies})
+    return out
+
+
+def _ranked(A: torch.Tensor, strategy: str, layout: TokenLayout, generator=None, generators=None):
+    """:func:`token_scores` of ``A`` ``(B, H, N, N)``; with ``generators`` (one per image), a
+    :data:`RANDOMIZED` strategy scores image ``b`` alone, drawing from ``generators[b]``."""
+    if generators is None or strategy not in RANDOMIZED:
+        return token_scores(A, strategy, layout, generator)
+    return torch.cat([token_scores(A[b:b + 1], strategy, layout, g) for b, g in enumerate(generators)])
+
+
+def _correct(model, x, y, classify, strategies, fractions, layers, fractions_per_pass=None,
+             generator=None, seeds=None):
+    """One batch: ``(clean (B,) bool, {strategy: (F, B) bool})``, whether each image is classified
+    right unmasked and with each fraction masked. Random scores come from ``generator`` (shared
+    by the batch) or, with ``seeds``, from one generator per image and strategy."""
+    y = y.to(x.device)
+    with torch.no_grad(), capture(model, layers=layers) as rec:
+        clean = (classify(x).argmax(-1) == y).cpu()
+    lay = rec.layout
+    n_patch = lay.n_patches
+    hits = {}
+    for s in strategies:
+        # per image and strategy, one generator for all layers (as the shared one runs on)
+        gens = None if seeds is None else [torch.Generator().manual_seed(int(sd)) for sd in seeds]
+        ranked = [_ranked(A, s, lay, generator, gens) for A in rec.attentions]
+        rows = []
+        # several fractions in one forward pass (the batch repeated, one mask per copy):
+        # far fewer, larger kernels than one pass per fraction
+        step = fractions_per_pass or len(fractions)
+        for f0 in range(0, len(fractions), step):
+            ks = [int(round(f * n_patch)) for f in fractions[f0:f0 + step]]
+            bias = {l: torch.cat([column_mask(sc, k, lay) for k in ks]) for l, sc in zip(layers, ranked)}
+            xr = x.repeat(len(ks), *([1] * (x.ndim - 1)))
+            with torch.no_grad(), add_logit_bias(model, lambda layer, n: bias[layer], layers=layers):
+                pred = classify(xr).argmax(-1).reshape(len(ks), -1)
+            rows.append((pred == y).cpu())
+        hits[s] = torch.cat(rows)
+    return clean, hits
+
+
+def masking_records(model, images: torch.Tensor, labels: torch.Tensor, seeds: Sequence[int],
+                    classify: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                    strategies: Sequence[str] = STRATEGIES, fractions: Sequence[float] = FRACTIONS,
+                    layers: Sequence[int] | None = None, fractions_per_pass: int | None = None) -> list[dict]:
+    """Per-image records of :func:`masking_curves` for :func:`chains_lite.runner.run`: one
+    ``{"clean": 0 or 1, "correct": {strategy: [0 or 1 per fraction]}}`` per image of ``images``
+    ``(B, 3, H, W)`` (one batch). ``seeds``: one int per image (see
+    :func:`chains_lite.runner.item_seed`); a :data:`RANDOMIZED` strategy scores image ``b`` with
+    its own generator seeded ``seeds[b]``, so its record does not depend on the batch or on the
+    other strategies. :func:`merge_masking_records` turns records into curves.
+    """
+    check_fractions(fractions)
+    if len(seeds) != len(images):
+        raise ValueError(f"seeds must give one int per image ({len(images)}), got {len(seeds)}")
+    layers = default_layers(model) if layers is None else sorted(layers)
+    clean, hits = _correct(model, images, labels, classify or model, strategies, fractions, layers,
+                           fractions_per_pass, seeds=list(seeds))
+    return [{"clean": int(clean[b]), "correct": {s: hits[s][:, b].int().tolist() for s in strategies}}
+            for b in range(len(images))]
+
+
+def merge_masking_records(records: list[dict], fractions: Sequence[float], layers: Sequence[int]) -> dict:
+    """:func:`masking_curves`'s dict from the :func:`masking_records` of a whole dataset: the
+    accuracies are correct counts summed over images, divided by their number."""
+    if not records:
+        raise ValueError("no images: records is empty")
+    n = len(records)
+    out = {"clean_accuracy": sum(r["clean"] for r in records) / n, "fractions": list(fractions),
+           "layers": list(layers), "n_images": n}
+    for s in records[0]["correct"]:
+        out[s] = [sum(r["correct"][s][j] for r in records) / n for j in range(len(fractions))]
     return out
 
 

@@ -110,6 +110,32 @@ def _check_binary(masks: torch.Tensor) -> None:
                          "masks and drop ignore labels first")
 
 
+def _binarized(scores: torch.Tensor, masks: torch.Tensor, size: int, resize: str):
+    """The Chefer et al. preprocessing of :func:`binary_segmentation`: ``(s, pred, gt)``, each
+    ``(N, size * size)``: min-max normalised maps resized with ``resize``, ``s > mean(s)`` per
+    image, and the masks resized nearest (bool)."""
+    if resize not in RESIZE:
+        raise ValueError(f"resize must be one of {RESIZE}, got {resize!r}")
+    scores, masks = torch.as_tensor(scores), torch.as_tensor(masks)
+    if scores.ndim != 3 or masks.ndim != 3 or len(scores) != len(masks):
+        raise ValueError(f"scores must be (N, h, w) and masks (N, H, W) with the same N, got "
+                         f"{tuple(scores.shape)} and {tuple(masks.shape)}")
+    if len(scores) == 0:
+        raise ValueError("no images: scores and masks are empty")
+    if not torch.isfinite(scores).all():  # in the input's dtype: large float64 scores are fine
+        raise ValueError("scores contain NaN or inf")
+    _check_binary(masks)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"size must be a positive int, got {size!r}")
+    s = scores.double().flatten(1)
+    lo, hi = s.amin(1, keepdim=True), s.amax(1, keepdim=True)
+    s = torch.where(hi > lo, (s - lo) / (hi - lo).clamp_min(1e-300), torch.zeros_like(s))
+    s = resize_maps(s.reshape(scores.shape).float(), (size, size), resize).flatten(1)
+    gt = resize_maps((masks != 0).float(), (size, size), "nearest").flatten(1) > 0.5
+    pred = s > s.mean(1, keepdim=True)
+    return s, pred, gt
+
+
 def binary_segmentation(scores: torch.Tensor, masks: torch.Tensor, size: int = 224,
                         resize: str = "nearest") -> dict:
     """Pixel accuracy, mIoU and mAP of raw maps against binary masks (Chefer et al. protocol).
@@ -132,28 +158,10 @@ def binary_segmentation(scores: torch.Tensor, masks: torch.Tensor, size: int = 2
     code computes as mIoU (no argmax over the two channels before the IoU histogram). It is not
     an IoU of the prediction; the standard one is ``miou``. Also ``n`` (images).
     """
-    if resize not in RESIZE:
-        raise ValueError(f"resize must be one of {RESIZE}, got {resize!r}")
-    scores, masks = torch.as_tensor(scores), torch.as_tensor(masks)
-    if scores.ndim != 3 or masks.ndim != 3 or len(scores) != len(masks):
-        raise ValueError(f"scores must be (N, h, w) and masks (N, H, W) with the same N, got "
-                         f"{tuple(scores.shape)} and {tuple(masks.shape)}")
-    if len(scores) == 0:
-        raise ValueError("no images: scores and masks are empty")
-    if not torch.isfinite(scores).all():  # in the input's dtype: large float64 scores are fine
-        raise ValueError("scores contain NaN or inf")
-    _check_binary(masks)
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"size must be a positive int, got {size!r}")
-    s = scores.double().flatten(1)
-    lo, hi = s.amin(1, keepdim=True), s.amax(1, keepdim=True)
-    s = torch.where(hi > lo, (s - lo) / (hi - lo).clamp_min(1e-300), torch.zeros_like(s))
-    s = resize_maps(s.reshape(scores.shape).float(), (size, size), resize).flatten(1)
-    gt = resize_maps((masks != 0).float(), (size, size), "nearest").flatten(1) > 0.5
+    s, pred, gt = _binarized(scores, masks, size, resize)
     if not gt.any():  # every pixel background: a constant map would score 100 on all three
         raise ValueError("the masks hold no foreground pixel (after resizing to size x size): "
                          "accuracy, mIoU and mAP are not defined for a dataset without foreground")
-    pred = s > s.mean(1, keepdim=True)
     acc = (pred == gt).double().mean().item()
     ious = []
     for p, g in ((pred, gt), (~pred, ~gt)):
@@ -163,6 +171,42 @@ def binary_segmentation(scores: torch.Tensor, masks: torch.Tensor, size: int = 2
            for i in range(len(s))]
     return dict(acc=100 * acc, miou=100 * sum(ious) / 2, map=100 * float(np.mean(aps)),
                 miou_acc_2_minus_acc=100 * acc / (2 - acc), n=len(s))
+
+
+def segmentation_counts(scores: torch.Tensor, masks: torch.Tensor, size: int = 224,
+                        resize: str = "nearest") -> list[dict]:
+    """Per-image sufficient statistics of :func:`binary_segmentation`, for runs split over
+    processes or resumed: one dict of ints (and the AP) per image of ``scores`` ``(N, h, w)`` and
+    ``masks`` ``(N, H, W)``, with the same preprocessing. Keys: ``pixels``, ``correct``,
+    ``inter_fg``, ``union_fg``, ``inter_bg``, ``union_bg``, ``foreground`` (pixel counts at
+    ``size x size``) and ``ap`` (the image's two-channel average precision, a fraction).
+    :func:`merge_segmentation_counts` of any split of the images, in image order, equals
+    :func:`binary_segmentation` of them all.
+    """
+    s, pred, gt = _binarized(scores, masks, size, resize)
+    ints = dict(correct=(pred == gt), inter_fg=pred & gt, union_fg=pred | gt,
+                inter_bg=~pred & ~gt, union_bg=~pred | ~gt, foreground=gt)
+    ints = {k: v.sum(1).tolist() for k, v in ints.items()}
+    return [dict(pixels=s.shape[1], **{k: v[i] for k, v in ints.items()},
+                 ap=average_precision(torch.cat([1 - s[i], s[i]]), torch.cat([~gt[i], gt[i]])))
+            for i in range(len(s))]
+
+
+def merge_segmentation_counts(counts: list[dict]) -> dict:
+    """:func:`binary_segmentation`'s dict (percent) from the per-image :func:`segmentation_counts`
+    of a whole dataset, in image order: pixel counts summed over images, then the ratios; mAP the
+    mean of the per-image APs."""
+    if not counts:
+        raise ValueError("no images: counts is empty")
+    total = {k: sum(c[k] for c in counts) for k in ("pixels", "correct", "inter_fg", "union_fg",
+                                                   "inter_bg", "union_bg", "foreground")}
+    if not total["foreground"]:
+        raise ValueError("the masks hold no foreground pixel (after resizing to size x size): "
+                         "accuracy, mIoU and mAP are not defined for a dataset without foreground")
+    acc = total["correct"] / total["pixels"]
+    ious = [total[f"inter_{c}"] / total[f"union_{c}"] if total[f"union_{c}"] else 1.0 for c in ("fg", "bg")]
+    return dict(acc=100 * acc, miou=100 * sum(ious) / 2, map=100 * float(np.mean([c["ap"] for c in counts])),
+                miou_acc_2_minus_acc=100 * acc / (2 - acc), n=len(counts))
 
 
 # ----------------------------------------------------------------------------- unsupervised segmentation

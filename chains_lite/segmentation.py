@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from . import scores
 from .capture import TokenLayout
 from .flux import BLOCKS, HEAD_MIX, noised_attention
-from .metrics import binary_segmentation
+from .metrics import binary_segmentation, merge_segmentation_counts, segmentation_counts
 
 METHODS = scores.select("row_select", "column_select", "incoming_2", "incoming_3", "outgoing_2",
                         "outgoing_3")
@@ -194,6 +194,28 @@ def evaluate(loaded, images: torch.Tensor, masks: torch.Tensor, captions: list[s
     return out
 
 
+def segmentation_records(loaded, images: torch.Tensor, masks: torch.Tensor, captions: list[str],
+                         words: list[str], settings=(Setting(),), size: int = 224,
+                         resize: str = "nearest", **kw) -> list[dict]:
+    """Per-image records of :func:`evaluate` for :func:`chains_lite.runner.run`: one
+    ``{setting.name: segmentation_counts}`` per image of one batch (see
+    :func:`chains_lite.metrics.segmentation_counts`). ``kw``: for :func:`word_maps`; pass
+    ``seed`` as one int per image (:func:`chains_lite.runner.item_seed`) so an image's noise
+    does not depend on its batch. :func:`merge_records` gives :func:`evaluate`'s scores.
+    """
+    maps = word_maps(loaded, images, captions, words, settings, **kw)
+    per = {k: segmentation_counts(v.cpu(), masks, size=size, resize=resize) for k, v in maps.items()}
+    return [{k: per[k][b] for k in per} for b in range(len(images))]
+
+
+def merge_records(records: list[dict]) -> dict:
+    """``{setting.name: binary_segmentation dict}`` from the :func:`segmentation_records` of a
+    whole dataset, in image order (confusion counts summed, per-image APs averaged)."""
+    if not records:
+        raise ValueError("no images: records is empty")
+    return {k: merge_segmentation_counts([r[k] for r in records]) for k in records[0]}
+
+
 # ----------------------------------------------------------------------------- datasets
 def class_word_task(batch):
     """A ShapeWorld batch as a segmentation task: the class word of each image's largest shape,
@@ -233,9 +255,18 @@ def word_object_scores(loaded, batch, kind: str = "shape", setting=Setting(), n_
     return binary_segmentation(torch.cat(maps), torch.stack(gts), size=batch.images.shape[-1])
 
 
-def load_imagenet_segmentation(path, n: int | None = None, size: int = 512):
+def imagenet_segmentation_size(path) -> int:
+    """The number of images in ImageNet-Segmentation's ``gtsegs_ijcv.mat`` (needs ``h5py``)."""
+    import h5py
+    with h5py.File(path, "r") as f:
+        return len(f["/value/img"])
+
+
+def load_imagenet_segmentation(path, n: int | None = None, size: int = 512, indices=None):
     """ImageNet-Segmentation (Guillaumin et al.; the ``gtsegs_ijcv.mat`` file of Chefer et al.'s
-    benchmark, 4,276 images): ``(images (N, 3, size, size) in [0, 1], masks (N, size, size) bool)``.
+    benchmark, 4,276 images): ``(images (N, 3, size, size) in [0, 1], masks (N, size, size) bool)``
+    of the first ``n`` images (default all), or of the images ``indices`` (a list of ints: one
+    batch of a sharded run reads only its own images).
 
     The file is MATLAB v7.3 (HDF5): ``/value/img`` holds references to uint8 images stored
     ``(3, W, H)``, ``/value/gt`` references to references to ``(W, H)`` masks (read as in Chefer et
@@ -252,8 +283,9 @@ def load_imagenet_segmentation(path, n: int | None = None, size: int = 512):
     images, masks = [], []
     with h5py.File(path, "r") as f:
         refs_img, refs_gt = f["/value/img"], f["/value/gt"]
-        total = len(refs_img) if n is None else min(n, len(refs_img))
-        for i in range(total):
+        if indices is None:
+            indices = range(len(refs_img) if n is None else min(n, len(refs_img)))
+        for i in indices:
             img = np.array(f[refs_img[i, 0]]).transpose(0, 2, 1)            # (3, H, W)
             gt = np.array(f[f[refs_gt[i, 0]][0, 0]]).transpose(1, 0)       # (H, W)
             x = torch.from_numpy(np.ascontiguousarray(img)).float()[None] / 255

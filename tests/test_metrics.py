@@ -8,7 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chains_lite.metrics import auroc, average_precision, binary_segmentation, iou_at_mean, resize_maps
+from chains_lite.metrics import (auroc, average_precision, binary_segmentation, iou_at_mean,
+                                 merge_segmentation_counts, resize_maps, segmentation_counts)
 
 
 def brute_auroc(s, y):
@@ -176,6 +177,44 @@ def test_binary_segmentation_takes_float64_scores_beyond_float32_range():
     masks = torch.tensor([[[0, 1], [0, 1]]])
     out = binary_segmentation(scores, masks, size=2)
     assert out["acc"] == pytest.approx(100) and out["map"] == pytest.approx(100)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 6), st.integers(0, 2 ** 16), st.sampled_from([5, 12]),
+       st.sampled_from(["nearest", "bilinear"]), st.integers(1, 5))
+def test_merged_per_image_counts_are_the_whole_dataset_scores(n, seed, size, resize, cut):
+    """Any split of a dataset into parts (processes, resumed runs), merged in image order, scores
+    exactly as the dataset in one call: counts are summed, not averages averaged."""
+    g = torch.Generator().manual_seed(seed)
+    # some maps constant (all zero)
+    scores = torch.rand(n, 7, 9, generator=g) * torch.randint(0, 2, (n, 1, 1), generator=g)
+    masks = torch.rand(n, 13, 11, generator=g) > 0.6
+    masks[0, 4:9, 3:8] = True                    # some foreground after resizing
+    whole = binary_segmentation(scores, masks, size, resize)
+    cut = min(cut, n)
+    parts = segmentation_counts(scores[:cut], masks[:cut], size, resize) + \
+        segmentation_counts(scores[cut:], masks[cut:], size, resize) if cut < n else \
+        segmentation_counts(scores, masks, size, resize)
+    assert merge_segmentation_counts(parts) == whole
+    assert [c["pixels"] for c in parts] == [size * size] * n
+
+
+def test_per_image_counts_are_the_confusion_counts_by_hand():
+    s = torch.tensor([[[0.0, 1.0], [1.0, 0.0]], [[2.0, 2.0], [2.0, 2.0]]])   # second map constant
+    m = torch.tensor([[[False, True], [False, False]], [[True, False], [False, False]]])
+    a, b = segmentation_counts(s, m, size=2)
+    # image 0: pred = s > 0.5 = [[0, 1], [1, 0]] against gt [[0, 1], [0, 0]]
+    assert (a["correct"], a["inter_fg"], a["union_fg"], a["inter_bg"], a["union_bg"], a["foreground"]) == \
+        (3, 1, 2, 2, 3, 1)
+    # image 1: a constant map predicts nothing
+    assert (b["correct"], b["inter_fg"], b["union_fg"], b["inter_bg"], b["union_bg"]) == (3, 0, 1, 3, 4)
+    # two channels [1 - s, s] against [1 - gt, gt]: score 1 holds 3 of the 4 positives among 4
+    # pixels (P = 3/4 at R = 3/4), score 0 the last (P = 4/8 at R = 1)
+    assert a["ap"] == pytest.approx(0.75 * 0.75 + 0.25 * 0.5)
+    with pytest.raises(ValueError, match="no foreground"):
+        merge_segmentation_counts([dict(b, foreground=0)])
+    with pytest.raises(ValueError, match="empty"):
+        merge_segmentation_counts([])
 
 
 # ----------------------------------------------------------------------------- Hungarian segmentation

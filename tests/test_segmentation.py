@@ -97,3 +97,29 @@ def test_imagenet_segmentation_without_h5py_says_how_to_install_it(monkeypatch, 
     monkeypatch.setitem(sys.modules, "h5py", None)             # as if not installed
     with pytest.raises(ImportError, match="pip install h5py"):
         load_imagenet_segmentation(tmp_path / "gtsegs_ijcv.mat")
+
+
+def test_segmentation_records_do_not_depend_on_the_batch_and_merge_to_the_scores():
+    """One seed per image: an image's record is the same alone or in a batch, and merged records
+    are binary_segmentation of the maps of the whole set."""
+    from chains_lite import zoo
+    from chains_lite.metrics import binary_segmentation
+    from chains_lite.segmentation import merge_records, segmentation_records, word_maps
+    loaded = zoo.load("shapes-flux", mode="lite", device="cpu", verbose=False)
+    batch, masks, words = shapeworld_task(3, seed=3)
+    kw = dict(settings=["outgoing_2:uniform"], steps=1)
+    seeds = [11, 12, 13]
+    together = segmentation_records(loaded, batch.images, masks, batch.captions, words, size=32,
+                                    seed=seeds, **kw)
+    alone = segmentation_records(loaded, batch.images[2:], masks[2:], batch.captions[2:], words[2:],
+                                 size=32, seed=seeds[2:], **kw)
+    key = "outgoing_2:uniform"
+    assert alone[0][key]["correct"] == together[2][key]["correct"]
+    assert alone[0][key]["ap"] == pytest.approx(together[2][key]["ap"], abs=1e-6)
+    maps = word_maps(loaded, batch.images, batch.captions, words, seed=seeds, **kw)[key]
+    assert merge_records(together)[key] == binary_segmentation(maps, masks, size=32)
+    # the seed matters: other noise, other maps
+    other = word_maps(loaded, batch.images, batch.captions, words, seed=[1, 2, 3], **kw)[key]
+    assert not torch.allclose(maps, other)
+    with pytest.raises(ValueError, match="one int per image"):
+        word_maps(loaded, batch.images, batch.captions, words, seed=[1, 2], **kw)
