@@ -3,6 +3,12 @@
     python benchmarks/diffseg.py --mode lite --n-images 64 --seed 0 --out r.json
     python benchmarks/diffseg.py --mode full --data $COCO_STUFF_ROOT --file-list Coco164kFull_Stuff_Coarse_7.txt \\
                                  --fine-to-coarse fine_to_coarse.json --out coco.json
+    accelerate launch benchmarks/diffseg.py --mode full ... --out coco.json   # the same, on every GPU
+
+Runs on :func:`chains_lite.runner.run`: per-image records go to ``--run-dir`` (default: ``--out``
+with ``.run``) as they are made, so a rerun of the same command resumes, and ``accelerate launch``
+shares the images among processes; image ``i`` is noised from its own seed, so the JSON does not
+depend on the batch size or the number of processes.
 
 Each image goes once through the UNet, noised to ``--timestep`` (300 of 1000, as DiffSeg); the
 self-attention of every layer is aggregated into one chain (``chains_lite.diffseg.aggregate``),
@@ -31,17 +37,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from chains_lite import diffseg as ds  # noqa: E402
-from chains_lite import metrics, results, zoo  # noqa: E402
+from chains_lite import metrics, results, runner, zoo  # noqa: E402
 from chains_lite.zoo.inputs import CocoStuff, unet_inputs  # noqa: E402
 from chains_lite.zoo.shapeworld import CLASS_NAMES  # noqa: E402
 
@@ -62,21 +68,13 @@ def make_work(loaded, args, load_batch, n_classes, strategies, threshold):
     def work(indices):
         images, gt = load_batch(indices)
         x0, cond = unet_inputs(loaded, images)
-        noise = ds.index_noise(x0.shape[1:], indices, args.seed)
+        noise = ds.index_noise(x0.shape[1:], indices, args.seed)  # runner.item_seed(seed, i) per image
         attns, grids = ds.self_attention(loaded.model, x0, loaded.scheduler, args.timestep, cond, noise=noise)
         scored = ds.score_chains(ds.aggregate(attns, grids), gt, n_classes, strategies, threshold=threshold,
                                  per_side=args.per_side, min_distance=args.min_distance, metric=args.distance)
         return [{"index": i} | {s: {k: np.asarray(v[j]).tolist() for k, v in scored[s].items()}
                                 for s in strategies} for j, i in enumerate(indices)]
     return work
-
-
-def run(work, n, batch, desc):
-    """Every record of items ``0..n-1``, computed in chunks of ``batch``, in index order."""
-    out = []
-    for start in tqdm(range(0, n, batch), desc=desc, unit="batch"):
-        out += work(list(range(start, min(n, start + batch))))
-    return out
 
 
 def counts_of(records, strategy):
@@ -116,6 +114,9 @@ def main(argv=None):
     ap.add_argument("--n-images", type=int, default=None, help="default: 200 (lite), the whole list (full)")
     ap.add_argument("--seed", type=int, default=0, help="ShapeWorld stream (lite) and the noise")
     ap.add_argument("--out", default=None, help="write the results as JSON here (never overwritten)")
+    ap.add_argument("--run-dir", default=None,
+                    help="the run's per-image records, for resuming (default: --out with .run; "
+                         "without either, a temporary folder)")
     ap.add_argument("--strategies", nargs="+", default=["uniform", "tokenrank"],
                     help="anchor strategies; the first is the baseline of the paired difference")
     ap.add_argument("--threshold", type=float, default=None,
@@ -138,6 +139,15 @@ def main(argv=None):
         out_path = results.prepare_out(args.out) if args.out else None
     except (ValueError, FileExistsError) as e:
         ap.error(str(e))
+    if args.run_dir is None and args.out is None and runner.state().num_processes > 1:
+        ap.error("a run of several processes needs --out or --run-dir (the folder they share)")
+    if args.mode == "full":
+        try:
+            zoo.preflight("sd15", data={"--data": args.data, "--file-list": args.file_list,
+                                        "--fine-to-coarse": args.fine_to_coarse},
+                          fix="run lite mode with --mode lite, or set HF_HUB_OFFLINE=1 with the weights cached")
+        except zoo.FullModeUnavailable as e:
+            ap.error(str(e))
     t0 = time.perf_counter()
     batch = args.batch_size or (32 if args.mode == "lite" else 1)
     if args.mode == "lite":
@@ -148,22 +158,31 @@ def main(argv=None):
         data = CocoStuff(args.data, args.file_list, args.fine_to_coarse)
         if data.n_classes != FULL_CLASSES:
             ap.error(f"--fine-to-coarse maps to {data.n_classes} classes; COCO-Stuff-27 has {FULL_CLASSES}")
-        loaded = zoo.load("sd15", mode="full")
+        loaded = zoo.load("sd15", mode="full", device=runner.state().device)
         n, n_classes = min(args.n_images or len(data), len(data)), FULL_CLASSES
         threshold = args.threshold or ds.KL_THRESHOLD["coco-stuff"]
         load_batch = data.batch
+    config = dict(mode=args.mode, model=loaded.name, n_images=n, seed=args.seed, threshold=threshold,
+                  timestep=args.timestep, per_side=args.per_side, min_distance=args.min_distance,
+                  distance=args.distance, strategies=args.strategies, data=args.data, file_list=args.file_list)
     sweep = {}
-    if args.mode == "lite" and args.sweep:
-        val = lambda idx: lite_batch(idx, args.seed, split="val")  # noqa: E731
-        for thr in args.sweep:
-            recs = run(make_work(loaded, args, val, n_classes, args.strategies, thr), min(n, 64), batch,
-                       f"val threshold {thr}")
-            sweep[thr] = {s: metrics.scores_from_counts(counts_of(recs, s)) for s in args.strategies}
-            print(f"val threshold {thr}: " + ", ".join(
-                f"{s} acc {100 * v['acc']:.1f} mIoU {100 * v['miou']:.1f}" for s, v in sweep[thr].items()))
-    with torch.no_grad():
-        records = run(make_work(loaded, args, load_batch, n_classes, args.strategies, threshold), n, batch,
-                      "diffseg")
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.mode == "lite" and args.sweep:
+            val = lambda idx: lite_batch(idx, args.seed, split="val")  # noqa: E731
+            for thr in args.sweep:
+                recs = runner.run(make_work(loaded, args, val, n_classes, args.strategies, thr), min(n, 64),
+                                  Path(tmp) / f"val{thr}", dict(config, threshold=thr, split="val"), batch=batch,
+                                  desc=f"val threshold {thr}")
+                if recs is not None:
+                    sweep[thr] = {s: metrics.scores_from_counts(counts_of(recs, s)) for s in args.strategies}
+                    print(f"val threshold {thr}: " + ", ".join(
+                        f"{s} acc {100 * v['acc']:.1f} mIoU {100 * v['miou']:.1f}" for s, v in sweep[thr].items()))
+        with torch.no_grad():
+            records = runner.run(make_work(loaded, args, load_batch, n_classes, args.strategies, threshold), n,
+                                 runner.run_dir(args.out, args.run_dir) or tmp, config, batch=batch,
+                                 desc="diffseg")
+    if records is None:  # not the main process: it has written its share
+        return
     res = summarize(records, args.strategies, args.n_boot, args.seed)
     elapsed = time.perf_counter() - t0
     print(f"\n{loaded.name} ({args.mode} mode), {n} images, seed {args.seed}, threshold {threshold}, "

@@ -75,6 +75,12 @@ def main(argv=None):
     if args.run_dir is None and args.out is None and runner.state().num_processes > 1:
         ap.error("a run of several processes needs --out or --run-dir (the folder they share)")
 
+    if args.mode == "full":
+        try:
+            zoo.preflight(model_name, data={"--data": args.data},
+                          fix="run lite mode with --mode lite, or set HF_HUB_OFFLINE=1 with the weights cached")
+        except zoo.FullModeUnavailable as e:
+            ap.error(str(e))
     t0 = time.time()
     loaded = zoo.load(model_name, mode=args.mode, device=runner.state().device)
     classify = None

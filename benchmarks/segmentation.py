@@ -121,6 +121,12 @@ def main(argv=None):
         ap.error("--methods names no setting")
     if args.run_dir is None and args.out is None and runner.state().num_processes > 1:
         ap.error("a run of several processes needs --out or --run-dir (the folder they share)")
+    if args.mode == "full":
+        try:
+            zoo.preflight("flux-schnell", data={"--data": args.data, "--classes": args.classes}, packages=["h5py"],
+                          fix="run lite mode with --mode lite, or set HF_HUB_OFFLINE=1 with the weights cached")
+        except zoo.FullModeUnavailable as e:
+            ap.error(str(e))
     t0 = time.perf_counter()
     if args.mode == "lite":
         n, load = lite_data(500 if args.n_images is None else args.n_images, args.seed)

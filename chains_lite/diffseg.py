@@ -90,9 +90,11 @@ def self_attention(unet, x0: torch.Tensor, scheduler, timestep: int = TIMESTEP, 
 
 def index_noise(shape, indices, seed: int = 0) -> torch.Tensor:
     """``(len(indices), *shape)`` standard normal noise, image ``i``'s drawn from its own seed
-    ``(seed, i)``: an image gets the same noise in any batch, order or process."""
+    :func:`chains_lite.runner.item_seed` ``(seed, i)``: an image gets the same noise in any batch,
+    order or process."""
+    from .runner import item_seed
     return torch.stack([torch.randn(tuple(shape), generator=torch.Generator().manual_seed(
-        int(seed) * 1_000_003 + int(i))) for i in indices])
+        item_seed(int(seed), int(i)))) for i in indices])
 
 
 # ----------------------------------------------------------------------------- aggregation

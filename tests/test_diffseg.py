@@ -239,3 +239,14 @@ def test_diffseg_runner_writes_json_and_never_overwrites(tmp_path):
     with pytest.raises(SystemExit):
         _runner().main(["--n-images", "3", "--out", str(out)])
     assert json.loads(out.read_text()) == r
+
+
+def test_diffseg_runner_resumes_from_its_run_dir(tmp_path):
+    import json
+    argv = ["--n-images", "3", "--n-boot", "20", "--batch-size", "2", "--run-dir", str(tmp_path / "run")]
+    _runner().main(argv + ["--out", str(tmp_path / "a.json")])
+    _runner().main(argv + ["--out", str(tmp_path / "b.json")])   # every record is on disk: nothing to do
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("a.json", "b.json"))
+    assert a["results"] == b["results"]
+    with pytest.raises(ValueError, match="threshold"):  # another configuration into the same folder
+        _runner().main(argv + ["--threshold", "0.2"])
