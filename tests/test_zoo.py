@@ -138,6 +138,9 @@ def test_full_open_clip_loader_builds_offline():
     loaded = load_full("clip-vitb32", device="cpu", pretrained=False)
     feats = loaded.model.encode_image(torch.rand(1, 3, 224, 224))
     assert feats.shape == (1, 512)
+    # OpenAI's CLIP weights were trained with QuickGELU; nn.GELU would change every activation
+    acts = {type(m).__name__ for m in loaded.model.visual.modules() if "GELU" in type(m).__name__}
+    assert acts == {"QuickGELU"}
     assert loaded.tokenizer(["a photo of a cat"]).shape == (1, 77)
 
 

@@ -107,7 +107,9 @@ FULL_MODELS = {
                                   "DINOv2 ViT-B/14 with 4 registers"),
     "vit-b16": FullSpec("timm", "vit_base_patch16_224.augreg2_in21k_ft_in1k", "shapes-vit",
                         "supervised ViT-B/16, ImageNet-1k classifier"),
-    "clip-vitb32": FullSpec("open_clip", "ViT-B-32/openai", "shapes-vit", "CLIP ViT-B/32 (OpenAI weights)",
+    # The OpenAI weights were trained with QuickGELU: the "-quickgelu" architecture matches them
+    # (plain "ViT-B-32" would run them with nn.GELU, and open_clip only warns).
+    "clip-vitb32": FullSpec("open_clip", "ViT-B-32-quickgelu/openai", "shapes-vit", "CLIP ViT-B/32 (OpenAI weights)",
                              repo="timm/vit_base_patch32_clip_224.openai"),
     "flux-schnell": FullSpec("flux", "black-forest-labs/FLUX.1-schnell", "shapes-flux",
                              "FLUX.1-schnell (gated: accept the licence on the hub, `hf auth login`)"),
