@@ -32,6 +32,10 @@ import torch
 
 from .capture import QK, Family, TokenLayout, additive_mask
 
+#: The oldest diffusers whose FLUX attention (``FluxAttention``: ``head_dim``, ``added_kv_proj_dim``,
+#: fused ``to_added_qkv``) this module reads; pyproject.toml and the notebooks' Colab installs ask for it.
+DIFFUSERS_MIN = "0.35"
+
 UNET_KINDS = ("self", "cross")
 FLUX_KINDS = ("joint", "double", "single")
 
@@ -131,10 +135,17 @@ UNET = Family("diffusers-unet", _unet_matches, _unet_layers, _unet_qk, lambda m:
 # ----------------------------------------------------------------------------- FLUX
 def _flux_matches(model) -> bool:
     try:
+        import diffusers
         from diffusers import FluxTransformer2DModel
     except ImportError:
         return False
-    return isinstance(model, FluxTransformer2DModel)
+    if not isinstance(model, FluxTransformer2DModel):
+        return False
+    from packaging.version import Version
+    if Version(diffusers.__version__) < Version(DIFFUSERS_MIN):
+        raise ImportError(f"capturing FLUX needs diffusers>={DIFFUSERS_MIN} (its FluxAttention), found "
+                          f"{diffusers.__version__}: pip install -U 'diffusers>={DIFFUSERS_MIN}'")
+    return True
 
 
 def _flux_layers(model) -> list:

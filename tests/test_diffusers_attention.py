@@ -162,3 +162,28 @@ def test_flux_joint_capture_covers_double_then_single_blocks():
     assert rec.layers == [0, 1, 2, 3] and rec.layout.patch_start == 5 and rec.layout.grid == (4, 4)
     for got, want in zip(rec.attentions, dbl.attentions + sgl.attentions):
         assert torch.equal(got, want)
+
+
+def test_diffusers_version_floor_is_declared_and_enforced(monkeypatch):
+    import json
+    import re
+    from pathlib import Path
+
+    import diffusers
+    from diffusers import FluxTransformer2DModel
+
+    from chains_lite.diffusers_attention import DIFFUSERS_MIN
+    root = Path(__file__).resolve().parent.parent
+    assert f'"diffusers>={DIFFUSERS_MIN}"' in (root / "pyproject.toml").read_text()
+    for nb in sorted((root / "notebooks").glob("*.ipynb")):   # Colab keeps an older preinstalled copy
+        for cell in json.loads(nb.read_text())["cells"]:
+            src = "".join(cell["source"])
+            if "google.colab" in src and re.search(r"\bdiffusers\b", src):
+                assert f'"diffusers>={DIFFUSERS_MIN}"' in src, f"{nb.name}: install diffusers>={DIFFUSERS_MIN}"
+    model = FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
+                                   attention_head_dim=16, num_attention_heads=2, joint_attention_dim=8,
+                                   pooled_projection_dim=8, axes_dims_rope=(4, 6, 6))
+    monkeypatch.setattr(diffusers, "__version__", "0.34.0")
+    with pytest.raises(ImportError, match=f"diffusers>={DIFFUSERS_MIN}"):
+        with capture(model):
+            pass
