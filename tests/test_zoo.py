@@ -160,3 +160,18 @@ def test_lite_names_cover_the_issue():
     assert set(LITE_NAMES) == {"shapes-vit", "shapes-vit-reg", "shapes-flux", "shapes-unet", "minilm"}
     assert all(spec.lite in LITE_NAMES for spec in FULL_MODELS.values())
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
+
+
+@pytest.mark.parametrize("family, gib, bf16, offload, dtype", [
+    ("flux", 15.0, False, "sequential", torch.float16),   # T4: no bfloat16
+    ("flux", 22.0, True, "sequential", torch.bfloat16),   # L4
+    ("flux", 32.0, True, "model", torch.bfloat16),        # V100 32 GB, RTX 5090
+    ("flux", 39.4, True, "none", torch.bfloat16),         # A100 40 GB
+    ("flux", 79.2, True, "none", torch.bfloat16),         # A100 / H100 80 GB
+    ("sd", 15.0, False, "none", torch.float16),
+    ("sd", 3.5, True, "model", torch.float16),
+])
+def test_memory_plan_per_gpu(family, gib, bf16, offload, dtype):
+    from chains_lite.zoo.load import memory_plan
+    plan = memory_plan(family, gib, bf16)
+    assert (plan.offload, plan.dtype) == (offload, dtype) and f"{gib:.0f} GiB" in plan.why

@@ -39,7 +39,7 @@ def _fake_pipeline(guidance_embeds: bool):
     transformer = SimpleNamespace(device=torch.device("cpu"), dtype=torch.float32,
                                   config=SimpleNamespace(guidance_embeds=guidance_embeds))
     return SimpleNamespace(vae=vae, transformer=transformer, encode_prompt=encode_prompt,
-                           tokenizer_2=tokenizer_2)
+                           tokenizer_2=tokenizer_2, _execution_device=torch.device("cpu"))
 
 
 def test_full_inputs_pack_the_latents_and_take_guidance_as_a_parameter():

@@ -210,7 +210,7 @@ def full_inputs(loaded, images: torch.Tensor, captions: list[str], max_sequence_
     pipe = loaded.pipeline
     if pipe is None:
         raise ValueError("full_inputs needs a loaded FluxPipeline (zoo.load('flux-schnell', mode='full'))")
-    device, dtype = pipe.transformer.device, pipe.transformer.dtype
+    device, dtype = pipe._execution_device, pipe.transformer.dtype   # the GPU, also when offloaded
     x = (torch.as_tensor(images).to(device, pipe.vae.dtype) * 2 - 1)
     with torch.no_grad():
         lat = pipe.vae.encode(x).latent_dist.mode()
@@ -254,6 +254,7 @@ def unet_inputs(loaded, images: torch.Tensor) -> tuple[torch.Tensor, dict]:
     pipe = loaded.pipeline
     if pipe is None:
         return (images * 2 - 1).to(device, unet.dtype), {}
+    device = pipe._execution_device   # the GPU, also when the pipeline is offloaded
     with torch.no_grad():
         x = (images * 2 - 1).to(device, pipe.vae.dtype)
         lat = pipe.vae.encode(x).latent_dist.mode() * pipe.vae.config.scaling_factor

@@ -134,11 +134,66 @@ def _full_open_clip(spec: FullSpec, device, pretrained=True, **overrides) -> Loa
                   tokenizer=open_clip.get_tokenizer(arch))
 
 
+@dataclass(frozen=True)
+class MemoryPlan:
+    """How a diffusion pipeline goes onto a GPU: ``dtype``, ``offload`` (``"none"``: every component
+    on the GPU; ``"model"``: one component at a time, ``enable_model_cpu_offload``; ``"sequential"``:
+    one layer at a time, ``enable_sequential_cpu_offload``, slow) and why."""
+
+    dtype: torch.dtype
+    offload: str
+    why: str
+
+
+#: Estimated peak GPU memory in GiB (weights in 16-bit plus activations at the book's sizes),
+#: not measured: FLUX.1-schnell ~24 GB transformer + ~9.5 GB T5-XXL + CLIP and VAE; SD1.5 ~2.6 GB.
+PIPELINE_GIB = {"flux": {"all": 36.0, "largest": 26.0}, "sd": {"all": 4.0, "largest": 3.0}}
+
+
+def memory_plan(family: str, gpu_gib: float, bf16: bool) -> MemoryPlan:
+    """The :class:`MemoryPlan` of a ``"flux"`` or ``"sd"`` pipeline on a GPU of ``gpu_gib`` GiB
+    (``bf16``: whether it computes in bfloat16; a T4 does not). The thresholds are estimates
+    (:data:`PIPELINE_GIB`) until measured on each card."""
+    need = PIPELINE_GIB[family]
+    dtype = torch.bfloat16 if (bf16 and family == "flux") else torch.float16
+    if gpu_gib >= need["all"]:
+        return MemoryPlan(dtype, "none", f"{gpu_gib:.0f} GiB holds the whole pipeline (~{need['all']:.0f} GiB)")
+    if gpu_gib >= need["largest"]:
+        return MemoryPlan(dtype, "model", f"{gpu_gib:.0f} GiB holds its largest component "
+                                          f"(~{need['largest']:.0f} GiB), not all at once")
+    return MemoryPlan(dtype, "sequential", f"{gpu_gib:.0f} GiB holds less than its largest component "
+                                           f"(~{need['largest']:.0f} GiB): layers stream from CPU memory (slow)")
+
+
+def _place(pipe, family: str, device) -> None:
+    """Move ``pipe`` to ``device`` by :func:`memory_plan` for that GPU, and print the plan."""
+    if device.type != "cuda":
+        pipe.to(device)
+        return
+    props = torch.cuda.get_device_properties(device)
+    plan = memory_plan(family, props.total_memory / 2**30, torch.cuda.is_bf16_supported())
+    print(f"[chains_lite] {props.name}: {plan.dtype}, offload={plan.offload} ({plan.why})")
+    if plan.offload == "none":
+        pipe.to(device)
+    elif plan.offload == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.enable_sequential_cpu_offload(device=device)
+
+
+def _gpu_dtype(family: str, device) -> torch.dtype:
+    if device.type != "cuda":
+        return torch.float32
+    return memory_plan(family, torch.cuda.get_device_properties(device).total_memory / 2**30,
+                       torch.cuda.is_bf16_supported()).dtype
+
+
 def _full_flux(spec: FullSpec, device, pretrained=True, **overrides) -> Loaded:
     from diffusers import FluxPipeline, FluxTransformer2DModel
     if not pretrained:  # tests: the same transformer class from a small config
         return Loaded(FluxTransformer2DModel(**overrides).to(device).eval(), "", "full", "")
-    pipe = FluxPipeline.from_pretrained(spec.hub_id, torch_dtype=torch.bfloat16).to(device)
+    pipe = FluxPipeline.from_pretrained(spec.hub_id, torch_dtype=_gpu_dtype("flux", device))
+    _place(pipe, "flux", device)
     return Loaded(pipe.transformer.eval(), "", "full", "", pipeline=pipe, tokenizer=pipe.tokenizer_2,
                   text_encoder=pipe.text_encoder_2, scheduler=pipe.scheduler)
 
@@ -147,8 +202,9 @@ def _full_sd(spec: FullSpec, device, pretrained=True, **overrides) -> Loaded:
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
     if not pretrained:
         return Loaded(UNet2DConditionModel(**overrides).to(device).eval(), "", "full", "")
-    pipe = StableDiffusionPipeline.from_pretrained(spec.hub_id, torch_dtype=torch.float16,
-                                                   safety_checker=None).to(device)
+    pipe = StableDiffusionPipeline.from_pretrained(spec.hub_id, torch_dtype=_gpu_dtype("sd", device),
+                                                   safety_checker=None)
+    _place(pipe, "sd", device)
     return Loaded(pipe.unet.eval(), "", "full", "", pipeline=pipe, tokenizer=pipe.tokenizer,
                   text_encoder=pipe.text_encoder, scheduler=pipe.scheduler)
 
@@ -158,7 +214,8 @@ _FULL_LOADERS = {"timm": _full_timm, "open_clip": _full_open_clip, "flux": _full
 _HOW_TO_FIX = (
     "Full mode downloads {hub_id} from the Hugging Face hub. Check: network access; for gated models "
     "(FLUX) accept the licence on the model page and run `hf auth login`; enough disk for the weights "
-    "(FLUX.1-schnell ~34 GB, SD1.5 ~5 GB, ViTs < 1 GB) and GPU memory (FLUX ~24 GB in bf16). "
+    "(FLUX.1-schnell ~34 GB, SD1.5 ~5 GB, ViTs < 1 GB) and GPU memory (see zoo.load.memory_plan: FLUX "
+    "offloads to CPU memory below ~36 GiB of GPU memory, and streams layer by layer below ~26 GiB). "
     "Or run lite mode: load({name!r}, mode='lite') or CHAINS_MODE=lite."
 )
 
