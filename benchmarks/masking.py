@@ -68,12 +68,10 @@ def main(argv=None):
         ap.error("full mode needs --data: an ImageNet validation folder (val/<wnid>/*.JPEG)")
     try:
         masking.check_fractions(fractions)
-        out_path = results.prepare_out(args.out) if args.out else None
+        out_path = runner.claim_outputs(args.out, args.run_dir)
     except (ValueError, FileExistsError) as e:
         ap.error(str(e))
 
-    if args.run_dir is None and args.out is None and runner.state().num_processes > 1:
-        ap.error("a run of several processes needs --out or --run-dir (the folder they share)")
 
     if args.mode == "full":
         try:

@@ -114,13 +114,11 @@ def main(argv=None):
     check_args(ap, args)
     try:
         settings = [Setting.parse(s) for s in args.methods.split(",") if s]
-        out_path = results.prepare_out(args.out) if args.out else None
+        out_path = runner.claim_outputs(args.out, args.run_dir)
     except (ValueError, FileExistsError) as e:
         ap.error(str(e))
     if not settings:
         ap.error("--methods names no setting")
-    if args.run_dir is None and args.out is None and runner.state().num_processes > 1:
-        ap.error("a run of several processes needs --out or --run-dir (the folder they share)")
     if args.mode == "full":
         try:
             zoo.preflight("flux-schnell", data={"--data": args.data, "--classes": args.classes}, packages=["h5py"],

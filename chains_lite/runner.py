@@ -251,3 +251,15 @@ def run_dir(out=None, run_dir=None) -> Path | None:
     if run_dir is not None:
         return Path(run_dir)
     return None if out is None else Path(out).with_suffix(".run")
+
+
+def claim_outputs(out=None, run_dir=None) -> Path | None:
+    """A benchmark's output check, before any work: the result file ``out`` must not exist
+    (:func:`chains_lite.results.prepare_out`; ``FileExistsError``), and a run of several processes
+    needs ``out`` or ``run_dir`` for the folder they share (``ValueError``). Returns ``out`` as a
+    ``Path`` (``None`` without one)."""
+    from .results import prepare_out
+    out_path = prepare_out(out) if out else None
+    if run_dir is None and out is None and state().num_processes > 1:
+        raise ValueError("a run of several processes needs --out or --run-dir (the folder they share)")
+    return out_path

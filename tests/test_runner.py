@@ -244,3 +244,12 @@ def test_masking_benchmark_killed_midway_then_rerun_writes_the_uninterrupted_jso
     whole, resumed = (json.loads((tmp_path / f"{k}.json").read_text()) for k in ("whole", "resumed"))
     assert whole.pop("seconds") >= 0 and resumed.pop("seconds") >= 0
     assert whole == resumed and whole["n_images"] == 6
+
+
+def test_claim_outputs_refuses_an_existing_result_before_any_work(tmp_path):
+    from chains_lite.runner import claim_outputs
+    (tmp_path / "r.json").write_text("{}")
+    with pytest.raises(FileExistsError):
+        claim_outputs(tmp_path / "r.json")
+    assert claim_outputs(tmp_path / "new" / "r.json") == tmp_path / "new" / "r.json"
+    assert claim_outputs() is None and claim_outputs(run_dir=tmp_path) is None
