@@ -195,8 +195,8 @@ def spaced_top(score: torch.Tensor, size: int, count: int, min_distance: float,
             break
         if not kept or _distance(points[i:i + 1], points[kept], metric).min() >= min_distance:
             kept.append(i)
-    rest = [i for i in range(len(order)) if i not in set(kept)]
-    kept += rest[:count - len(kept)]
+    taken = set(kept)
+    kept += [i for i in range(len(order)) if i not in taken][:count - len(kept)]
     return points[kept]
 
 
