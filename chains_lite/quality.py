@@ -5,8 +5,9 @@ The statistics behind FID, KID and IS, in any feature space: Inception's for the
 never called so). Intervals come from a percentile bootstrap over the generated samples; methods
 run on the same seeds are compared paired, on the same resampled indices.
 
-* :func:`frechet_distance` (from :mod:`chains_lite.zoo.evaluate`): distance of Gaussians fitted
-  to the two feature sets (FID in Inception space);
+* :func:`frechet_distance`: distance of Gaussians fitted to the two feature sets (FID in
+  Inception space), through symmetric eigen-decompositions (fast and stable for singular
+  covariances, as with fewer samples than dimensions);
 * :func:`kid`: the unbiased estimate of the squared MMD with the polynomial kernel
   ``k(x, y) = (x . y / d + 1)^3`` (Binkowski et al. 2018);
 * :func:`inception_score`: ``exp(E_x KL(p(y|x) || p(y)))`` of class probabilities;
@@ -17,11 +18,25 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .zoo.evaluate import frechet_distance
 
 METRICS = ("frechet", "kid", "is", "confident")
 #: True where a higher value is better.
 HIGHER_IS_BETTER = {"frechet": False, "kid": False, "is": True, "confident": True}
+
+
+def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2))`` of features ``a`` ``(N, D)`` and
+    ``b`` ``(M, D)``. ``tr (S_a S_b)^(1/2)`` is the sum of square roots of the eigenvalues of the
+    symmetric ``S_a^(1/2) S_b S_a^(1/2)``, which has the same spectrum."""
+    a, b = a.double(), b.double()
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or len(a) < 2 or len(b) < 2:
+        raise ValueError(f"frechet_distance needs (N, D) and (M, D) features with N, M >= 2, got "
+                         f"{tuple(a.shape)} and {tuple(b.shape)}")
+    sa, sb = torch.cov(a.T), torch.cov(b.T)
+    w, v = torch.linalg.eigh(sa)
+    root = (v * w.clamp_min(0).sqrt()) @ v.T
+    cross = torch.linalg.eigvalsh(root @ sb @ root).clamp_min(0).sqrt().sum()
+    return float(((a.mean(0) - b.mean(0)) ** 2).sum() + sa.trace() + sb.trace() - 2 * cross)
 
 
 def kid(a: torch.Tensor, b: torch.Tensor) -> float:

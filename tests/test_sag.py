@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel, UNet2DModel
 from PIL import Image
 from scipy import ndimage
@@ -179,6 +178,15 @@ def test_conditional_unet_with_cfg_guides_with_the_unconditional_branch(cond_une
     assert torch.equal(mask, sag.token_mask(rec.attentions[0], rec.layouts[0], "tokenrank"))
     with pytest.raises(ValueError, match="uncond_context"):
         sag.guided_eps(cond_unet, s, x, t, sag.SAG(), c, None, cfg=3.0)
+
+
+def test_frechet_distance_matches_scipy_sqrtm():
+    from chains_lite.zoo.evaluate import frechet_distance as scipy_fd
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(300, 6, generator=gen, dtype=torch.float64) @ torch.randn(6, 6, generator=gen, dtype=torch.float64)
+    b = torch.randn(200, 6, generator=gen, dtype=torch.float64) + 0.5
+    assert quality.frechet_distance(a, b) == pytest.approx(scipy_fd(a, b), rel=1e-8)
+    assert quality.frechet_distance(a, a) == pytest.approx(0, abs=1e-8)
 
 
 def test_kid_and_is_against_naive_references():
