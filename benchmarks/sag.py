@@ -21,7 +21,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
 from chains_lite import results, zoo
@@ -37,26 +36,6 @@ def run_chunks(work, n: int, batch: int) -> list[dict]:
     return records
 
 
-def _fmt(m: dict) -> str:
-    return f"{m['value']:.4g} [{m['low']:.4g}, {m['high']:.4g}]"
-
-
-def print_table(table: dict, mode: str) -> None:
-    names = {"frechet": "FID" if mode == "full" else "Fréchet (vit)", "kid": "KID",
-             "is": "IS" if mode == "full" else "IS analogue", "confident": "p>=0.9 share"}
-    print(f"\n[{mode} mode] {table['n_samples']} samples, scale {table['headline_scale']:g}, 95 % bootstrap intervals")
-    print(f"{'method':>16} " + " ".join(f"{names[m]:>28}" for m in names) + "  mask | paper IS / FID / KID")
-    rows = dict(table["methods"], **({"real": table["real"]} if table.get("real") else {}))
-    for meth, row in rows.items():
-        paper = exp.PAPER_TABLE2.get(meth)
-        ref = f"{paper['is']} / {paper['fid']} / {paper['kid']}" if paper else ""
-        mask = f"{row['masked_fraction']:5.2f}" if "masked_fraction" in row else "     "
-        print(f"{meth:>16} " + " ".join(f"{_fmt(row[m]):>28}" for m in names) + f" {mask} | {ref}")
-    print("paired differences (a - b) [interval], share of resamples where a is better:")
-    for pair, row in table["pairs"].items():
-        print(f"  {pair}: " + "; ".join(f"{m} {_fmt(v)} ({v['better_share']:.2f})" for m, v in row.items()))
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--mode", choices=["lite", "full"], default="lite")
@@ -66,7 +45,7 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=None, help="DDIM steps; default lite 20, full 50")
     ap.add_argument("--layer", choices=LAYERS, default="decoder")
     ap.add_argument("--cap", type=float, default=exp.TOKENRANK_CAP, help="TokenRank's masked-share cap")
-    ap.add_argument("--batch", type=int, default=None, help="samples per chunk; default lite 64, full 8")
+    ap.add_argument("--batch", type=int, default=None, help="samples per chunk; default lite 16, full 8")
     ap.add_argument("--n-boot", type=int, default=200)
     ap.add_argument("--prompts", type=Path, help="full mode: a text file, one prompt per line")
     ap.add_argument("--reference", type=Path, help="full mode: a folder of real images (png/jpg)")
@@ -76,7 +55,7 @@ def main(argv=None):
     full = args.mode == "full"
     scales = args.scales or ([0.75] if full else [0.5, 1.0, 2.0])
     steps = args.steps or (50 if full else 20)
-    batch = args.batch or (8 if full else 64)
+    batch = args.batch or (8 if full else 16)
     for name, v in (("--n-samples", args.n_samples), ("--steps", steps), ("--batch", batch), ("--n-boot", args.n_boot)):
         if v < 1:
             ap.error(f"{name} must be >= 1, got {v}")
@@ -103,9 +82,7 @@ def main(argv=None):
     common = dict(scales=scales, steps=steps, seed=args.seed, layer=args.layer, cap=args.cap)
     if full:
         loaded = zoo.load("sd15", mode="full")
-        pipe, device = loaded.pipeline, loaded.pipeline.device
-        encode = lambda p: pipe.encode_prompt(p, device, 1, False)[0]  # noqa: E731
-        decode = lambda z: pipe.vae.decode(z / pipe.vae.config.scaling_factor).sample / 2 + 0.5  # noqa: E731
+        encode, decode = exp.sd_codec(loaded)
         work = functools.partial(exp.full_work, unet=loaded.model, scheduler=_ddim(loaded.scheduler),
                                  encode=encode, decode=decode, prompts=prompts, cfg=args.cfg,
                                  out_dir=out_path.with_suffix(""), **common)
@@ -121,7 +98,7 @@ def main(argv=None):
                                  size=loaded.model.config.sample_size)
         table = exp.summarize(records, ref["reference"], ref["real"], n_boot=args.n_boot, seed=args.seed)
     seconds = time.time() - t0
-    print_table(table, loaded.mode)
+    print("\n" + exp.format_table(table, loaded.mode))
     settings = dict(mode=loaded.mode, model=loaded.name, seed=args.seed, steps=steps, sampler="DDIM (eta=0)",
                     scales=scales, layer=args.layer, tokenrank_cap=args.cap, blur="gaussian 9 taps, sigma 1",
                     cfg=args.cfg if full else None, seconds=round(seconds, 1),

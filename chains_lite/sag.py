@@ -227,8 +227,9 @@ def sample(unet, scheduler, noise: torch.Tensor, sag: SAG = SAG(), steps: int = 
 @torch.no_grad()
 def trajectory_masks(unet, scheduler, noise: torch.Tensor, sources=("column_sum", "tokenrank"),
                      caps=(None, 0.4), steps: int = 20, layer: str = "decoder",
-                     alpha: float = DEFAULT_ALPHA) -> tuple[dict, tuple[int, int]]:
-    """The masks each source would give along one unguided trajectory of ``noise`` ``(B, C, H, W)``.
+                     alpha: float = DEFAULT_ALPHA, context=None) -> tuple[dict, tuple[int, int]]:
+    """The masks each source would give along one unguided trajectory of ``noise`` ``(B, C, H, W)``
+    (``context``: text states of a conditional UNet).
 
     Returns ``({source: (steps, B, h, w) bool}, grid)``; ``caps``: one cap per source."""
     if len(caps) != len(sources):
@@ -239,7 +240,7 @@ def trajectory_masks(unet, scheduler, noise: torch.Tensor, sources=("column_sum"
     for t in sched.timesteps:
         xin = sched.scale_model_input(x, t)
         with capture(unet, layers=[sag_layer(unet, layer)], heads="mean", kind="self") as rec:
-            eps = _eps(unet, xin, t, None)
+            eps = _eps(unet, xin, t, context)
         grid = rec.layouts[0].grid
         for s, c in zip(sources, caps):
             out[s].append(token_mask(rec.attentions[0], rec.layouts[0], s, c, alpha).reshape(-1, *grid))

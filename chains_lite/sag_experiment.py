@@ -57,25 +57,39 @@ def _key(method: str, scale: float) -> str:
 
 
 # ----------------------------------------------------------------------------- lite
-def lite_work(indices, *, unet, scheduler, judge, scales=(1.0,), steps: int = 20, seed: int = 0,
-              layer: str = "decoder", cap: float | None = TOKENRANK_CAP) -> list[dict]:
-    """Sample every run for ``indices`` with the unconditional ``unet`` and score the samples with
-    the classifier ``judge`` (``shapes-vit``). One record per index: ``{"index", "runs": [{"method",
-    "scale", "features" (D,), "probs" (C,), "masked_fraction"}]}``."""
-    from .zoo.evaluate import classify, features
+def lite_images(indices, *, unet, scheduler, scales=(1.0,), steps: int = 20, seed: int = 0,
+                layer: str = "decoder", cap: float | None = TOKENRANK_CAP) -> dict:
+    """Every run's samples of ``indices`` from the unconditional ``unet``:
+    ``{(method, scale): (images (B, 3, H, W) in [0, 1], masked_fraction (B,))}``."""
     indices = list(indices)
     size = unet.config.sample_size
     noise = initial_noise(indices, (unet.config.in_channels, size, size), seed)
     noise = noise.to(next(unet.parameters()).device)
-    records = [{"index": int(i), "runs": []} for i in indices]
+    out = {}
     for method, scale in runs(scales):
-        out = sample(unet, scheduler, noise, method_sag(method, scale, layer, cap), steps=steps)
-        imgs = ((out.x.float() + 1) / 2).clamp(0, 1).cpu()
+        s = sample(unet, scheduler, noise, method_sag(method, scale, layer, cap), steps=steps)
+        out[(method, scale)] = (((s.x.float() + 1) / 2).clamp(0, 1).cpu(), s.masked_fraction)
+    return out
+
+
+def lite_records(indices, images: dict, judge) -> list[dict]:
+    """:func:`lite_images`' samples scored by the classifier ``judge`` (``shapes-vit``): one record
+    per index, ``{"index", "runs": [{"method", "scale", "features" (D,), "probs" (C,),
+    "masked_fraction"}]}``."""
+    from .zoo.evaluate import classify, features
+    records = [{"index": int(i), "runs": []} for i in indices]
+    for (method, scale), (imgs, masked) in images.items():
         f, p = features(judge, imgs), classify(judge, imgs)
-        for r, fi, pi, mf in zip(records, f, p, out.masked_fraction):
+        for r, fi, pi, mf in zip(records, f, p, masked):
             r["runs"].append({"method": method, "scale": scale, "features": fi.tolist(),
                               "probs": pi.tolist(), "masked_fraction": float(mf)})
     return records
+
+
+def lite_work(indices, *, judge, **settings) -> list[dict]:
+    """:func:`lite_records` of :func:`lite_images` (``settings``: its keyword arguments)."""
+    indices = list(indices)
+    return lite_records(indices, lite_images(indices, **settings), judge)
 
 
 def lite_reference(judge, n_reference: int, n_real: int, seed: int = 0, size: int = 32) -> dict:
@@ -165,6 +179,15 @@ def full_work(indices, *, unet, scheduler, encode, decode, prompts: list[str], o
     return records
 
 
+def sd_codec(loaded):
+    """``(encode, decode)`` of a loaded SD pipeline (``zoo.load("sd15", mode="full")``): prompts ->
+    text states ``(B, 77, 768)``, latents -> images ``(B, 3, H, W)`` in [0, 1]."""
+    pipe = loaded.pipeline
+    encode = lambda prompts: pipe.encode_prompt(list(prompts), pipe.device, 1, False)[0]  # noqa: E731
+    decode = lambda z: pipe.vae.decode(z / pipe.vae.config.scaling_factor).sample / 2 + 0.5  # noqa: E731
+    return encode, decode
+
+
 def inception_extractor(device=None):
     """``uint8 (B, 3, H, W)`` -> ``(2048-d pool features, class probabilities)`` of the FID
     Inception network (torchmetrics / torch-fidelity weights, downloaded at first use)."""
@@ -216,3 +239,32 @@ def summarize_full(records: list[dict], reference_paths, extract=None, headline:
                   for m, s in by_run]
         scored.append({"index": i, "runs": runs_i})
     return summarize(scored, reference, headline=headline, n_boot=n_boot, seed=seed)
+
+
+# ----------------------------------------------------------------------------- the table
+METRIC_NAMES = {"lite": {"frechet": "Fréchet (vit)", "kid": "KID (vit)", "is": "IS analogue",
+                         "confident": "p>=0.9 share"},
+                "full": {"frechet": "FID", "kid": "KID", "is": "IS", "confident": "p>=0.9 share"}}
+
+
+def _fmt(m: dict) -> str:
+    return f"{m['value']:.4g} [{m['low']:.4g}, {m['high']:.4g}]"
+
+
+def format_table(table: dict, mode: str) -> str:
+    """:func:`summarize`'s table as text, each metric with its interval, beside the paper's
+    Table 2 (SD1.5, IS / FID / KID), then the paired differences."""
+    names = METRIC_NAMES[mode]
+    lines = [f"[{mode} mode] {table['n_samples']} samples, SAG scale {table['headline_scale']:g}, "
+             "95 % bootstrap intervals; paper = Table 2, SD1.5, 50K samples",
+             f"{'method':>15} " + " ".join(f"{names[m]:>26}" for m in names) + "  mask | paper IS / FID / KID"]
+    rows = dict(table["methods"], **({"real": table["real"]} if table.get("real") else {}))
+    for meth, row in rows.items():
+        paper = PAPER_TABLE2.get(meth)
+        ref = f"{paper['is']} / {paper['fid']} / {paper['kid']}" if paper else "(real images)"
+        mask = f"{row['masked_fraction']:5.2f}" if "masked_fraction" in row else "     "
+        lines.append(f"{meth:>15} " + " ".join(f"{_fmt(row[m]):>26}" for m in names) + f" {mask} | {ref}")
+    lines.append("paired differences a - b [interval] (share of resamples where a is better):")
+    for pair, row in table["pairs"].items():
+        lines.append(f"  {pair}: " + "; ".join(f"{m} {_fmt(v)} ({v['better_share']:.2f})" for m, v in row.items()))
+    return "\n".join(lines)
