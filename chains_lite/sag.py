@@ -227,11 +227,12 @@ def sample(unet, scheduler, noise: torch.Tensor, sag: SAG = SAG(), steps: int = 
 @torch.no_grad()
 def trajectory_masks(unet, scheduler, noise: torch.Tensor, sources=("column_sum", "tokenrank"),
                      caps=(None, 0.4), steps: int = 20, layer: str = "decoder",
-                     alpha: float = DEFAULT_ALPHA, context=None) -> tuple[dict, tuple[int, int]]:
+                     alpha: float = DEFAULT_ALPHA, context=None) -> tuple[dict, tuple[int, int], torch.Tensor]:
     """The masks each source would give along one unguided trajectory of ``noise`` ``(B, C, H, W)``
     (``context``: text states of a conditional UNet).
 
-    Returns ``({source: (steps, B, h, w) bool}, grid)``; ``caps``: one cap per source."""
+    Returns ``({source: (steps, B, h, w) bool}, grid, the final samples (B, C, H, W))``;
+    ``caps``: one cap per source."""
     if len(caps) != len(sources):
         raise ValueError(f"one cap per source: {len(sources)} sources, {len(caps)} caps")
     sched = type(scheduler).from_config(scheduler.config)
@@ -245,4 +246,4 @@ def trajectory_masks(unet, scheduler, noise: torch.Tensor, sources=("column_sum"
         for s, c in zip(sources, caps):
             out[s].append(token_mask(rec.attentions[0], rec.layouts[0], s, c, alpha).reshape(-1, *grid))
         x = sched.step(eps, t, x).prev_sample
-    return {s: torch.stack(v) for s, v in out.items()}, grid
+    return {s: torch.stack(v) for s, v in out.items()}, grid, x

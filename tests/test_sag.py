@@ -72,6 +72,20 @@ def test_guidance_changes_samples_and_repeats_exactly(unet, sched):
     assert (a.masked_fraction <= 0.4 + 1e-6).all() and (a.masked_fraction > 0).all()
 
 
+def test_trajectory_masks_follow_the_plain_trajectory(unet, sched):
+    noise = sag.initial_noise([0, 1], (3, 16, 16), seed=2)
+    masks, grid, x = sag.trajectory_masks(unet, sched, noise, ("column_sum", "tokenrank"), (None, 0.25), steps=3)
+    assert torch.equal(x, sag.sample(unet, sched, noise, steps=3).x)
+    assert grid == (8, 8) and masks["tokenrank"].shape == (3, 2, 8, 8)
+    assert (masks["tokenrank"].flatten(2).sum(-1) <= 16).all()   # floor(0.25 * 64)
+    s = DDIMScheduler.from_config(sched.config)
+    s.set_timesteps(3)
+    with torch.no_grad(), capture(unet, layers=[sag.sag_layer(unet)], heads="mean") as rec:
+        unet(noise, s.timesteps[0])
+    first = sag.token_mask(rec.attentions[0], rec.layouts[0], "column_sum").reshape(2, 8, 8)
+    assert torch.equal(masks["column_sum"][0], first)
+
+
 def test_noise_of_an_index_does_not_depend_on_the_chunk():
     whole = sag.initial_noise(range(5), (2, 3), seed=7)
     parts = torch.cat([sag.initial_noise([0, 1], (2, 3), 7), sag.initial_noise([2, 3, 4], (2, 3), 7)])
