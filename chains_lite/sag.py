@@ -29,7 +29,7 @@ modified and ``s = 0`` gives plain sampling bit for bit.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -61,18 +61,20 @@ def sag_layer(unet, where: str = "decoder") -> int:
 
 def token_mask(A: torch.Tensor, layout: TokenLayout, source: str = "column_sum",
                cap: float | None = None, alpha: float = DEFAULT_ALPHA,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+               generator: torch.Generator | None = None, **options) -> torch.Tensor:
     """The tokens SAG blurs: ``(B, N)`` bool from attention ``A`` ``(B, H, N, N)`` or ``(B, N, N)``.
 
     Heads are averaged into one chain, scored by the registry method ``source`` (``alpha``:
-    TokenRank's teleport weight), and a token is masked when ``N * score > 1``; ``cap`` in (0, 1]
-    keeps at most ``floor(cap * N)`` of those, the highest scored."""
+    TokenRank's teleport weight; ``options``: the score's others, e.g. ``steps`` of
+    ``bounce_center``), and a token is masked when ``N * score > 1``; ``cap`` in (0, 1] keeps at
+    most ``floor(cap * N)`` of those, the highest scored."""
     if A.ndim not in (3, 4) or A.shape[-1] != A.shape[-2]:
         raise ValueError(f"A must be (B, H, N, N) or (B, N, N), got {tuple(A.shape)}")
     if cap is not None and not (isinstance(cap, (int, float)) and 0 < cap <= 1):
         raise ValueError(f"cap must be None or in (0, 1], got {cap!r}")
     chain = A.float().mean(1) if A.ndim == 4 else A.float()
-    options = {"alpha": alpha} if source == "tokenrank" else {}
+    if source == "tokenrank":
+        options = {"alpha": alpha, **options}
     s = scores.token_scores(chain, source, layout, generator, **options)
     n = s.shape[-1]
     mask = n * s > 1
@@ -125,7 +127,8 @@ def initial_noise(indices, shape, seed: int = 0) -> torch.Tensor:
 class SAG:
     """The settings of self-attention guidance. ``scale``: ``s`` (0: off); ``source``: a
     token-score name; ``cap``: the masked share's ceiling (None: none); ``layer``: ``"decoder"``
-    or ``"bottleneck"``; ``kernel``, ``sigma``: the blur; ``alpha``: TokenRank's teleport."""
+    or ``"bottleneck"``; ``kernel``, ``sigma``: the blur; ``alpha``: TokenRank's teleport;
+    ``options``: other options of the score (:data:`chains_lite.scores.OPTIONS`)."""
 
     scale: float = 0.0
     source: str = "column_sum"
@@ -134,6 +137,7 @@ class SAG:
     kernel: int = 9
     sigma: float = 1.0
     alpha: float = DEFAULT_ALPHA
+    options: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if not (isinstance(self.scale, (int, float)) and np.isfinite(self.scale)):
@@ -172,7 +176,8 @@ def guided_eps(unet, scheduler, x: torch.Tensor, t, sag: SAG, context=None, unco
         layer = sag_layer(unet, sag.layer)
         with capture(unet, layers=[layer], heads="mean", kind="self") as rec:
             eps = _eps(unet, xin, t, ctx)
-        mask = token_mask(rec.attentions[0][: len(x)], rec.layouts[0], sag.source, sag.cap, sag.alpha)
+        mask = token_mask(rec.attentions[0][: len(x)], rec.layouts[0], sag.source, sag.cap, sag.alpha,
+                          **sag.options)
     branch = eps.chunk(2)[0] if two else eps            # SAG guides with the unconditional branch
     out = branch + cfg * (eps.chunk(2)[1] - branch) if two else eps
     if mask is None:

@@ -202,7 +202,8 @@ def inception_extractor(device=None):
     return extract
 
 
-def _load_images(paths) -> torch.Tensor:
+def load_images(paths) -> torch.Tensor:
+    """``uint8 (N, 3, 299, 299)``: image files as RGB, resized (bicubic) to Inception's input."""
     from PIL import Image
     arrays = [np.asarray(Image.open(p).convert("RGB").resize((299, 299), Image.BICUBIC)) for p in paths]
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
@@ -212,7 +213,7 @@ def image_features(paths, extract, batch: int = 64) -> tuple[torch.Tensor, torch
     """``(features (N, D), probs (N, C))`` of the image files ``paths`` through ``extract``."""
     f, p = [], []
     for i in tqdm(range(0, len(paths), batch), desc="features"):
-        fi, pi = extract(_load_images(paths[i:i + batch]))
+        fi, pi = extract(load_images(paths[i:i + batch]))
         f.append(fi)
         p.append(pi)
     return torch.cat(f), torch.cat(p)

@@ -117,6 +117,10 @@ def test_masks_are_thresholds_of_the_head_mean_on_the_uniform_scale():
     got = sag.token_mask(A, lay, "tokenrank", alpha=alpha)
     assert got.tolist() == [list(4 * pi > 1)]
     assert sag.token_mask(A[:, 0], lay, "column_sum").tolist() == [list(A[0, 0].numpy().sum(0) > 1)]
+    # any registry score: two incoming bounces from the centre token (index 3 of a 2 x 2 grid)
+    P = mean.astype(np.float64)
+    two = np.eye(4)[3] @ P @ P
+    assert sag.token_mask(A, lay, "bounce_center", steps=2).tolist() == [list(4 * two > 1)]
     with pytest.raises(ValueError, match="cap"):
         sag.token_mask(A, lay, cap=1.5)
     with pytest.raises(ValueError, match="unknown method"):
