@@ -21,19 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from chains_lite import results, zoo
 from chains_lite import sag_experiment as exp
 from chains_lite.sag import LAYERS
-
-
-def run_chunks(work, n: int, batch: int) -> list[dict]:
-    """``work(indices)`` over ``range(n)`` in chunks of ``batch``, records in index order."""
-    records = []
-    for i in tqdm(range(0, n, batch), desc="sag samples"):
-        records += work(list(range(i, min(n, i + batch))))
-    return records
 
 
 def main(argv=None):
@@ -86,14 +76,14 @@ def main(argv=None):
         work = functools.partial(exp.full_work, unet=loaded.model, scheduler=_ddim(loaded.scheduler),
                                  encode=encode, decode=decode, prompts=prompts, cfg=args.cfg,
                                  out_dir=out_path.with_suffix(""), **common)
-        records = run_chunks(work, args.n_samples, batch)
+        records = exp.run_in_chunks(work, args.n_samples, batch)
         table = exp.summarize_full(records, refs, n_boot=args.n_boot, seed=args.seed)
     else:
         loaded = zoo.load("shapes-unet", mode="lite", device="cpu")
         judge = zoo.load("shapes-vit", mode="lite", device="cpu", verbose=False).model
         work = functools.partial(exp.lite_work, unet=loaded.model, scheduler=_ddim(loaded.scheduler),
                                  judge=judge, **common)
-        records = run_chunks(work, args.n_samples, batch)
+        records = exp.run_in_chunks(work, args.n_samples, batch)
         ref = exp.lite_reference(judge, max(500, args.n_samples), args.n_samples, seed=args.seed,
                                  size=loaded.model.config.sample_size)
         table = exp.summarize(records, ref["reference"], ref["real"], n_boot=args.n_boot, seed=args.seed)

@@ -52,6 +52,17 @@ def runs(scales) -> list[tuple[str, float]]:
     return [("none", 0.0)] + [(m, s) for s in scales for m in METHODS[1:]]
 
 
+def run_in_chunks(work, n: int, batch: int) -> list[dict]:
+    """``work(indices)`` over ``range(n)`` in chunks of ``batch`` with a progress bar: the records of
+    every index, in index order."""
+    if n < 1 or batch < 1:
+        raise ValueError(f"n and batch must be >= 1, got {n}, {batch}")
+    records = []
+    for i in tqdm(range(0, n, batch), desc="sag samples"):
+        records += work(list(range(i, min(n, i + batch))))
+    return records
+
+
 def _key(method: str, scale: float) -> str:
     return f"{method}@{scale:g}"
 
