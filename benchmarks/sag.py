@@ -32,6 +32,8 @@ def main(argv=None):
     ap.add_argument("--n-samples", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scales", type=float, nargs="+", default=None, help="default lite 0.5 1 2, full 0.75")
+    ap.add_argument("--headline", type=float, default=None,
+                    help="the scale of the main table (default 1 if among --scales, else the smallest)")
     ap.add_argument("--steps", type=int, default=None, help="DDIM steps; default lite 20, full 50")
     ap.add_argument("--layer", choices=LAYERS, default="decoder")
     ap.add_argument("--cap", type=float, default=exp.TOKENRANK_CAP, help="TokenRank's masked-share cap")
@@ -55,6 +57,8 @@ def main(argv=None):
         ap.error(f"--cap must be in (0, 1], got {args.cap}")
     try:
         exp.runs(scales)
+        if args.headline is not None and args.headline not in scales:
+            ap.error(f"--headline {args.headline} is not among --scales {scales}")
         if full:
             if args.prompts is None or args.reference is None:
                 ap.error("full mode needs --prompts FILE and --reference FOLDER")
@@ -77,7 +81,7 @@ def main(argv=None):
                                  encode=encode, decode=decode, prompts=prompts, cfg=args.cfg,
                                  out_dir=out_path.with_suffix(""), **common)
         records = exp.run_in_chunks(work, args.n_samples, batch)
-        table = exp.summarize_full(records, refs, n_boot=args.n_boot, seed=args.seed)
+        table = exp.summarize_full(records, refs, headline=args.headline, n_boot=args.n_boot, seed=args.seed)
     else:
         loaded = zoo.load("shapes-unet", mode="lite", device="cpu")
         judge = zoo.load("shapes-vit", mode="lite", device="cpu", verbose=False).model
@@ -86,7 +90,8 @@ def main(argv=None):
         records = exp.run_in_chunks(work, args.n_samples, batch)
         ref = exp.lite_reference(judge, max(500, args.n_samples), args.n_samples, seed=args.seed,
                                  size=loaded.model.config.sample_size)
-        table = exp.summarize(records, ref["reference"], ref["real"], n_boot=args.n_boot, seed=args.seed)
+        table = exp.summarize(records, ref["reference"], ref["real"], headline=args.headline,
+                              n_boot=args.n_boot, seed=args.seed)
     seconds = time.time() - t0
     print("\n" + exp.format_table(table, loaded.mode))
     settings = dict(mode=loaded.mode, model=loaded.name, seed=args.seed, steps=steps, sampler="DDIM (eta=0)",

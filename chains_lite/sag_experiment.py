@@ -127,7 +127,7 @@ def _collect(records: list[dict]) -> dict:
 
 def summarize(records: list[dict], reference: torch.Tensor, real=None, headline: float | None = None,
               n_boot: int = 200, seed: int = 0) -> dict:
-    """The table of a run: per method at the ``headline`` scale (default: the first SAG scale) and
+    """The table of a run: per method at the ``headline`` scale (default 1 if run, else the smallest) and
     per scale (``sweep``), each metric with its bootstrap interval; paired differences at every
     scale (TokenRank - column sum, each - none); ``real`` (features, probs) adds the real-image row."""
     got = _collect(records)
@@ -140,7 +140,9 @@ def summarize(records: list[dict], reference: torch.Tensor, real=None, headline:
              for a, b in (("sag_tokenrank", "sag_column_sum"), ("sag_column_sum", "none"),
                           ("sag_tokenrank", "none"))]
     table = quality.bootstrap_table(data, reference, pairs, n_boot=n_boot, seed=seed)
-    headline = scales[0] if headline is None else float(headline)
+    if headline is None:
+        headline = 1.0 if 1.0 in scales else scales[0]
+    headline = float(headline)
     if headline not in scales:
         raise ValueError(f"headline scale {headline} was not run; scales: {scales}")
     row = lambda m, s: {**table["runs"][_key(m, s)], "masked_fraction": float(got[(m, s)][2].mean())}  # noqa: E731
