@@ -234,6 +234,9 @@ def test_bootstrap_table_pairs_and_intervals():
     d = t["pairs"]["near - far"]["frechet"]
     assert d["high"] < 0 and d["better_share"] == 1.0
     assert t["pairs"]["near - far"]["is"]["value"] == 0
+    for m in quality.METRICS:   # the bias shift centres the resamples on the full-sample value
+        row = t["runs"]["near"][m]
+        assert row["low"] <= row["value"] <= row["high"]
     with pytest.raises(ValueError, match="same number"):
         quality.bootstrap_table({"a": (near, probs), "b": (far[:5], probs[:5])}, real)
 
