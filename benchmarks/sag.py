@@ -1,0 +1,111 @@
+"""Self-attention guidance with column-sum and TokenRank masks (paper Sec. 5.3, Table 2).
+
+    python benchmarks/sag.py --mode lite --n-samples 64 --seed 0 --out r.json
+    python benchmarks/sag.py --mode full --prompts prompts.txt --reference real_images/ \\
+        --n-samples 5000 --out r.json
+
+Lite: ``shapes-unet`` (unconditional, DDIM) scored in ``shapes-vit`` feature space against fresh
+ShapeWorld val images: Fréchet distance, KID, an IS analogue, the share classified with p >= 0.9
+(these are not FID / KID / IS). Full: SD1.5 with classifier-free guidance on prompts from a file
+(one per line, sample i takes line i), PNGs next to the JSON, FID / KID / IS from the FID
+Inception network against a folder of reference images (torchmetrics, downloads at first use).
+Methods ``none``, ``sag_column_sum``, ``sag_tokenrank`` run on the same seeds at every
+``--scales``; the table prints each metric with its 95 % bootstrap interval beside Table 2, and
+the JSON holds per method the metrics and intervals, the sweep and the paired differences.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+import time
+from pathlib import Path
+
+from chains_lite import results, zoo
+from chains_lite import sag_experiment as exp
+from chains_lite.sag import LAYERS
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--mode", choices=["lite", "full"], default="lite")
+    ap.add_argument("--n-samples", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--scales", type=float, nargs="+", default=None, help="default lite 0.5 1 2, full 0.75")
+    ap.add_argument("--headline", type=float, default=None,
+                    help="the scale of the main table (default 1 if among --scales, else the smallest)")
+    ap.add_argument("--steps", type=int, default=None, help="DDIM steps; default lite 20, full 50")
+    ap.add_argument("--layer", choices=LAYERS, default="decoder")
+    ap.add_argument("--cap", type=float, default=exp.TOKENRANK_CAP, help="TokenRank's masked-share cap")
+    ap.add_argument("--batch", type=int, default=None, help="samples per chunk; default lite 16, full 8")
+    ap.add_argument("--n-boot", type=int, default=200)
+    ap.add_argument("--prompts", type=Path, help="full mode: a text file, one prompt per line")
+    ap.add_argument("--reference", type=Path, help="full mode: a folder of real images (png/jpg)")
+    ap.add_argument("--cfg", type=float, default=7.5, help="full mode: classifier-free guidance scale")
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    full = args.mode == "full"
+    scales = args.scales or ([0.75] if full else [0.5, 1.0, 2.0])
+    steps = args.steps or (50 if full else 20)
+    batch = args.batch or (8 if full else 16)
+    for name, v in (("--n-samples", args.n_samples), ("--steps", steps), ("--batch", batch), ("--n-boot", args.n_boot)):
+        if v < 1:
+            ap.error(f"{name} must be >= 1, got {v}")
+    if args.n_samples < 2:
+        ap.error("--n-samples must be >= 2 (KID and the Fréchet distance need two samples)")
+    if not (0 < args.cap <= 1):
+        ap.error(f"--cap must be in (0, 1], got {args.cap}")
+    try:
+        exp.runs(scales)
+        if args.headline is not None and args.headline not in scales:
+            ap.error(f"--headline {args.headline} is not among --scales {scales}")
+        if full:
+            if args.prompts is None or args.reference is None:
+                ap.error("full mode needs --prompts FILE and --reference FOLDER")
+            prompts = exp.read_prompts(args.prompts)
+            if len(prompts) < args.n_samples:
+                ap.error(f"{args.prompts} has {len(prompts)} prompts, fewer than --n-samples {args.n_samples}")
+            refs = sorted(p for p in args.reference.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+            if len(refs) < 2:
+                ap.error(f"{args.reference} holds fewer than 2 png/jpg images")
+        out_path = results.prepare_out(args.out)
+    except (ValueError, FileExistsError, OSError) as e:
+        ap.error(str(e))
+
+    t0 = time.time()
+    common = dict(scales=scales, steps=steps, seed=args.seed, layer=args.layer, cap=args.cap)
+    if full:
+        loaded = zoo.load("sd15", mode="full")
+        encode, decode = exp.sd_codec(loaded)
+        work = functools.partial(exp.full_work, unet=loaded.model, scheduler=_ddim(loaded.scheduler),
+                                 encode=encode, decode=decode, prompts=prompts, cfg=args.cfg,
+                                 out_dir=out_path.with_suffix(""), **common)
+        records = exp.run_in_chunks(work, args.n_samples, batch)
+        table = exp.summarize_full(records, refs, headline=args.headline, n_boot=args.n_boot, seed=args.seed)
+    else:
+        loaded = zoo.load("shapes-unet", mode="lite", device="cpu")
+        judge = zoo.load("shapes-vit", mode="lite", device="cpu", verbose=False).model
+        work = functools.partial(exp.lite_work, unet=loaded.model, scheduler=_ddim(loaded.scheduler),
+                                 judge=judge, **common)
+        records = exp.run_in_chunks(work, args.n_samples, batch)
+        ref = exp.lite_reference(judge, max(500, args.n_samples), args.n_samples, seed=args.seed,
+                                 size=loaded.model.config.sample_size)
+        table = exp.summarize(records, ref["reference"], ref["real"], headline=args.headline,
+                              n_boot=args.n_boot, seed=args.seed)
+    seconds = time.time() - t0
+    print("\n" + exp.format_table(table, loaded.mode))
+    settings = dict(mode=loaded.mode, model=loaded.name, seed=args.seed, steps=steps, sampler="DDIM (eta=0)",
+                    scales=scales, layer=args.layer, tokenrank_cap=args.cap, blur="gaussian 9 taps, sigma 1",
+                    cfg=args.cfg if full else None, seconds=round(seconds, 1),
+                    paper_table2=exp.PAPER_TABLE2, metric_space="inception" if full else "shapes-vit")
+    print(f"wrote {results.write_json(out_path, {**settings, **table})}")
+    return 0
+
+
+def _ddim(scheduler):
+    from diffusers import DDIMScheduler
+    return DDIMScheduler.from_config(scheduler.config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
