@@ -3,6 +3,12 @@
     python benchmarks/sag.py --mode lite --n-samples 64 --seed 0 --out r.json
     python benchmarks/sag.py --mode full --prompts prompts.txt --reference real_images/ \\
         --n-samples 5000 --out r.json
+    accelerate launch benchmarks/sag.py --mode full ... --out r.json   # the same, on every GPU
+
+Runs on :func:`chains_lite.runner.run`: per-sample records go to ``--run-dir`` (default: ``--out``
+with ``.run``) as they are made, so a rerun of the same command resumes, and ``accelerate launch``
+shares the samples among processes; sample ``i`` starts from the noise of its own seed, so the
+JSON does not depend on the batch size or the number of processes.
 
 Lite: ``shapes-unet`` (unconditional, DDIM) scored in ``shapes-vit`` feature space against fresh
 ShapeWorld val images: Fréchet distance, KID, an IS analogue, the share classified with p >= 0.9
@@ -18,10 +24,11 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-from chains_lite import results, zoo
+from chains_lite import results, runner, zoo
 from chains_lite import sag_experiment as exp
 from chains_lite.sag import LAYERS
 
@@ -43,6 +50,8 @@ def main(argv=None):
     ap.add_argument("--reference", type=Path, help="full mode: a folder of real images (png/jpg)")
     ap.add_argument("--cfg", type=float, default=7.5, help="full mode: classifier-free guidance scale")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--run-dir", type=Path, default=None,
+                    help="the run's per-sample records, for resuming (default: --out with .run)")
     args = ap.parse_args(argv)
     full = args.mode == "full"
     scales = args.scales or ([0.75] if full else [0.5, 1.0, 2.0])
@@ -68,26 +77,34 @@ def main(argv=None):
             refs = sorted(p for p in args.reference.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
             if len(refs) < 2:
                 ap.error(f"{args.reference} holds fewer than 2 png/jpg images")
-        out_path = results.prepare_out(args.out)
-    except (ValueError, FileExistsError, OSError) as e:
+        out_path = runner.claim_outputs(args.out, args.run_dir)
+        if full:
+            zoo.preflight("sd15", data={"--prompts": args.prompts, "--reference": args.reference},
+                          packages=["torchmetrics"],
+                          fix="run lite mode with --mode lite, or set HF_HUB_OFFLINE=1 with the weights cached")
+    except (ValueError, FileExistsError, OSError, zoo.FullModeUnavailable) as e:
         ap.error(str(e))
 
     t0 = time.time()
     common = dict(scales=scales, steps=steps, seed=args.seed, layer=args.layer, cap=args.cap)
     if full:
-        loaded = zoo.load("sd15", mode="full")
+        loaded = zoo.load("sd15", mode="full", device=runner.state().device)
         encode, decode = exp.sd_codec(loaded)
         work = functools.partial(exp.full_work, unet=loaded.model, scheduler=_ddim(loaded.scheduler),
                                  encode=encode, decode=decode, prompts=prompts, cfg=args.cfg,
                                  out_dir=out_path.with_suffix(""), **common)
-        records = exp.run_in_chunks(work, args.n_samples, batch)
+        records = run(work, args, out_path, dict(common, mode="full", cfg=args.cfg, prompts=str(args.prompts)), batch)
+        if records is None:  # not the main process: it has written its share
+            return 0
         table = exp.summarize_full(records, refs, headline=args.headline, n_boot=args.n_boot, seed=args.seed)
     else:
         loaded = zoo.load("shapes-unet", mode="lite", device="cpu")
         judge = zoo.load("shapes-vit", mode="lite", device="cpu", verbose=False).model
         work = functools.partial(exp.lite_work, unet=loaded.model, scheduler=_ddim(loaded.scheduler),
                                  judge=judge, **common)
-        records = exp.run_in_chunks(work, args.n_samples, batch)
+        records = run(work, args, out_path, dict(common, mode="lite"), batch)
+        if records is None:
+            return 0
         ref = exp.lite_reference(judge, max(500, args.n_samples), args.n_samples, seed=args.seed,
                                  size=loaded.model.config.sample_size)
         table = exp.summarize(records, ref["reference"], ref["real"], headline=args.headline,
@@ -100,6 +117,13 @@ def main(argv=None):
                     paper_table2=exp.PAPER_TABLE2, metric_space="inception" if full else "shapes-vit")
     print(f"wrote {results.write_json(out_path, {**settings, **table})}")
     return 0
+
+
+def run(work, args, out_path, config, batch):
+    """Every sample's record through :func:`chains_lite.runner.run` (``None`` off the main process)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return runner.run(work, args.n_samples, runner.run_dir(out_path, args.run_dir) or tmp, config,
+                          batch=batch, desc="sag samples")
 
 
 def _ddim(scheduler):

@@ -313,3 +313,18 @@ def test_benchmark_refuses_bad_arguments_and_an_existing_out_before_work(tmp_pat
             bench.main(argv)
         assert msg in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists() and not (tmp_path / "y.json").exists()
+
+
+def test_benchmark_writes_json_and_resumes_from_its_run_dir(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location("bench_sag", Path(__file__).parent.parent / "benchmarks" / "sag.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    argv = ["--n-samples", "2", "--steps", "2", "--scales", "1", "--n-boot", "5", "--batch", "1",
+            "--run-dir", str(tmp_path / "run")]
+    bench.main(argv + ["--out", str(tmp_path / "a.json")])
+    bench.main(argv + ["--out", str(tmp_path / "b.json")])   # every record is on disk: nothing to sample
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("a.json", "b.json"))
+    assert set(a["methods"]) == {"none", "sag_column_sum", "sag_tokenrank"} and a["methods"] == b["methods"]
