@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import functools
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import linalg
 
+from ..quality import frechet_distance
 from .shapeworld import CLASS_NAMES, COLOR_NAMES, COLORS, DEFAULT_SIZE, shapeworld
 
 
@@ -38,15 +37,6 @@ def classify(vit, images: torch.Tensor) -> torch.Tensor:
 def features(vit, images: torch.Tensor) -> torch.Tensor:
     """``(B, D)`` float64 pre-logit CLS features of ``shapes-vit`` (the space of the Fréchet distance)."""
     return _apply(vit, images, lambda m, x: m.forward_head(m.forward_features(x), pre_logits=True)).double()
-
-
-def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Fréchet distance between Gaussians fitted to feature sets ``a`` ``(N, D)`` and ``b`` ``(M, D)``."""
-    mu1, mu2 = a.mean(0).numpy(), b.mean(0).numpy()
-    s1, s2 = np.cov(a.numpy(), rowvar=False), np.cov(b.numpy(), rowvar=False)
-    covmean = linalg.sqrtm(s1 @ s2)
-    covmean = covmean.real if np.iscomplexobj(covmean) else covmean
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
 
 
 def vit_metrics(model, split: str = "val", n: int = 500, seed: int = 0) -> dict:
