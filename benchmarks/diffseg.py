@@ -68,9 +68,8 @@ def make_work(loaded, args, load_batch, n_classes, strategies, threshold):
     def work(indices):
         images, gt = load_batch(indices)
         x0, cond = unet_inputs(loaded, images)
-        noise = ds.index_noise(x0.shape[1:], indices, args.seed)  # runner.item_seed(seed, i) per image
-        attns, grids = ds.self_attention(loaded.model, x0, loaded.scheduler, args.timestep, cond, noise=noise)
-        scored = ds.score_chains(ds.aggregate(attns, grids), gt, n_classes, strategies, threshold=threshold,
+        chains, _ = ds.image_chains(loaded.model, loaded.scheduler, x0, indices, args.seed, args.timestep, cond)
+        scored = ds.score_chains(chains, gt, n_classes, strategies, threshold=threshold,
                                  per_side=args.per_side, min_distance=args.min_distance, metric=args.distance)
         return [{"index": i} | {s: {k: np.asarray(v[j]).tolist() for k, v in scored[s].items()}
                                 for s in strategies} for j, i in enumerate(indices)]

@@ -3,6 +3,7 @@ TokenRank anchors (Tian et al., CVPR 2024; paper Sec. 5.4, App. A.3, Table 3).
 
     attns, grids = self_attention(unet, x0, scheduler)     # one noised forward pass, every layer
     A = aggregate(attns, grids)                            # (B, S*S, S*S): one chain per image
+                                                           # (image_chains: both, noise seeded per image)
     seg = segment(A[0], image_size=512, strategy="tokenrank")
     seg.labels                                             # (512, 512) segment ids
 
@@ -95,6 +96,17 @@ def index_noise(shape, indices, seed: int = 0) -> torch.Tensor:
     from .runner import item_seed
     return torch.stack([torch.randn(tuple(shape), generator=torch.Generator().manual_seed(
         item_seed(int(seed), int(i)))) for i in indices])
+
+
+@torch.no_grad()
+def image_chains(unet, scheduler, x0: torch.Tensor, indices, seed: int = 0, timestep: int = TIMESTEP,
+                 cond: dict | None = None):
+    """The aggregated chains ``(B, S*S, S*S)`` of clean inputs ``x0`` ``(B, C, h, w)`` whose images are
+    items ``indices`` of a dataset: each noised with :func:`index_noise` of its own index, so an
+    image's chain does not depend on its batch. Returns ``(chains, grids)`` (grids per layer)."""
+    noise = index_noise(x0.shape[1:], indices, seed)
+    attns, grids = self_attention(unet, x0, scheduler, timestep, cond, noise=noise)
+    return aggregate(attns, grids), grids
 
 
 # ----------------------------------------------------------------------------- aggregation

@@ -250,3 +250,19 @@ def test_diffseg_runner_resumes_from_its_run_dir(tmp_path):
     assert a["results"] == b["results"]
     with pytest.raises(ValueError, match="threshold"):  # another configuration into the same folder
         _runner().main(argv + ["--threshold", "0.2"])
+
+
+def test_image_chains_do_not_depend_on_the_batch():
+    from diffusers import DDPMScheduler, UNet2DModel
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(16, 32),
+                       down_block_types=("AttnDownBlock2D", "AttnDownBlock2D"),
+                       up_block_types=("AttnUpBlock2D", "AttnUpBlock2D"), layers_per_block=1,
+                       attention_head_dim=8, norm_num_groups=8).eval()
+    x0 = torch.rand(3, 3, 8, 8) * 2 - 1
+    together, grids = ds.image_chains(unet, DDPMScheduler(), x0, [4, 5, 6], seed=1)
+    alone, _ = ds.image_chains(unet, DDPMScheduler(), x0[2:], [6], seed=1)
+    torch.testing.assert_close(alone[0], together[2], atol=1e-5, rtol=1e-4)
+    other, _ = ds.image_chains(unet, DDPMScheduler(), x0[2:], [7], seed=1)   # another index, other noise
+    assert not torch.allclose(other[0], together[2], atol=1e-4)
+    assert together.shape == (3, 64, 64) and sorted(set(grids)) == [(4, 4), (8, 8)]
