@@ -6,6 +6,7 @@ figure otherwise) and returns what it drew on, so callers can compose and test t
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import matplotlib.pyplot as plt
@@ -262,52 +263,110 @@ def plot_maps(maps, row_labels: Sequence[str], col_labels: Sequence[str], images
     return fig
 
 
+def bounce_explorer(A, max_steps: int = 10, start=4, steps: int = 2, interactive: bool = True):
+    """Slide through 0..max_steps bounces of one chain ``(n, n)`` from a one-hot state or uniform.
+
+    Returns an :class:`~chains_lite.html_player.Explorer`: in Jupyter or Colab a live ipywidget
+    (a slider for the number of bounces, a dropdown for the start), in the built book the same
+    controls over the same figures drawn ahead of time. start, steps: the initial choice.
+    """
+    from .html_player import Explorer, frame_player, png
+
+    P = torch.as_tensor(_chain(A))
+    n = P.shape[-1]
+    starts = [("uniform", "uniform")] + [(f"state {i}", i) for i in range(n)]
+    steps = min(steps, max_steps)
+
+    def figure(steps, start):
+        v = bounce_sequence(P, start, steps)[-1]  # v_steps; row 0 is the start itself
+        where = "uniform" if start == "uniform" else f"state {start}"
+        return plot_distribution(v, title=f"after {steps} bounce(s) from {where}").figure
+
+    html = frame_player({"bounces": list(range(max_steps + 1)), "start": starts},
+                        lambda bounces, start: [png(figure(bounces, start), dpi=60)],
+                        value={"bounces": steps, "start": start})
+    widget = None
+    if interactive:
+        try:
+            import ipywidgets as w
+        except ImportError:
+            w = None
+        if w is not None:
+            def show(steps, start):
+                figure(steps, start)
+                plt.show()
+            widget = w.interactive(
+                show, steps=w.IntSlider(value=steps, min=0, max=max_steps, description="bounces"),
+                start=w.Dropdown(options=starts, value=start, description="start"))
+    return Explorer(widget, html)
+
+
 def attention_explorer(views: dict, interactive: bool = True):
     """Pick model / layer / head / method / bounces / alpha and see the map next to the image.
 
     views: ``{model name: (attentions, layout, image)}`` with ``attentions`` a list over layers
     of one image's ``(H, n, n)`` attention, its :class:`~chains_lite.capture.TokenLayout` and the
-    image ``(3, H, W)`` in [0, 1]. Draws the default view as a static figure (what the built book
-    shows) and, when ``interactive`` and ipywidgets is available, returns the widget that redraws it.
+    image ``(3, H, W)`` in [0, 1]. Returns an :class:`~chains_lite.html_player.Explorer`: when
+    ``interactive`` and ipywidgets is available, the live widget for Jupyter and Colab; always a
+    static player for the built book over every model, layer, head mixture (uniform, lambda2) and
+    method, with 2 bounces for ``bounce_center`` and the default alpha for TokenRank.
     """
-    from .maps import EXPLORE_METHODS, explore_map
+    from .html_player import Explorer, frame_player, png
+    from .maps import EXPLORE_METHODS, explore_map, mix
+
+    def head_of(head, H):
+        return int(head) if head.isdigit() and int(head) < H else ("lambda2" if head == "lambda2" else "uniform")
+
+    def describe(layer, h, method, bounces, alpha):
+        what = f"{method}" + (f", n={bounces}" if method == "bounce_center" else "")
+        what += f", alpha={alpha:.2f}" if method == "tokenrank" else ""
+        return f"layer {layer}, head {h}: {what}"
 
     def draw(model, layer, head, method, bounces, alpha):
         atts, layout, image = views[model]
         layer = min(layer, len(atts) - 1)
-        H = atts[layer].shape[0]
-        h = int(head) if head.isdigit() and int(head) < H else ("lambda2" if head == "lambda2" else "uniform")
+        h = head_of(head, atts[layer].shape[0])
         m = explore_map(atts[layer], layout, h, method, bounces, alpha)
         fig, axes = plt.subplots(1, 2, figsize=(6, 3))
         axes[0].imshow(torch.as_tensor(image).permute(1, 2, 0).cpu().clamp(0, 1).numpy())
         axes[1].imshow(m.cpu().numpy(), cmap="inferno")
         axes[0].set_title(model, fontsize=9)
-        what = f"{method}" + (f", n={bounces}" if method == "bounce_center" else "")
-        what += f", alpha={alpha:.2f}" if method == "tokenrank" else ""
-        axes[1].set_title(f"layer {layer}, head {h}: {what}", fontsize=9)
+        axes[1].set_title(describe(layer, h, method, bounces, alpha), fontsize=9)
         for ax in axes:
             ax.set_xticks([])
             ax.set_yticks([])
         fig.tight_layout()
         plt.show()
 
+    @functools.lru_cache(maxsize=None)
+    def mixed(model, layer, head):  # once per layer and mixture, not once per method
+        return mix(views[model][0][layer], head)[None]
+
+    def frame(model, layer, head, method):
+        atts, layout, image = views[model]
+        layer = min(layer, len(atts) - 1)
+        m = explore_map(mixed(model, layer, head), layout, 0, method, 2, DEFAULT_ALPHA)
+        return [png(image), png(m), f"{model} | {describe(layer, head, method, 2, DEFAULT_ALPHA)}"]
+
     first = next(iter(views))
     n_layers = max(len(v[0]) for v in views.values())
     n_heads = max(v[0][0].shape[0] for v in views.values())
-    defaults = dict(model=first, layer=n_layers - 1, head="uniform", method="tokenrank", bounces=2,
-                    alpha=DEFAULT_ALPHA)
-    draw(**defaults)
-    if not interactive:
-        return None
-    try:
-        import ipywidgets as w
-    except ImportError:
-        return None
-    controls = dict(
-        model=w.Dropdown(options=list(views), value=first),
-        layer=w.IntSlider(value=n_layers - 1, min=0, max=n_layers - 1),
-        head=w.Dropdown(options=["uniform", "lambda2"] + [str(i) for i in range(n_heads)], value="uniform"),
-        method=w.Dropdown(options=list(EXPLORE_METHODS), value="tokenrank"),
-        bounces=w.IntSlider(value=2, min=1, max=20),
-        alpha=w.FloatSlider(value=DEFAULT_ALPHA, min=0.5, max=1.0, step=0.01))
-    return w.interactive(draw, **controls)
+    html = frame_player({"model": list(views), "layer": list(range(n_layers)),
+                         "head": ["uniform", "lambda2"], "method": list(EXPLORE_METHODS)},
+                        frame, value={"layer": n_layers - 1, "method": "tokenrank"}, width=192)
+    widget = None
+    if interactive:
+        try:
+            import ipywidgets as w
+        except ImportError:
+            w = None
+        if w is not None:
+            widget = w.interactive(draw, **dict(
+                model=w.Dropdown(options=list(views), value=first),
+                layer=w.IntSlider(value=n_layers - 1, min=0, max=n_layers - 1),
+                head=w.Dropdown(options=["uniform", "lambda2"] + [str(i) for i in range(n_heads)],
+                                value="uniform"),
+                method=w.Dropdown(options=list(EXPLORE_METHODS), value="tokenrank"),
+                bounces=w.IntSlider(value=2, min=1, max=20),
+                alpha=w.FloatSlider(value=DEFAULT_ALPHA, min=0.5, max=1.0, step=0.01)))
+    return Explorer(widget, html)

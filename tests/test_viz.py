@@ -141,7 +141,8 @@ def test_plot_maps_grid_and_explorer():
         viz.plot_maps(torch.rand(2, 3, 4, 4), ["a"], ["x", "y", "z"])
     lay = TokenLayout(0, (), (2, 2), 1)
     atts = [torch.rand(2, 5, 5).softmax(-1) for _ in range(3)]
-    w = viz.attention_explorer({"m": (atts, lay, torch.rand(3, 8, 8))})
-    assert w is not None and [c.description for c in w.children[:6]] == [
+    e = viz.attention_explorer({"m": (atts, lay, torch.rand(3, 8, 8))})
+    assert e.widget is not None and [c.description for c in e.widget.children[:6]] == [
         "model", "layer", "head", "method", "bounces", "alpha"]
+    assert "chains-player" in e._repr_mimebundle_()["text/html"]
     plt.close("all")
