@@ -158,7 +158,7 @@ def render(ckpt: Path, book: Path = BOOK) -> Path:
              "(`chains_lite.zoo.shapeworld`). This page is written from the model cards in "
              "`chains_lite/zoo/checkpoints/` each time the book is built: what each lite model is, "
              "what it learned, and what that means for reading lite results beside the paper's.", "",
-             "| model | class | parameters | headline number |", "| --- | --- | --- | --- |"]
+             "| model | parameters | headline number of its card |", "| --- | --- | --- |"]
     sections = []
     for name, card in cards.items():
         grid = ckpt / f"{name}-samples.png"
@@ -169,8 +169,7 @@ def render(ckpt: Path, book: Path = BOOK) -> Path:
         sections.append(section(card, image))  # refuses a card it cannot describe
     for name, card in cards.items():
         head = card["headline"]
-        parts.append(f"| `{name}` | `{card['config']['class']}` | {card['params']:,} | "
-                     f"{head} = {card['validation'][head]:g} |")
+        parts.append(f"| `{name}` | {card['params']:,} | {head} = {card['validation'][head]:g} |")
     parts += [""] + sections + [reading(cards)]
     page = book / f"{PAGE}.md"
     page.write_text("\n".join(parts), encoding="utf-8")
