@@ -1,9 +1,10 @@
 # chains_lite — build the book, run the tests, open the notebooks.
 #   make book    execute every notebook and build the HTML book (book/_build/html)
-#   make test    unit tests + every notebook in lite mode (this is what CI runs)
+#   make test    unit tests + every notebook in lite mode, then the site built from those
+#                executed notebooks and checked page by page in Chromium (this is what CI runs)
 #   make lab     JupyterLab on notebooks/
 #   make bench   run benchmarks/bench_*.py
-#   make clean   remove the built book
+#   make clean   remove the built book and the executed notebook copies
 # Everything installs into .venv from pyproject.toml, pinned by constraints.txt.
 
 PY     ?= python3
@@ -11,7 +12,9 @@ VENV   := .venv
 PYTHON := $(VENV)/bin/python
 PIP    := $(PYTHON) -m pip install -c constraints.txt
 
-.PHONY: venv test book lab bench clean
+EXECUTED := book/_executed
+
+.PHONY: venv chromium test book lab bench clean
 
 venv: $(VENV)/.installed
 
@@ -22,14 +25,32 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PIP) -e ".[dev]"
 	touch $@
 
-# One pytest run over testpaths (tests/ and notebooks/, see pyproject.toml); nbmake executes
-# every notebook in lite mode on the CPU, as CI does. Plain `pytest` runs the unit tests only.
-test: venv
-	CHAINS_MODE=lite $(PYTHON) -m pytest --nbmake --nbmake-timeout=1200
+# Debian's chromium for the site check (book/check_site.py), from apt when it is missing.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || [ -x /usr/lib/chromium/chromium ] || { \
+	  if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then \
+	    echo "make test needs Chromium for the site check: install Debian's package (apt-get install chromium)"; \
+	    exit 1; fi; \
+	  echo "installing chromium with apt-get"; \
+	  apt-get update -qq >/dev/null && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 
-# Jupyter Book 1.x executes every notebook (execute_notebooks: force in book/_config.yml).
+# One pytest run: the unit tests, and nbmake executing every notebook once in lite mode on the
+# CPU, into copies under $(EXECUTED) (--overwrite keeps their outputs). The site is then built
+# from those copies without executing anything again (book/site.py) and opened page by page in
+# Chromium (book/check_site.py; screenshots in book/_build/site-check). Plain `pytest` runs the
+# unit tests only.
+test: venv chromium
+	rm -rf $(EXECUTED) && mkdir -p $(EXECUTED) && cp notebooks/*.ipynb $(EXECUTED)/
+	CHAINS_MODE=lite $(PYTHON) -m pytest --nbmake --nbmake-timeout=1200 --overwrite tests $(EXECUTED)
+	$(PYTHON) book/site.py $(EXECUTED)
+	$(PYTHON) book/check_site.py book/_build/html
+
+# Jupyter Book 1.x executes every notebook: the execution cache is emptied first, so none is
+# taken from an earlier run (execute_notebooks: cache in book/_config.yml).
 # Lite mode unless the venv's torch sees a GPU; an explicit CHAINS_MODE=... wins.
 book: venv
+	rm -rf book/_build/.jupyter_cache
 	export CHAINS_MODE=$${CHAINS_MODE:-$$($(PYTHON) -c 'import torch; print("full" if torch.cuda.is_available() else "lite")')}; \
 	echo "CHAINS_MODE=$$CHAINS_MODE"; \
 	$(VENV)/bin/jupyter-book build book
@@ -49,4 +70,4 @@ bench: venv
 	done
 
 clean:
-	rm -rf book/_build
+	rm -rf book/_build $(EXECUTED) book/_generated book/lite_world.md

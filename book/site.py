@@ -1,0 +1,76 @@
+"""Build the HTML book from notebooks already executed, without executing them again.
+
+`make test` executes every notebook once, with nbmake, into copies under book/_executed/.
+This script puts those copies into the book's execution cache (book/_build/.jupyter_cache, which
+book/_config.yml's `execute_notebooks: cache` reads), checks that every notebook of the table of
+contents has its executed copy there, and runs `jupyter-book build book`: the build takes each
+notebook's outputs from the cache and runs none. A notebook edited after its copy was executed
+has no match, and the script stops before building instead of executing it.
+
+Usage (from the repository root):
+    python book/site.py book/_executed
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import yaml
+
+BOOK = Path(__file__).resolve().parent
+CACHE = BOOK / "_build" / ".jupyter_cache"
+
+
+def toc_notebooks(book: Path = BOOK) -> list[Path]:
+    """The notebooks book/_toc.yml lists, as paths under book/."""
+    def files(node):
+        if isinstance(node, dict):
+            own = [node[k] for k in ("root", "file") if k in node]
+            return own + [f for v in node.values() if isinstance(v, (dict, list)) for f in files(v)]
+        if isinstance(node, list):
+            return [f for item in node for f in files(item)]
+        return []
+    entries = files(yaml.safe_load((book / "_toc.yml").read_text()))
+    return [book / f"{f}.ipynb" for f in entries if (book / f"{f}.ipynb").exists()]
+
+
+def fill_cache(executed: Path, cache_dir: Path = CACHE, book: Path = BOOK) -> list[str]:
+    """Cache the executed copies; return the toc notebooks that have no matching copy."""
+    from jupyter_cache import get_cache
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    cache = get_cache(str(cache_dir))
+    for source in toc_notebooks(book):
+        copy = executed / source.name
+        if copy.exists():
+            # check_validity: the copy's cells ran in order, each once (a full execution)
+            cache.cache_notebook_file(str(copy), uri=str(source.resolve()), check_validity=True,
+                                      overwrite=True)
+    missing = []
+    for source in toc_notebooks(book):
+        try:
+            cache.match_cache_notebook(nbformat.read(str(source), as_version=4))
+        except KeyError:
+            missing.append(source.name)
+    return missing
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("executed", type=Path, help="folder of the executed notebook copies")
+    args = parser.parse_args(argv)
+    missing = fill_cache(args.executed)
+    if missing:
+        print(f"no executed copy in {args.executed} matches {missing}: their code changed after "
+              "execution, or they were not executed (run `make test`, or `make book` to execute them)")
+        return 1
+    jupyter_book = Path(sys.executable).with_name("jupyter-book")
+    return subprocess.call([str(jupyter_book), "build", str(BOOK)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
