@@ -37,13 +37,13 @@ chromium:
 
 # One pytest run: the unit tests, and nbmake executing every notebook once in lite mode on the
 # CPU, into copies under $(EXECUTED) (--overwrite keeps their outputs). The site is then built
-# from those copies without executing anything again (book/site.py) and opened page by page in
+# from those copies without executing anything again (book/build_site.py) and opened page by page in
 # Chromium (book/check_site.py; screenshots in book/_build/site-check). Plain `pytest` runs the
 # unit tests only.
 test: venv chromium
 	rm -rf $(EXECUTED) && mkdir -p $(EXECUTED) && cp notebooks/*.ipynb $(EXECUTED)/
 	CHAINS_MODE=lite $(PYTHON) -m pytest --nbmake --nbmake-timeout=1200 --overwrite tests $(EXECUTED)
-	$(PYTHON) book/site.py $(EXECUTED)
+	$(PYTHON) book/build_site.py $(EXECUTED)
 	$(PYTHON) book/check_site.py book/_build/html
 
 # Jupyter Book 1.x executes every notebook: the execution cache is emptied first, so none is

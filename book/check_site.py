@@ -37,6 +37,8 @@ from urllib.parse import urljoin
 import yaml
 
 BOOK = Path(__file__).resolve().parent
+sys.path.insert(0, str(BOOK))  # book/ holds scripts, not a package
+from build_site import toc_entries  # noqa: E402
 NAV = ".bd-sidebar-primary a[href], nav.bd-docs-nav a[href]"
 ERRORS = ".output.traceback, .output.error, div.traceback, .system-message, .problematic"
 RAW_MATH = r"\\\(|\\\)|\\\[|\\\]|\$\$"
@@ -54,14 +56,7 @@ def find_chromium() -> str:
 
 def toc_pages(book: Path = BOOK) -> list[str]:
     """The pages of book/_toc.yml as paths of the HTML site (root first)."""
-    def files(node):
-        if isinstance(node, dict):
-            own = [node[k] for k in ("root", "file") if k in node]
-            return own + [f for v in node.values() if isinstance(v, (dict, list)) for f in files(v)]
-        if isinstance(node, list):
-            return [f for item in node for f in files(item)]
-        return []
-    return [f"{f}.html" for f in files(yaml.safe_load((book / "_toc.yml").read_text()))]
+    return [f"{f}.html" for f in toc_entries(book)]
 
 
 def colab_prefix(book: Path = BOOK) -> str:

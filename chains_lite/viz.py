@@ -263,6 +263,17 @@ def plot_maps(maps, row_labels: Sequence[str], col_labels: Sequence[str], images
     return fig
 
 
+def _ipywidgets(interactive: bool):
+    """The ipywidgets module when a live widget is wanted and installed, else None."""
+    if not interactive:
+        return None
+    try:
+        import ipywidgets
+    except ImportError:
+        return None
+    return ipywidgets
+
+
 def bounce_explorer(A, max_steps: int = 10, start=4, steps: int = 2, interactive: bool = True):
     """Slide through 0..max_steps bounces of one chain ``(n, n)`` from a one-hot state or uniform.
 
@@ -285,19 +296,14 @@ def bounce_explorer(A, max_steps: int = 10, start=4, steps: int = 2, interactive
     html = frame_player({"bounces": list(range(max_steps + 1)), "start": starts},
                         lambda bounces, start: [png(figure(bounces, start), dpi=60)],
                         value={"bounces": steps, "start": start})
-    widget = None
-    if interactive:
-        try:
-            import ipywidgets as w
-        except ImportError:
-            w = None
-        if w is not None:
-            def show(steps, start):
-                figure(steps, start)
-                plt.show()
-            widget = w.interactive(
-                show, steps=w.IntSlider(value=steps, min=0, max=max_steps, description="bounces"),
-                start=w.Dropdown(options=starts, value=start, description="start"))
+    widget, w = None, _ipywidgets(interactive)
+    if w is not None:
+        def show(steps, start):
+            figure(steps, start)
+            plt.show()
+        widget = w.interactive(
+            show, steps=w.IntSlider(value=steps, min=0, max=max_steps, description="bounces"),
+            start=w.Dropdown(options=starts, value=start, description="start"))
     return Explorer(widget, html)
 
 
@@ -354,19 +360,14 @@ def attention_explorer(views: dict, interactive: bool = True):
     html = frame_player({"model": list(views), "layer": list(range(n_layers)),
                          "head": ["uniform", "lambda2"], "method": list(EXPLORE_METHODS)},
                         frame, value={"layer": n_layers - 1, "method": "tokenrank"}, width=192)
-    widget = None
-    if interactive:
-        try:
-            import ipywidgets as w
-        except ImportError:
-            w = None
-        if w is not None:
-            widget = w.interactive(draw, **dict(
-                model=w.Dropdown(options=list(views), value=first),
-                layer=w.IntSlider(value=n_layers - 1, min=0, max=n_layers - 1),
-                head=w.Dropdown(options=["uniform", "lambda2"] + [str(i) for i in range(n_heads)],
-                                value="uniform"),
-                method=w.Dropdown(options=list(EXPLORE_METHODS), value="tokenrank"),
-                bounces=w.IntSlider(value=2, min=1, max=20),
-                alpha=w.FloatSlider(value=DEFAULT_ALPHA, min=0.5, max=1.0, step=0.01)))
+    widget, w = None, _ipywidgets(interactive)
+    if w is not None:
+        widget = w.interactive(draw, **dict(
+            model=w.Dropdown(options=list(views), value=first),
+            layer=w.IntSlider(value=n_layers - 1, min=0, max=n_layers - 1),
+            head=w.Dropdown(options=["uniform", "lambda2"] + [str(i) for i in range(n_heads)],
+                            value="uniform"),
+            method=w.Dropdown(options=list(EXPLORE_METHODS), value="tokenrank"),
+            bounces=w.IntSlider(value=2, min=1, max=20),
+            alpha=w.FloatSlider(value=DEFAULT_ALPHA, min=0.5, max=1.0, step=0.01)))
     return Explorer(widget, html)

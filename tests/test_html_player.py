@@ -16,13 +16,7 @@ from chains_lite import viz
 from chains_lite.capture import TokenLayout
 from chains_lite.html_player import Explorer, frame_player, png
 
-TOY = torch.tensor([
-    [0.01, 0.04, 0.02, 0.85, 0.08],
-    [0.82, 0.04, 0.07, 0.01, 0.06],
-    [0.80, 0.07, 0.03, 0.05, 0.05],
-    [0.06, 0.06, 0.03, 0.04, 0.81],
-    [0.53, 0.03, 0.03, 0.06, 0.35],
-])
+CHAIN = torch.softmax(2 * torch.randn(5, 5, generator=torch.Generator().manual_seed(0)), -1)
 
 
 def _payload(html: str) -> dict:
@@ -80,14 +74,14 @@ def test_explorer_offers_the_widget_and_the_static_html():
 
 
 def test_bounce_explorer_has_a_frame_per_start_and_number_of_bounces():
-    e = viz.bounce_explorer(TOY, max_steps=3, start=4, steps=2)
+    e = viz.bounce_explorer(CHAIN, max_steps=3, start=4, steps=2)
     data = _payload(e.html)
     assert len(data["frames"]) == 4 * 6  # bounces 0..3 x (uniform + 5 states)
     # from a one-hot start the frames differ with the number of bounces (the mass moves)
     assert len({tuple(data["frames"][f"{k},5"]) for k in range(4)}) == 4
     assert 'value="2"' in e.html and '<option value="5" selected>state 4</option>' in e.html
     assert [c.description for c in e.widget.children[:2]] == ["bounces", "start"]
-    assert viz.bounce_explorer(TOY, max_steps=1, interactive=False).widget is None
+    assert viz.bounce_explorer(CHAIN, max_steps=1, interactive=False).widget is None
 
 
 def test_attention_explorer_frames_show_the_map_of_their_layer():

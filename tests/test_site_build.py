@@ -1,4 +1,4 @@
-"""book/site.py builds from executed copies only when they match the notebooks of the book."""
+"""book/build_site.py builds from executed copies only when they match the notebooks of the book."""
 
 import importlib.util
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import nbformat
 
 ROOT = Path(__file__).resolve().parent.parent
-spec = importlib.util.spec_from_file_location("site_build", ROOT / "book" / "site.py")
+spec = importlib.util.spec_from_file_location("build_site", ROOT / "book" / "build_site.py")
 site = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(site)
 

@@ -8,7 +8,7 @@ notebook's outputs from the cache and runs none. A notebook edited after its cop
 has no match, and the script stops before building instead of executing it.
 
 Usage (from the repository root):
-    python book/site.py book/_executed
+    python book/build_site.py book/_executed
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ BOOK = Path(__file__).resolve().parent
 CACHE = BOOK / "_build" / ".jupyter_cache"
 
 
-def toc_notebooks(book: Path = BOOK) -> list[Path]:
-    """The notebooks book/_toc.yml lists, as paths under book/."""
+def toc_entries(book: Path = BOOK) -> list[str]:
+    """Every `root:` and `file:` of book/_toc.yml, in order (paths under book/, no suffix)."""
     def files(node):
         if isinstance(node, dict):
             own = [node[k] for k in ("root", "file") if k in node]
@@ -35,8 +35,12 @@ def toc_notebooks(book: Path = BOOK) -> list[Path]:
         if isinstance(node, list):
             return [f for item in node for f in files(item)]
         return []
-    entries = files(yaml.safe_load((book / "_toc.yml").read_text()))
-    return [book / f"{f}.ipynb" for f in entries if (book / f"{f}.ipynb").exists()]
+    return files(yaml.safe_load((book / "_toc.yml").read_text()))
+
+
+def toc_notebooks(book: Path = BOOK) -> list[Path]:
+    """The notebooks book/_toc.yml lists, as paths under book/."""
+    return [book / f"{f}.ipynb" for f in toc_entries(book) if (book / f"{f}.ipynb").exists()]
 
 
 def fill_cache(executed: Path, cache_dir: Path = CACHE, book: Path = BOOK) -> list[str]:
