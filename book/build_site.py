@@ -43,17 +43,37 @@ def toc_notebooks(book: Path = BOOK) -> list[Path]:
     return [book / f"{f}.ipynb" for f in toc_entries(book) if (book / f"{f}.ipynb").exists()]
 
 
+def with_outputs(source: Path, copy: Path):
+    """The notebook `source` with the outputs of its executed `copy`; None if their code differs.
+
+    The cache matches a notebook by its code cells with their metadata; the executed copy's
+    cells carry metadata the run added (nbmake's timings), so its outputs move to the source.
+    """
+    nb = nbformat.read(str(source), as_version=4)
+    run = nbformat.read(str(copy), as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    done = [c for c in run.cells if c.cell_type == "code"]
+    if [c.source for c in code] != [c.source for c in done]:
+        return None
+    for cell, ran in zip(code, done):
+        cell.outputs, cell.execution_count = ran.outputs, ran.execution_count
+    nb.metadata.update({k: v for k, v in run.metadata.items() if k in ("language_info", "widgets")})
+    return nb
+
+
 def fill_cache(executed: Path, cache_dir: Path = CACHE, book: Path = BOOK) -> list[str]:
     """Cache the executed copies; return the toc notebooks that have no matching copy."""
     from jupyter_cache import get_cache
+    from jupyter_cache.base import CacheBundleIn
     shutil.rmtree(cache_dir, ignore_errors=True)
     cache = get_cache(str(cache_dir))
     for source in toc_notebooks(book):
         copy = executed / source.name
-        if copy.exists():
+        nb = with_outputs(source, copy) if copy.exists() else None
+        if nb is not None:
             # check_validity: the copy's cells ran in order, each once (a full execution)
-            cache.cache_notebook_file(str(copy), uri=str(source.resolve()), check_validity=True,
-                                      overwrite=True)
+            cache.cache_notebook_bundle(CacheBundleIn(nb, str(source.resolve())),
+                                        check_validity=True, overwrite=True)
     missing = []
     for source in toc_notebooks(book):
         try:
