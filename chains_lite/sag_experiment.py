@@ -203,9 +203,14 @@ def sd_codec(loaded):
 
 def inception_extractor(device=None):
     """``uint8 (B, 3, H, W)`` -> ``(2048-d pool features, class probabilities)`` of the FID
-    Inception network (torchmetrics / torch-fidelity weights, downloaded at first use)."""
-    from torchmetrics.image.fid import NoTrainInceptionV3
-    net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048", "logits_unbiased"])
+    Inception network (torchmetrics / torch-fidelity weights, downloaded at first use; in a dry
+    run, ``CHAINS_FULL_WEIGHTS=random``, a random-weight stand-in: :func:`zoo.dryrun.inception_stand_in`)."""
+    from .zoo import dryrun
+    if dryrun.random_weights():
+        net = dryrun.inception_stand_in()
+    else:
+        from torchmetrics.image.fid import NoTrainInceptionV3
+        net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048", "logits_unbiased"])
     net = net.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
 
     @torch.no_grad()

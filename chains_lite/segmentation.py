@@ -295,6 +295,24 @@ def load_imagenet_segmentation(path, n: int | None = None, size: int = 512, indi
     return torch.stack(images), torch.stack(masks)
 
 
+def write_imagenet_segmentation(path, images, masks) -> None:
+    """Write ``images`` ``uint8 (N, H, W, 3)`` and ``masks`` ``(N, H, W)`` bool in the layout of
+    ``gtsegs_ijcv.mat`` that :func:`load_imagenet_segmentation` reads (HDF5 object references:
+    ``/value/img`` to ``(3, W, H)`` images, ``/value/gt`` to references to ``(W, H)`` masks)."""
+    import h5py
+    import numpy as np
+    with h5py.File(path, "w") as f:
+        refs = f.create_group("#refs#")
+        img = f.create_dataset("/value/img", (len(images), 1), dtype=h5py.ref_dtype)
+        gt = f.create_dataset("/value/gt", (len(images), 1), dtype=h5py.ref_dtype)
+        for i, (x, m) in enumerate(zip(images, masks)):
+            img[i, 0] = refs.create_dataset(f"img{i}", data=np.asarray(x, dtype=np.uint8).transpose(2, 1, 0)).ref
+            inner = refs.create_dataset(f"gt{i}", data=np.asarray(m, dtype=np.uint8).T).ref
+            outer = refs.create_dataset(f"gtref{i}", (1, 1), dtype=h5py.ref_dtype)
+            outer[0, 0] = inner
+            gt[i, 0] = outer.ref
+
+
 # ----------------------------------------------------------------------------- reporting
 def table(results: dict, mode: str, rows: dict | None = None) -> str:
     """Measured numbers beside the paper's, one line per setting, labelled with ``mode``.
