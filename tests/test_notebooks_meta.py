@@ -69,6 +69,18 @@ def test_code_cells_are_short():
     assert not long, f"split these cells or move their logic into chains_lite: {long}"
 
 
+# The book's code blocks show about 88 characters; a longer line is cut off in the page.
+MAX_LINE = 88
+
+
+def test_code_lines_fit_the_page():
+    # a URL cannot be wrapped, so a line that holds one may be longer
+    long = [f"{p.name} cell {i} line {j + 1}: {len(line)} characters"
+            for p in NOTEBOOKS for i, s in _cells(p, "code")
+            for j, line in enumerate(s.split("\n")) if len(line) > MAX_LINE and "://" not in line]
+    assert not long, f"wrap these lines to at most {MAX_LINE} characters: {long}"
+
+
 def test_markdown_does_not_report_earlier_runs():
     # measured numbers are rendered by a code cell from this run's results, never typed from an old run
     stale = ("last run", "when this chapter was written", "measured when", "when this was last")
