@@ -196,8 +196,14 @@ def sd_codec(loaded):
     """``(encode, decode)`` of a loaded SD pipeline (``zoo.load("sd15", mode="full")``): prompts ->
     text states ``(B, 77, 768)``, latents -> images ``(B, 3, H, W)`` in [0, 1]."""
     pipe = loaded.pipeline
-    encode = lambda prompts: pipe.encode_prompt(list(prompts), pipe.device, 1, False)[0]  # noqa: E731
-    decode = lambda z: pipe.vae.decode(z / pipe.vae.config.scaling_factor).sample / 2 + 0.5  # noqa: E731
+
+    @torch.no_grad()
+    def encode(prompts):
+        return pipe.encode_prompt(list(prompts), pipe._execution_device, 1, False)[0]
+
+    @torch.no_grad()
+    def decode(z):
+        return pipe.vae.decode(z.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor).sample / 2 + 0.5
     return encode, decode
 
 

@@ -138,3 +138,13 @@ def test_main_prints_exports(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "export CHAINS_FULL_WEIGHTS=random" in out and "export CHAINS_MODE=full" in out
     assert f"export IMAGENET_SEG={tmp_path}/gtsegs_ijcv.mat" in out
+
+
+def test_sd_codec_on_the_dry_run_pipeline(dry):
+    from chains_lite import sag_experiment as exp
+    loaded = zoo.load("sd15", mode="full", device="cpu", verbose=False)
+    encode, decode = exp.sd_codec(loaded)
+    text = encode(["a photo of a cat", ""])
+    assert text.shape == (2, 77, 64) and not text.requires_grad
+    images = decode(torch.randn(1, 4, 64, 64))
+    assert images.shape == (1, 3, 512, 512) and not images.requires_grad    # plotted as they are
