@@ -113,15 +113,18 @@ class ImageNetSegmentation:
         m = torch.from_numpy(np.ascontiguousarray(_mask(f, i))).float()[None, None]
         return x, F.interpolate(m, size=(self.size, self.size), mode="nearest")[0, 0] > 0.5
 
-    def batch(self, indices: Sequence[int], f=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Images ``(B, 3, size, size)`` float32 in [0, 1] and masks ``(B, size, size)`` bool."""
+        with _h5py().File(self.path, "r") as f:
+            return self._batch(f, indices)
+
+    def _batch(self, f, indices) -> tuple[torch.Tensor, torch.Tensor]:
         indices = [int(i) for i in indices]
         bad = [i for i in indices if not 0 <= i < self.n]
+        if not indices:
+            raise ValueError("no indices: a batch needs at least one image")
         if bad:
             raise ValueError(f"indices {bad[:5]} are outside [0, {self.n})")
-        if f is None:
-            with _h5py().File(self.path, "r") as f:
-                return self.batch(indices, f)
         pairs = [self._resized(f, i) for i in indices]
         return torch.stack([x for x, _ in pairs]), torch.stack([m for _, m in pairs])
 
@@ -134,7 +137,7 @@ class ImageNetSegmentation:
         with _h5py().File(self.path, "r") as f:
             for s in range(0, len(indices), batch_size):
                 chunk = indices[s:s + batch_size]
-                yield (chunk, *self.batch(chunk, f))
+                yield (chunk, *self._batch(f, chunk))
 
 
 def imagenet_segmentation_size(path) -> int:
