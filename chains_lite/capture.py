@@ -154,6 +154,7 @@ def chain_without(A, layout: TokenLayout, tokens: str = "cls"):
     if not torch.is_tensor(A):
         raise ValueError(f"A must be a tensor or a LazyAttention, got {type(A).__name__}")
     B = A[..., keep, :][..., keep]
+    B = B.to(torch.promote_types(B.dtype, torch.float32))   # half precision renormalised in float32
     return B / B.sum(-1, keepdim=True).clamp_min(torch.finfo(B.dtype).tiny), kept
 
 
