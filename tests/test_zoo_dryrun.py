@@ -111,6 +111,7 @@ def test_clip_dry_run_keeps_heads_and_tokens(dry):
 
 
 def test_write_data_in_the_real_formats(tmp_path):
+    from chains_lite.imagenet_segmentation import ImageNetSegmentation
     from chains_lite.segmentation import load_imagenet_segmentation
     from chains_lite.zoo.inputs import CocoStuff, imagenet_folder
     env = dryrun.write_data(tmp_path, n=3, size=32)
@@ -118,6 +119,8 @@ def test_write_data_in_the_real_formats(tmp_path):
     x, m = load_imagenet_segmentation(env["IMAGENET_SEG"], size=32)
     assert np.array_equal((x.permute(0, 2, 3, 1).numpy() * 255).round(), images)
     assert np.array_equal(m.numpy(), masks > 0) and m.any() and (~m).any()
+    data = ImageNetSegmentation(env["IMAGENET_SEG"])
+    assert data.wnids == ["n02123045", "n02099601", "n04285008"]   # tabby, golden retriever, sports car
     loaded = zoo.load("shapes-vit", mode="lite", verbose=False)
     xs, labels, classes = imagenet_folder(env["CHAINS_IMAGENET"], 10, 0, loaded)
     assert len(classes) == 1000 and len(xs) == 3 and sorted(labels.tolist()) == [0, 1, 2]

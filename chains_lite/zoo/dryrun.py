@@ -233,8 +233,8 @@ def write_data(root, n: int = 4, size: int = 64, seed: int = 0) -> dict[str, str
     variables the notebooks and runners read, ``{name: path}``:
 
     * ``IMAGENET_SEG``: ImageNet-Segmentation's ``gtsegs_ijcv.mat`` layout (MATLAB v7.3 / HDF5),
-      ``n`` images; ``IMAGENET_CLASSES``: one class word per image;
-    * ``CHAINS_IMAGENET``: an ImageNet validation folder (1000 ``n<8 digits>`` class folders, the
+      ``n`` images with ImageNet class ids in ``/value/id``;
+    * ``CHAINS_IMAGENET``: an ImageNet validation folder (1000 class folders named by WordNet id, the
       first ``n`` holding one JPEG); ``CHAINS_IMAGENETTE``: ``train/`` and ``val/`` with 10 classes;
     * ``CHAINS_SAG_PROMPTS`` (``n`` prompts), ``CHAINS_SAG_REFERENCE`` (``n`` PNGs) and
       ``CHAINS_SAG_OUT`` (where the notebook writes its samples);
@@ -247,15 +247,16 @@ def write_data(root, n: int = 4, size: int = 64, seed: int = 0) -> dict[str, str
     root.mkdir(parents=True, exist_ok=True)
     images, masks = _images(max(n, 10), size, seed)
     env = {}
-    from ..segmentation import write_imagenet_segmentation
+    from ..imagenet_segmentation import imagenet_wnid, write_imagenet_segmentation
     env["IMAGENET_SEG"] = str(root / "gtsegs_ijcv.mat")
-    write_imagenet_segmentation(env["IMAGENET_SEG"], images[:n], masks[:n] > 0)
-    env["IMAGENET_CLASSES"] = str(root / "imagenet_seg_classes.txt")
-    Path(env["IMAGENET_CLASSES"]).write_text("".join(f"{w}\n" for w in ("cat", "dog", "car", "bird") * n))
-    for i in range(1000):
-        (root / "imagenet" / f"n{i:08d}").mkdir(parents=True, exist_ok=True)
+    classes = [281, 207, 817, 10] * n                       # tabby, golden retriever, sports car, brambling
+    write_imagenet_segmentation(env["IMAGENET_SEG"], images[:n].transpose(0, 3, 1, 2), masks[:n] > 0,
+                                ids=classes[:n])
+    wnids = [imagenet_wnid(i) for i in range(1000)]
+    for w in wnids:
+        (root / "imagenet" / w).mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        _save(images[i], root / "imagenet" / f"n{i:08d}" / f"ILSVRC2012_val_{i:08d}.JPEG")
+        _save(images[i], root / "imagenet" / wnids[i] / f"ILSVRC2012_val_{i + 1:08d}.JPEG")
     env["CHAINS_IMAGENET"] = str(root / "imagenet")
     for split, per_class in (("train", 2), ("val", 1)):
         for c in range(10):
