@@ -2,7 +2,7 @@
 
     python benchmarks/segmentation.py --mode lite [--n-images 500] [--seed 0] [--out results.json]
                                       [--methods outgoing_2,outgoing_2:uniform,...]
-    python benchmarks/segmentation.py --mode full --data gtsegs_ijcv.mat --classes classes.txt
+    python benchmarks/segmentation.py --mode full --data gtsegs_ijcv.mat [--class-map map.json]
     accelerate launch --multi_gpu --num_processes 8 benchmarks/segmentation.py --mode full ... \
         --out runs/seg.json [--run-dir runs/seg.run]
 
@@ -18,8 +18,12 @@ ConceptAttention's Acc/(2-Acc)).
   word is the class of the largest shape; the ground truth is the mask of every object of that
   class.
 * full: FLUX.1-schnell on ImageNet-Segmentation: ``--data`` is Chefer et al.'s ``gtsegs_ijcv.mat``
-  (4,276 images), ``--classes`` a text file with one one-word class name per image (line i =
-  image i), captions ``--caption`` (default "a {}"). Needs a GPU, the hub weights and h5py.
+  (4,276 images, read one batch at a time). The word of image i comes from the file's class id
+  (``chains_lite.imagenet_segmentation.class_words``: the last word of the synset's first
+  WordNet lemma), or from ``--class-map``, a JSON map ``{lemma: word}`` (ConceptAttention's
+  ``imagenet_class_map.json`` is one: its ``"categories"``), or from ``--classes``, a text file
+  with one word per image (line i = image i). Captions ``--caption`` (default "a {}"). Needs a
+  GPU, the hub weights, h5py and timm.
 
 Runs on :func:`chains_lite.runner.run`: one process, or data-parallel under ``accelerate launch``
 (``accelerate launch benchmarks/segmentation.py --mode full ...``), resumable: each image's
@@ -33,6 +37,7 @@ mode, model, n_images, seed, time of this invocation.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -43,9 +48,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from chains_lite import results, runner, zoo  # noqa: E402
-from chains_lite.segmentation import (TABLE7, Setting, class_word_task,  # noqa: E402
-                                      imagenet_segmentation_size, load_imagenet_segmentation,
-                                      merge_records, segmentation_records, table)
+from chains_lite.imagenet_segmentation import ImageNetSegmentation, class_words  # noqa: E402
+from chains_lite.segmentation import (TABLE7, Setting, class_word_task, merge_records,  # noqa: E402
+                                      segmentation_records, table)
 
 DEFAULT_SETTINGS = ",".join(s.name for s, _ in TABLE7.values())
 
@@ -60,16 +65,28 @@ def lite_data(n: int, seed: int):
     return n, load
 
 
+def image_words(args, data) -> list[str]:
+    """One caption word per image: ``--classes`` (a text file), else the file's class ids through
+    ``--class-map`` (a JSON map from WordNet lemma to word) or the lemma's last word."""
+    if args.classes:
+        return [w.strip() for w in Path(args.classes).read_text().splitlines() if w.strip()]
+    names = None
+    if args.class_map:
+        names = json.loads(Path(args.class_map).read_text())
+        names = names.get("categories", names)
+    return class_words(data.wnids, names)
+
+
 def full_data(args):
     """``(n, load)``: ImageNet-Segmentation read batch by batch (a process reads only its images)."""
-    words = [w.strip() for w in Path(args.classes).read_text().splitlines() if w.strip()]
-    total = imagenet_segmentation_size(args.data)
-    n = total if args.n_images is None else min(args.n_images, total)
+    data = ImageNetSegmentation(args.data, size=args.image_size)
+    n = len(data) if args.n_images is None else min(args.n_images, len(data))
+    words = image_words(args, data)
     if len(words) < n:
         sys.exit(f"{args.classes} names {len(words)} classes for {n} images")
 
     def load(indices):
-        images, masks = load_imagenet_segmentation(args.data, size=args.image_size, indices=indices)
+        images, masks = data.batch(indices)
         return images, masks, [args.caption.format(words[i]) for i in indices], [words[i] for i in indices]
     return n, load
 
@@ -83,9 +100,11 @@ def check_args(ap, args):
     if not 0 < args.t <= 1:
         ap.error(f"--t must be in (0, 1], got {args.t}")
     if args.mode == "full":
-        for flag, path in (("--data", args.data), ("--classes", args.classes)):
-            if not path or not Path(path).is_file():
-                ap.error(f"--mode full needs {flag}: an existing file (got {path!r}); see --help")
+        if not args.data or not Path(args.data).is_file():
+            ap.error(f"--mode full needs --data: an existing file (got {args.data!r}); see --help")
+        for flag, path in (("--classes", args.classes), ("--class-map", args.class_map)):
+            if path is not None and not Path(path).is_file():
+                ap.error(f"{flag}: no such file {path!r}")
 
 
 def main(argv=None):
@@ -107,7 +126,9 @@ def main(argv=None):
     ap.add_argument("--size", type=int, default=224, help="evaluation resolution")
     ap.add_argument("--resize", choices=["nearest", "bilinear"], default="nearest")
     ap.add_argument("--data", default=None, help="full: path to gtsegs_ijcv.mat")
-    ap.add_argument("--classes", default=None, help="full: one-word class name per image")
+    ap.add_argument("--classes", default=None, help="full: a text file, one caption word per image "
+                    "(default: from the file's class ids)")
+    ap.add_argument("--class-map", default=None, help="full: JSON {WordNet lemma: word} for the class ids")
     ap.add_argument("--caption", default="a {}", help="full: caption template for the class word")
     ap.add_argument("--image-size", type=int, default=512, help="full: FLUX input resolution")
     args = ap.parse_args(argv)
@@ -121,7 +142,9 @@ def main(argv=None):
         ap.error("--methods names no setting")
     if args.mode == "full":
         try:
-            zoo.preflight("flux-schnell", data={"--data": args.data, "--classes": args.classes}, packages=["h5py"],
+            data = {k: v for k, v in (("--data", args.data), ("--classes", args.classes),
+                                      ("--class-map", args.class_map)) if v is not None}
+            zoo.preflight("flux-schnell", data=data, packages=["h5py", "timm"],
                           fix="run lite mode with --mode lite, or set HF_HUB_OFFLINE=1 with the weights cached")
         except zoo.FullModeUnavailable as e:
             ap.error(str(e))
@@ -136,6 +159,7 @@ def main(argv=None):
     config = dict(mode=args.mode, model=loaded.name, n_images=n, seed=args.seed, t=args.t,
                   steps=args.steps, store=args.store, size=args.size, resize=args.resize,
                   settings=[s.name for s in settings], data=args.data, classes=args.classes,
+                  class_map=args.class_map,
                   caption=args.caption, image_size=args.image_size)
 
     def work(indices):

@@ -121,6 +121,43 @@ def drop_special(v: torch.Tensor, layout: TokenLayout, renormalize: bool = True)
     return out / out.sum(-1, keepdim=True) if renormalize else out
 
 
+DROPPABLE = ("cls", "special")
+
+
+def chain_without(A, layout: TokenLayout, tokens: str = "cls"):
+    """The attention chain with the CLS token (``tokens="cls"``) or the CLS and register tokens
+    (``"special"``) removed as states, as if the softmax had run over the other keys only.
+
+    A: ``(..., n, n)`` attention probabilities, or a :class:`~chains_lite.lazy.LazyAttention`
+    (``store="qk"``). Returns ``(chain, layout)``: the chain on the kept tokens and their layout.
+    Removing state ``c`` from softmax rows and renormalising is exact, not an approximation:
+    ``softmax(z)_j / sum_{k != c} softmax(z)_k = exp(z_j) / sum_{k != c} exp(z_k)``. A dense
+    ``A`` is renormalised that way (its CLS row is dropped too); a lazy chain is rebuilt from the
+    kept tokens' queries and keys, the softmax of their logits. The authors' demo notebook
+    computes ``softmax(logits[..., 1:, 1:])``: the CLS token dropped, registers kept.
+    """
+    if tokens not in DROPPABLE:
+        raise ValueError(f"tokens must be one of {DROPPABLE}, got {tokens!r}")
+    drop = ((layout.cls_index,) if layout.cls_index is not None else ()) if tokens == "cls" \
+        else layout.special_indices
+    if not drop:
+        raise ValueError(f"this layout has no {'CLS' if tokens == 'cls' else 'CLS or register'} token to drop")
+    layout._check_tokens(A, "A")
+    keep = [i for i in range(A.shape[-1]) if i not in drop]
+    new = {i: j for j, i in enumerate(keep)}
+    kept = TokenLayout(None if tokens == "special" or layout.cls_index in drop else new[layout.cls_index],
+                       tuple(new[r] for r in layout.register_indices if r in new), layout.grid,
+                       new[layout.patch_start])
+    if isinstance(A, LazyAttention):
+        mask = None if A.mask is None else A.mask[..., keep]
+        return LazyAttention(A.q[..., keep, :], A.k[..., keep, :], A.scale, mask, A.max_bytes), kept
+    if not torch.is_tensor(A):
+        raise ValueError(f"A must be a tensor or a LazyAttention, got {type(A).__name__}")
+    B = A[..., keep, :][..., keep]
+    B = B.to(torch.promote_types(B.dtype, torch.float32))   # half precision renormalised in float32
+    return B / B.sum(-1, keepdim=True).clamp_min(torch.finfo(B.dtype).tiny), kept
+
+
 # ----------------------------------------------------------------------------- families
 @dataclass
 class QK:

@@ -196,16 +196,27 @@ def sd_codec(loaded):
     """``(encode, decode)`` of a loaded SD pipeline (``zoo.load("sd15", mode="full")``): prompts ->
     text states ``(B, 77, 768)``, latents -> images ``(B, 3, H, W)`` in [0, 1]."""
     pipe = loaded.pipeline
-    encode = lambda prompts: pipe.encode_prompt(list(prompts), pipe.device, 1, False)[0]  # noqa: E731
-    decode = lambda z: pipe.vae.decode(z / pipe.vae.config.scaling_factor).sample / 2 + 0.5  # noqa: E731
+
+    @torch.no_grad()
+    def encode(prompts):
+        return pipe.encode_prompt(list(prompts), pipe._execution_device, 1, False)[0]
+
+    @torch.no_grad()
+    def decode(z):
+        return pipe.vae.decode(z.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor).sample / 2 + 0.5
     return encode, decode
 
 
 def inception_extractor(device=None):
     """``uint8 (B, 3, H, W)`` -> ``(2048-d pool features, class probabilities)`` of the FID
-    Inception network (torchmetrics / torch-fidelity weights, downloaded at first use)."""
-    from torchmetrics.image.fid import NoTrainInceptionV3
-    net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048", "logits_unbiased"])
+    Inception network (torchmetrics / torch-fidelity weights, downloaded at first use; in a dry
+    run, ``CHAINS_FULL_WEIGHTS=random``, a random-weight stand-in: :func:`zoo.dryrun.inception_stand_in`)."""
+    from .zoo import dryrun
+    if dryrun.random_weights():
+        net = dryrun.inception_stand_in()
+    else:
+        from torchmetrics.image.fid import NoTrainInceptionV3
+        net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048", "logits_unbiased"])
     net = net.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
 
     @torch.no_grad()

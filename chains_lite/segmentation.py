@@ -31,6 +31,8 @@ from tqdm.auto import tqdm
 from . import scores
 from .capture import TokenLayout
 from .flux import BLOCKS, HEAD_MIX, noised_attention
+# the dataset's reader, here for the callers that find it under segmentation
+from .imagenet_segmentation import imagenet_segmentation_size, load_imagenet_segmentation  # noqa: F401
 from .metrics import binary_segmentation, merge_segmentation_counts, segmentation_counts
 
 METHODS = scores.select("row_select", "column_select", "incoming_2", "incoming_3", "outgoing_2",
@@ -208,6 +210,26 @@ def segmentation_records(loaded, images: torch.Tensor, masks: torch.Tensor, capt
     return [{k: per[k][b] for k in per} for b in range(len(images))]
 
 
+def evaluate_batches(loaded, batches, settings=(Setting(),), size: int = 224, resize: str = "nearest",
+                     progress: bool = True, total: int | None = None, **kw) -> dict:
+    """:func:`evaluate`'s scores over a stream of batches, holding one batch at a time.
+
+    batches: an iterable of ``(images, masks, captions, words)`` (e.g. built from
+    :meth:`chains_lite.imagenet_segmentation.ImageNetSegmentation.batches`); ``total``: the
+    number of batches, for the progress bar. ``kw``: for :func:`word_maps`. Returns
+    ``{setting.name: {"acc", "miou", "map", "miou_acc_2_minus_acc", "n"}, "time_s": ...}``.
+    """
+    settings = [Setting.parse(s) if isinstance(s, str) else s for s in settings]
+    t0, records = time.perf_counter(), []
+    for images, masks, captions, words in tqdm(batches, total=total, desc="segmentation",
+                                               disable=not progress):
+        records += segmentation_records(loaded, images, masks, captions, words, settings, size=size,
+                                        resize=resize, **kw)
+    out = merge_records(records)
+    out["time_s"] = time.perf_counter() - t0
+    return out
+
+
 def merge_records(records: list[dict]) -> dict:
     """``{setting.name: binary_segmentation dict}`` from the :func:`segmentation_records` of a
     whole dataset, in image order (confusion counts summed, per-image APs averaged)."""
@@ -253,46 +275,6 @@ def word_object_scores(loaded, batch, kind: str = "shape", setting=Setting(), n_
     if not maps:
         raise ValueError(f"no image in the batch has {n_objects} or more objects of distinct shapes")
     return binary_segmentation(torch.cat(maps), torch.stack(gts), size=batch.images.shape[-1])
-
-
-def imagenet_segmentation_size(path) -> int:
-    """The number of images in ImageNet-Segmentation's ``gtsegs_ijcv.mat`` (needs ``h5py``)."""
-    import h5py
-    with h5py.File(path, "r") as f:
-        return len(f["/value/img"])
-
-
-def load_imagenet_segmentation(path, n: int | None = None, size: int = 512, indices=None):
-    """ImageNet-Segmentation (Guillaumin et al.; the ``gtsegs_ijcv.mat`` file of Chefer et al.'s
-    benchmark, 4,276 images): ``(images (N, 3, size, size) in [0, 1], masks (N, size, size) bool)``
-    of the first ``n`` images (default all), or of the images ``indices`` (a list of ints: one
-    batch of a sharded run reads only its own images).
-
-    The file is MATLAB v7.3 (HDF5): ``/value/img`` holds references to uint8 images stored
-    ``(3, W, H)``, ``/value/gt`` references to references to ``(W, H)`` masks (read as in Chefer et
-    al.'s loader). Needs ``h5py``. Class names are not in the file: the benchmark script takes
-    them from a text file.
-    """
-    try:
-        import h5py
-    except ImportError:
-        raise ImportError("load_imagenet_segmentation reads gtsegs_ijcv.mat (MATLAB v7.3, HDF5) with "
-                          "h5py, which is not installed: pip install h5py") from None
-    import numpy as np
-    import torch.nn.functional as F
-    images, masks = [], []
-    with h5py.File(path, "r") as f:
-        refs_img, refs_gt = f["/value/img"], f["/value/gt"]
-        if indices is None:
-            indices = range(len(refs_img) if n is None else min(n, len(refs_img)))
-        for i in indices:
-            img = np.array(f[refs_img[i, 0]]).transpose(0, 2, 1)            # (3, H, W)
-            gt = np.array(f[f[refs_gt[i, 0]][0, 0]]).transpose(1, 0)       # (H, W)
-            x = torch.from_numpy(np.ascontiguousarray(img)).float()[None] / 255
-            images.append(F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)[0])
-            m = torch.from_numpy(np.ascontiguousarray(gt) > 0).float()[None, None]
-            masks.append(F.interpolate(m, size=(size, size), mode="nearest")[0, 0] > 0.5)
-    return torch.stack(images), torch.stack(masks)
 
 
 # ----------------------------------------------------------------------------- reporting

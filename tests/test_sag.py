@@ -337,3 +337,39 @@ def test_benchmark_writes_json_and_resumes_from_its_run_dir(tmp_path):
     bench.main(argv + ["--out", str(tmp_path / "b.json")])   # every record is on disk: nothing to sample
     a, b = (json.loads((tmp_path / f).read_text()) for f in ("a.json", "b.json"))
     assert set(a["methods"]) == {"none", "sag_column_sum", "sag_tokenrank"} and a["methods"] == b["methods"]
+
+
+def eig_fd(a, b):
+    """The Fréchet distance from the general eigenvalues of S_a S_b (numpy, float64)."""
+    a, b = a.numpy(), b.numpy()
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    cross = np.sqrt(np.clip(np.linalg.eigvals(s1 @ s2).real, 0, None)).sum()
+    return float(((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * cross)
+
+
+@pytest.mark.parametrize("n", [3, 12, 40, 41, 90])
+def test_frechet_distance_with_fewer_samples_than_dimensions(n):
+    # n <= D = 40 takes the N x N path, n > D the D x D one; both against numpy's eigvals
+    gen = torch.Generator().manual_seed(n)
+    mix = torch.randn(40, 40, generator=gen, dtype=torch.float64)
+    a = torch.randn(n, 40, generator=gen, dtype=torch.float64) @ mix
+    b = torch.randn(150, 40, generator=gen, dtype=torch.float64) @ mix + 0.3
+    assert quality.frechet_distance(a, b) == pytest.approx(eig_fd(a, b), rel=1e-7)
+    assert quality.frechet_distance(a[[0, 0, 1, 2, 2]], b) == pytest.approx(eig_fd(a[[0, 0, 1, 2, 2]], b),
+                                                                             rel=1e-7)
+
+
+def test_reference_gives_the_metrics_of_its_features():
+    gen = torch.Generator().manual_seed(1)
+    f, real = torch.randn(20, 30, generator=gen), torch.randn(50, 30, generator=gen) + 0.2
+    probs = torch.softmax(torch.randn(20, 5, generator=gen), -1)
+    ref = quality.Reference(real)
+    assert quality.metrics(f, probs, ref) == pytest.approx(quality.metrics(f, probs, real), rel=1e-12)
+    runs = {"x": (f, probs), "y": (f + 0.1, probs)}
+    t1 = quality.bootstrap_table(runs, real, [("x", "y")], n_boot=5)
+    t2 = quality.bootstrap_table(runs, ref, [("x", "y")], n_boot=5)
+    assert t1 == t2
+    with pytest.raises(ValueError, match="M >= 2"):
+        quality.Reference(real[:1])
+    with pytest.raises(ValueError, match="frechet_distance needs"):
+        quality.frechet_distance(f[:, :5], ref)

@@ -123,3 +123,21 @@ def test_segmentation_records_do_not_depend_on_the_batch_and_merge_to_the_scores
     assert not torch.allclose(maps, other)
     with pytest.raises(ValueError, match="one int per image"):
         word_maps(loaded, batch.images, batch.captions, words, seed=[1, 2], **kw)
+
+
+def test_evaluate_batches_scores_a_stream_as_evaluate_scores_the_whole_set():
+    from chains_lite import zoo
+    from chains_lite.segmentation import evaluate, evaluate_batches
+    loaded = zoo.load("shapes-flux", mode="lite", device="cpu", verbose=False)
+    batch, masks, words = shapeworld_task(4, seed=5)
+    kw = dict(settings=["outgoing_2:uniform", "row_select:uniform"], steps=1, size=32, seed=7,
+              progress=False)
+    whole = evaluate(loaded, batch.images, masks, batch.captions, words, batch_size=2, **kw)
+    stream = ((batch.images[i:i + 2], masks[i:i + 2], batch.captions[i:i + 2], words[i:i + 2])
+              for i in (0, 2))
+    got = evaluate_batches(loaded, stream, total=2, **kw)
+    for k in ("outgoing_2:uniform", "row_select:uniform"):
+        assert got[k]["n"] == 4
+        for m in ("acc", "miou", "map"):
+            assert got[k][m] == pytest.approx(whole[k][m], abs=1e-9)
+    assert got["time_s"] > 0

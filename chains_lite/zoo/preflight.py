@@ -3,11 +3,11 @@
 ``preflight(name, ...)`` raises one ``FullModeUnavailable`` (a ``RuntimeError``) listing every
 missing piece, and the fix for the caller's entry point:
 
-* a GPU, for the models that need one (FLUX, Stable Diffusion);
+* a GPU, for the models that need one (FLUX, Stable Diffusion), except in a dry run;
 * the Python packages the model's library needs, and any the caller names (``h5py`` for the
   ImageNet-Segmentation ``.mat`` file);
 * the data paths the caller names;
-* the Hugging Face hub: with ``HF_HUB_OFFLINE=1`` the weights must be in the hub cache; otherwise
+* the Hugging Face hub (both skipped in a dry run, ``CHAINS_FULL_WEIGHTS=random``): with ``HF_HUB_OFFLINE=1`` the weights must be in the hub cache; otherwise
   the hub (``HF_ENDPOINT``, default https://huggingface.co) is probed once with a short timeout.
   Without this, an unreachable hub costs about 50 s of retries inside the hub client first.
 
@@ -22,6 +22,8 @@ import urllib.request
 from pathlib import Path
 
 import torch
+
+from .dryrun import random_weights
 
 #: The remedy printed when no entry point names its own.
 DEFAULT_FIX = ("run in lite mode instead: zoo.load(name, mode='lite'), or CHAINS_MODE=lite for the "
@@ -90,10 +92,11 @@ def preflight(name: str, device=None, data: dict | None = None, packages=(), fix
         raise ValueError(f"unknown full model {name!r}; choose from {sorted(FULL_MODELS)}")
     spec = FULL_MODELS[name]
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dry = random_weights()       # a dry run needs neither a GPU nor the hub
     problems = []
     if device.type == "cuda" and not torch.cuda.is_available():
         problems.append(f"device={device} but no CUDA GPU is available")
-    elif spec.needs_gpu and device.type != "cuda":
+    elif spec.needs_gpu and device.type != "cuda" and not dry:
         why = "no CUDA GPU is available" if not torch.cuda.is_available() else f"device={device}"
         problems.append(f"{name} needs a CUDA GPU ({why})")
     missing = [p for p in (*_FAMILY_PACKAGES[spec.family], *packages) if importlib.util.find_spec(p) is None]
@@ -102,7 +105,9 @@ def preflight(name: str, device=None, data: dict | None = None, packages=(), fix
     for what, path in (data or {}).items():
         if path is None or not Path(path).exists():
             problems.append(f"{what}: {path!r} does not exist")
-    if hub_offline():
+    if dry:
+        pass
+    elif hub_offline():
         if not is_cached(spec.hub_repo):
             problems.append(f"HF_HUB_OFFLINE is set but {spec.hub_repo} is not in the hub cache "
                             f"{hub_cache()}: download it once with network access (`hf download "
