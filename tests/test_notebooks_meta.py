@@ -46,6 +46,16 @@ def test_notebooks_are_committed_without_outputs():
     assert not dirty, f"clear outputs before committing: {dirty}"
 
 
+def test_every_cell_has_a_unique_id():
+    # nbformat 4.5 cells carry ids; a cell pasted in without one fails validation in future nbformat
+    bad = []
+    for path in NOTEBOOKS:
+        ids = [c.get("id") for c in json.loads(path.read_text(encoding="utf-8"))["cells"]]
+        if None in ids or len(set(ids)) != len(ids):
+            bad.append(path.name)
+    assert not bad, f"cells without an id or with a repeated one: {bad}"
+
+
 def test_every_notebook_is_in_the_toc():
     missing = [p.name for p in NOTEBOOKS if f"notebooks/{p.stem}" not in TOC]
     assert not missing, f"add to book/_toc.yml: {missing}"

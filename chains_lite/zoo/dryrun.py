@@ -243,7 +243,7 @@ def write_data(root, n: int = 4, size: int = 64, seed: int = 0) -> dict[str, str
 
     The images are ShapeWorld scenes resized to ``size``; files that exist are overwritten.
     """
-    root = Path(root)
+    root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     images, masks = _images(max(n, 10), size, seed)
     env = {}
