@@ -33,7 +33,7 @@ from typing import Callable
 import torch
 
 from .krylov import arnoldi, gmres
-from .numerics import (LazyChain, Start, check_distribution, check_index, is_lazy, matmul_float64,
+from .numerics import (LazyChain, Start, batched_solve, check_distribution, check_index, is_lazy, matmul_float64,
                        not_a_chain, rowsum_float64, start_vector, uniform, work_dtype)
 
 DIRECTIONS = ("incoming", "outgoing")
@@ -379,7 +379,7 @@ def _dense_steady_state(A, p, alpha, direction, tol, max_iter):
     n = P.shape[-1]
     p64 = p.double()
     M = torch.eye(n, dtype=P.dtype, device=P.device) - alpha * P + alpha * p64.unsqueeze(-2)
-    pi, info = torch.linalg.solve_ex(M.mT, p64.unsqueeze(-1))
+    pi, info = batched_solve(M.mT, p64.unsqueeze(-1))
     pi = pi.squeeze(-1)
     if (info != 0).any() or not torch.isfinite(pi).all():
         raise ValueError("the chain has no unique steady state (alpha = 1 on a reducible chain?); "

@@ -5,12 +5,14 @@
 * ``rowsum_float64``    row sums accumulated in float64, a block of rows at a time
 * ``matmul_rows``, ``matmul_float64``   ``V @ A`` reading ``A`` a block of rows at a time
 * ``LazyChain``         what a matrix-free chain provides (``chains_lite.lazy``), and ``is_lazy``
+* ``batched_solve``     ``torch.linalg.solve_ex`` over a batch, on one CPU thread
 
 ``chains_lite.chain`` computes on dense tensors and on any ``LazyChain``; ``chains_lite.lazy``
 implements the interface with these same numerics.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Any, Callable, Protocol, Union, runtime_checkable
 
 import torch
@@ -189,3 +191,29 @@ def matmul_rows(V: torch.Tensor, A: torch.Tensor, block: int = ROW_BLOCK) -> tor
 def matmul_float64(V: torch.Tensor, A: torch.Tensor, block: int = ROW_BLOCK) -> torch.Tensor:
     """``V @ A`` in float64 (``A`` converted a block of rows at a time)."""
     return matmul_rows(V.double(), A, block)
+
+
+# --------------------------------------------------------------------------- dense solves
+@contextmanager
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def batched_solve(M: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.linalg.solve_ex(M, b)`` for ``M`` ``(B, n, n)``, ``b`` ``(B, n, k)``: ``(x, info)``.
+
+    On the CPU the batch is factorised on one thread. With two or more threads, torch 2.14.1's
+    batched LU (MKL 2024.2) fails for ``n`` above about 130 on the 2-core machine this project
+    tests on: MKL prints "Parameter 6 was incorrect on entry to DLASWP" and the call hangs
+    (``tests/test_numerics.py`` runs it in a subprocess). One thread is also the faster choice
+    for a batch of small systems.
+    """
+    if M.device.type != "cpu":
+        return torch.linalg.solve_ex(M, b)
+    with _one_thread():
+        return torch.linalg.solve_ex(M, b)
