@@ -32,7 +32,7 @@ from typing import Callable
 
 import torch
 
-from .krylov import arnoldi, gmres
+from .krylov import extend, gmres
 from .numerics import (LazyChain, Start, check_distribution, check_index, is_lazy, matmul_float64,
                        not_a_chain, rowsum_float64, start_vector, uniform, work_dtype)
 
@@ -338,7 +338,7 @@ def _check_unique(A, direction: str) -> None:
     n = A.shape[-1]
     if n == 1:
         return
-    pieces = [_lambda2(A_s, direction, 1e-3, 400, 40, near_one=True) for _, A_s in _pieces(A)]
+    pieces = [_lambda2(A_s, direction, 1e-4, 400, 64, near_one=True) for _, A_s in _pieces(A)]
     l2, near = torch.cat([l for l, _ in pieces]), torch.cat([d for _, d in pieces])
     repeated = torch.nonzero(near < 1e-4).flatten().tolist()
     if repeated:
@@ -506,8 +506,8 @@ _ANCHOR = 16  # float32 bounces per float64 one in the power method
 
 
 # --------------------------------------------------------------------------- lambda2
-def lambda2(A, direction: str = "incoming", tol: float = 1e-3, max_iter: int = 400,
-            krylov_dim: int = 40) -> torch.Tensor:
+def lambda2(A, direction: str = "incoming", tol: float = 1e-4, max_iter: int = 400,
+            krylov_dim: int = 64) -> torch.Tensor:
     """|lambda_2|: modulus of the second-largest-modulus eigenvalue of each chain (Sec. 4.4).
 
     A: ``(..., n, n)`` right-stochastic. Returns ``A.shape[:-2]`` (float32 or float64).
@@ -520,14 +520,20 @@ def lambda2(A, direction: str = "incoming", tol: float = 1e-3, max_iter: int = 4
     Arnoldi (``chains_lite.krylov``) from a zero-sum start builds the space of its bounces;
     the eigenvalues of the small projected matrix ``H`` (Ritz values; complex pairs come out
     as pairs) converge to the largest eigenvalues in a few dozen bounces, instead of the
-    ``O(n^3)`` of a full ``eigvals``. It stops when the top Ritz pair's residual
-    ``|h_{k+1,k} s_k|`` is below ``tol`` for every chain, restarting from the leading Ritz
-    directions every ``krylov_dim`` bounces, and warns if ``max_iter`` bounces are not enough. The
-    eigenvalue's error is far below the residual (about residual^2 / gap): on attention-like
-    heads ``tol=1e-3`` gave |error| <= 2e-5 against float64 ``eigvals`` (``bench_core.py``).
-    Eigenvalues of nearly equal modulus (closer than about ``tol``) can be confused: with a
-    small ``krylov_dim`` a slowly mixing head returned |lambda_3|, 3e-3 below |lambda_2|; lower
-    ``tol`` or raise ``krylov_dim`` for such spectra.
+    ``O(n^3)`` of a full ``eigvals``. A chain stops when its top Ritz pair's residual
+    ``|h_{k+1,k} s_k|`` is below ``tol`` and leaves the batch, so fast-mixing heads stop after a
+    dozen bounces while slow ones go on; Arnoldi restarts from the leading Ritz directions every
+    ``krylov_dim`` bounces, and warns if ``max_iter`` bounces are not enough.
+
+    Accuracy, measured against float64 ``eigvals`` on attention-like heads
+    (``benchmarks/bench_core.py``; float32 bounces): the eigenvalue's error is about 0.1 to 1
+    times the residual (the chains are not normal), so ``tol=1e-4`` (default) gave
+    |error| <= 1.1e-5 and ``tol=1e-5`` gave |error| <= 1.1e-6 (tests/test_chain.py); float32
+    rounding floors it near 3e-7, and a ``tol`` below about 3e-6 may not be reached in float32.
+    A looser ``tol`` risks stopping on |lambda_3|: when the start vector has little of the
+    lambda_2 direction, a head can converge to the next eigenvalue first (``tol=1e-3`` returned
+    a value 1e-2 low on one of twelve heads). Eigenvalues of nearly equal modulus (closer than
+    about ``tol``) can be confused the same way; lower ``tol`` for such spectra.
     """
     _check_direction(direction)
     if not (_is_real(tol) and 0 < tol < 1):
@@ -558,37 +564,59 @@ def _is_int(v) -> bool:
 def _lambda2(A, direction, tol, max_iter, krylov_dim, near_one: bool = False):
     """|lambda_2| ``(B,)`` of ``B`` chains ``(B, n, n)``, ``n >= 2`` (see ``lambda2``).
 
+    One batched Arnoldi process; a chain whose top Ritz pair has converged leaves the batch at
+    the next check, so fast-mixing heads stop bouncing after a dozen steps while slow ones go on.
+    Checks (an ``eig`` of every ``k x k`` projected matrix: 1 ms at ``k = 48`` on a CPU core, five
+    float32 bounces of a 1024-token head) come every ``max(4, k // 8)`` steps.
+
     ``near_one``: also return the distance ``(B,)`` from 1 to the nearest Ritz value (0 when the
     eigenvalue 1 is repeated: a reducible chain with several closed classes)."""
-    n = A.shape[-1]
-    step = _stepper(A, direction)
-
-    def matvec(x):  # one bounce, re-projected: rounding leaks into the e direction
-        y = step(x.unsqueeze(-2)).squeeze(-2)
-        return y - y.mean(-1, keepdim=True)
-
+    B, n = A.shape[0], A.shape[-1]
+    rows = _row_sums(A)
+    lam = torch.zeros(B, dtype=torch.float64, device=A.device)
+    near = torch.zeros_like(lam)
+    todo = torch.arange(B, device=A.device)  # chains still iterating
     # fixed seed: the answer must not depend on global RNG state
     g = torch.Generator().manual_seed(0)
     v = torch.randn(n, generator=g, dtype=A.dtype).to(A.device)
-    v = (v - v.mean()).expand(A.shape[0], n)
+    v = (v - v.mean()).expand(B, n)
     m = max(1, min(krylov_dim, n - 1))
     spent = 0
     while True:
-        V, H = arnoldi(matvec, v, m, stop=lambda V, H: bool((_top_ritz(H)[1] <= tol).all()))
-        spent += H.shape[-1]
-        lam, residual = _top_ritz(H)
-        # m == n - 1 steps span the whole zero-sum space: the Ritz values are exact
-        if (residual <= tol).all() or H.shape[-1] == n - 1:
-            break
+        step = _stepper(A, direction, rows=rows)
+        V = v.new_zeros(len(todo), m + 1, n)
+        H = v.new_zeros(len(todo), m + 1, m)
+        V[:, 0] = v / v.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+        k, check = 0, _FIRST_CHECK
+        while k < m and spent + k < max_iter:
+            y = step(V[:, k].unsqueeze(-2)).squeeze(-2)
+            extend(V, H, k, y - y.mean(-1, keepdim=True))  # re-projected: rounding leaks into e
+            k += 1
+            if k < min(check, m, max_iter - spent):
+                continue
+            check = k + max(4, k // 8)
+            theta, residual, dist = _top_ritz(H[:, : k + 1, :k])
+            # k = n - 1 steps span the whole zero-sum space: the Ritz values are exact
+            done = (residual <= tol) | (k == n - 1)
+            if not done.any():
+                continue
+            lam[todo[done]], near[todo[done]] = theta[done], dist[done]
+            keep = ~done
+            if not keep.any():
+                return (lam.to(A.dtype), near) if near_one else lam.to(A.dtype)
+            todo, A, rows, V, H = todo[keep], A[keep], rows[keep], V[keep], H[keep]
+            theta, dist = theta[keep], dist[keep]
+            step = _stepper(A, direction, rows=rows)
+        spent += k
         if spent >= max_iter:
             warnings.warn(f"lambda2 did not converge to tol={tol} in max_iter={max_iter} bounces; "
                           "increase max_iter or krylov_dim", RuntimeWarning, stacklevel=3)
-            break
-        v = _restart_vector(H, V)
-    if not near_one:
-        return lam.to(A.dtype)
-    k = H.shape[-1]
-    return lam.to(A.dtype), (torch.linalg.eigvals(H[:, :k, :k].double()) - 1).abs().amin(-1)
+            lam[todo], near[todo] = theta, dist
+            return (lam.to(A.dtype), near) if near_one else lam.to(A.dtype)
+        v = _restart_vector(H[:, : k + 1, :k], V[:, : k + 1])
+
+
+_FIRST_CHECK = 8  # Arnoldi steps before lambda2's first convergence check
 
 
 def _restart_vector(H: torch.Tensor, V: torch.Tensor, keep: int = 4) -> torch.Tensor:
@@ -607,7 +635,8 @@ def _restart_vector(H: torch.Tensor, V: torch.Tensor, keep: int = 4) -> torch.Te
 
 
 def _top_ritz(H: torch.Tensor):
-    """Largest Ritz value modulus ``(B,)`` and the residual ``(B,)`` of its Ritz pair.
+    """Largest Ritz value modulus ``(B,)``, the residual ``(B,)`` of its Ritz pair and the
+    distance ``(B,)`` from 1 to the nearest Ritz value.
 
     H: ``(B, k+1, k)`` from ``arnoldi``. The residual of the Ritz pair ``(theta, V_k^T s)`` is
     ``|h_{k+1,k}| |s_k|`` for a unit eigenvector ``s`` of the square part of ``H``.
@@ -618,7 +647,7 @@ def _top_ritz(H: torch.Tensor):
     i = theta.abs().argmax(-1)
     s = S.gather(-1, i[:, None, None].expand(-1, k, 1)).squeeze(-1)
     residual = H[:, k, k - 1].double().abs() * s[:, -1].abs()
-    return theta.abs().amax(-1), residual
+    return theta.abs().amax(-1), residual, (theta - 1).abs().amin(-1)
 
 
 # --------------------------------------------------------------------------- heads

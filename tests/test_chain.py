@@ -250,6 +250,36 @@ def test_lambda2_on_attention_like_heads():
     np.testing.assert_allclose(cl.lambda2(A), ref, atol=1e-3)
 
 
+@pytest.mark.parametrize("tol, bound", [(1e-4, 1.2e-5), (1e-5, 1.2e-6)])
+def test_lambda2_accuracy_matches_the_docstring(tol, bound):
+    """The measured errors ``lambda2``'s docstring states, against float64 numpy eigvals, on
+    float32 attention-like heads with slow, fast and nearly degenerate spectra."""
+    for heads, n, seed in [(12, 197, 0), (12, 256, 1), (8, 300, 2)]:
+        A = attention_like(heads, n, seed=seed)
+        A64 = (A.double() / A.double().sum(-1, keepdim=True)).numpy()
+        ref = np.array([ref_lambda2(a) for a in A64])
+        err = np.abs(cl.lambda2(A, tol=tol).double().numpy() - ref).max()
+        assert err <= bound, (heads, n, seed, err)
+
+
+def test_lambda2_fast_heads_leave_the_batch(monkeypatch):
+    """A fast-mixing head stops bouncing once its Ritz pair converges; the slow one goes on."""
+    from chains_lite import chain
+    A = torch.stack([attention_like(1, 120, seed=1, temperature=(0.5, 0.5))[0],
+                     attention_like(1, 120, seed=1, temperature=(4.0, 4.0))[0]]).double()
+    sizes, extend = [], chain.extend
+
+    def counting(V, H, j, w):
+        sizes.append(V.shape[0])
+        return extend(V, H, j, w)
+
+    monkeypatch.setattr(chain, "extend", counting)
+    lam = cl.lambda2(A, tol=1e-8)
+    np.testing.assert_allclose(lam, [ref_lambda2(a) for a in A.numpy()], atol=1e-8)
+    assert sizes[0] == 2 and sizes[-1] == 1  # the batch shrank to the slow head
+    assert sizes.count(2) < sizes.count(1)   # which needed more bounces than the fast one
+
+
 def test_lambda2_with_restarts():
     """A small Krylov space forces restarts; they must keep the leading directions."""
     A = attention_like(8, 60, seed=12)
