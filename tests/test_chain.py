@@ -204,6 +204,46 @@ def test_krylov_tokenrank_float32_reaches_float64_accuracy():
     assert np.abs(pi.double().numpy() - ref).sum(-1).max() <= 1e-6
 
 
+def test_chunked_products_are_nearly_float64():
+    """float32 pieces summed in float64: 10x closer to the float64 product than one float32 product."""
+    from chains_lite.chain import _chunked_times
+    A = attention_like(2, 2100, seed=7)  # n not a multiple of the piece length
+    V = torch.rand(2, 1, 2100, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    A64 = A.double().numpy()
+    ref = np.einsum("bki,bij->bkj", V.numpy() / A64.sum(-1)[:, None, :], A64)
+    chunked = np.abs(_chunked_times(A)(V).numpy() - ref).sum(-1).max()
+    plain = np.abs(((V / A.double().sum(-1, keepdim=True).mT).float() @ A).double().numpy() - ref).sum(-1).max()
+    assert chunked < 0.1 * plain and chunked < 3e-7 * np.abs(ref).sum(-1).max()
+
+
+@pytest.mark.parametrize("temperature, gmres", [((0.5, 1.0), False), ((0.5, 4.0), True)])
+def test_auto_tokenrank_power_first_then_gmres(monkeypatch, temperature, gmres):
+    """auto on n > 256: fast-mixing chains finish in power steps (GMRES never called), a batch
+    with a slowly mixing chain goes to GMRES; both meet tol against scipy's float64 eigenvector."""
+    from chains_lite import chain
+    A = attention_like(4, 300, seed=8, temperature=temperature)
+    A64 = (A.double() / A.double().sum(-1, keepdim=True)).numpy()
+    ref = np.stack([ref_steady_state(ref_teleport(a, 0.99)) for a in A64])
+    calls, krylov = [], chain._krylov_steady_state
+    monkeypatch.setattr(chain, "_krylov_steady_state", lambda *a, **k: calls.append(1) or krylov(*a, **k))
+    for tol in (1e-5, 1e-6):
+        calls.clear()
+        pi = cl.tokenrank(A, alpha=0.99, tol=tol)
+        assert np.abs(pi.double().numpy() - ref).sum(-1).max() <= tol
+        assert bool(calls) == gmres
+    calls.clear()  # below the float32 pieces' rounding floor: GMRES with float64 residuals
+    pi = cl.tokenrank(A, alpha=0.99, tol=1e-9)
+    assert calls and np.abs(pi.double().numpy() - ref).sum(-1).max() <= 1e-7  # float32 output
+
+
+@pytest.mark.parametrize("method", ["auto", "dense", "krylov", "power"])
+def test_tokenrank_leaves_float64_input_untouched(method):
+    A = attention_like(2, 40, seed=9).double()
+    before = A.clone()
+    cl.tokenrank(A, method=method)
+    assert torch.equal(A, before)
+
+
 def test_tokenrank_personalization():
     A = attention_like(1, 30, seed=4)[0].double()
     p = torch.rand(30, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
