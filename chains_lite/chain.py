@@ -60,8 +60,14 @@ def check_stochastic(A, name: str = "A") -> torch.Tensor:
     renormalised so that downstream results are exact probability vectors. A lazy chain
     (``LazyAttention``) is returned as is: it is stochastic by construction.
     """
+    return _checked_rows(A, name)[0]
+
+
+def _checked_rows(A, name: str = "A"):
+    """``check_stochastic``'s ``A`` and the row sums ``(..., n)`` it computed (float64, summed in
+    the working dtype), or None where it has none (a lazy chain, or rows it renormalised)."""
     if is_lazy(A):
-        return A
+        return A, None
     try:
         A = torch.as_tensor(A)
     except (TypeError, RuntimeError) as err:  # torch's "could not infer dtype" names no remedy
@@ -85,8 +91,8 @@ def check_stochastic(A, name: str = "A") -> torch.Tensor:
         raise ValueError(f"rows of {name} must sum to 1 (a post-softmax attention matrix); "
                          f"the largest deviation is {deviation:.3g} > {tol:g}")
     if deviation > 1e-6:
-        A = A / rows.unsqueeze(-1)
-    return A
+        return A / rows.unsqueeze(-1), None
+    return A, rows.double()
 
 
 def _check_direction(direction: str) -> None:
@@ -313,11 +319,12 @@ def tokenrank(A, alpha: float = DEFAULT_ALPHA, direction: str = "incoming",
     _check_direction(direction)
     if tol <= 0 or max_iter < 1:
         raise ValueError(f"tol must be > 0 and max_iter >= 1, got tol={tol}, max_iter={max_iter}")
-    A = check_stochastic(A)
+    A, rows = _checked_rows(A)
     n = A.shape[-1]
     p, batch = _personalization(personalization, A)
     A = A.expand(*batch, n, n).reshape(-1, n, n)
     p = p.expand(*batch, n).reshape(-1, n)
+    rows = None if rows is None else rows.expand(*batch, n).reshape(-1, n)
     solvers = {"dense": _dense_steady_state, "krylov": _krylov_steady_state,
                "power": _power_iteration, "auto": _auto_steady_state}
     if method == "auto":  # (a lazy chain whose dense matrices do not fit its budget: krylov)
@@ -329,7 +336,8 @@ def tokenrank(A, alpha: float = DEFAULT_ALPHA, direction: str = "incoming",
         _check_unique(A, direction)
     out = []
     for s, A_s in _pieces(A, dense=method == "dense"):
-        out.append(solvers[method](A_s, p[s], alpha, direction, tol, max_iter))
+        known = {"rows": rows[s]} if method == "auto" and rows is not None else {}
+        out.append(solvers[method](A_s, p[s], alpha, direction, tol, max_iter, **known))
     return torch.cat(out).reshape(*batch, n)
 
 
@@ -446,7 +454,7 @@ def _krylov_steady_state(A, p, alpha, direction, tol, max_iter, x0=None):
     return _normalize(x.clamp_min(0)).to(A.dtype)
 
 
-def _auto_steady_state(A, p, alpha, direction, tol, max_iter):
+def _auto_steady_state(A, p, alpha, direction, tol, max_iter, rows=None):
     """Steady states of ``B`` chains ``(B, n, n)``: power steps first, GMRES for the slow chains.
 
     Chains that mix fast settle in a dozen power steps, fewer bounces than GMRES spends with its
@@ -463,6 +471,7 @@ def _auto_steady_state(A, p, alpha, direction, tol, max_iter):
     floor is below ``tol``, and one that turns out slow after others finished goes to GMRES from
     its last iterate.
     ``(B, n, n)``, ``(B, n)`` -> ``(B, n)``; dense incoming chains only (others go to GMRES).
+    ``rows``: the row sums ``(B, n)`` of ``A`` if known.
     """
     if is_lazy(A) or direction != "incoming":
         return _krylov_steady_state(A, p, alpha, direction, tol, max_iter)
@@ -471,7 +480,8 @@ def _auto_steady_state(A, p, alpha, direction, tol, max_iter):
     todo = torch.arange(A.shape[0], device=A.device)  # chains still in power steps
     slow, starts = [], []  # chains handed to GMRES, and their last iterates
     A_, p_ = A, p
-    times = _chunked_times(A_)
+    rows = A.sum(-1).double() if rows is None else rows
+    times = _chunked_times(A_, rows)
     v = p_.unsqueeze(-2)  # (B, 1, n)
     diffs = []
     max_rate = min(alpha, 0.999)
@@ -505,9 +515,9 @@ def _auto_steady_state(A, p, alpha, direction, tol, max_iter):
         keep = ~leave
         if not keep.any():
             break
-        todo, A_, p_, v = todo[keep], A_[keep], p_[keep], v[keep]
+        todo, A_, p_, v, rows = todo[keep], A_[keep], p_[keep], v[keep], rows[keep]
         diffs = [d[keep] for d in diffs]
-        times = _chunked_times(A_)
+        times = _chunked_times(A_, rows)
     else:  # max_iter power steps: GMRES gets no bounces left, and warns
         slow.append(todo)
         starts.append(v[:, 0])
@@ -525,8 +535,9 @@ _POWER_LEFT = 32  # power steps a chain may still need before it goes to GMRES i
 _CHUNK = 64  # terms per float32 partial sum in _chunked_times
 
 
-def _chunked_times(A: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``V -> V P`` ``(B, 1, n)`` float64 for dense incoming chains ``A`` ``(B, n, n)``, ``P = A / rowsum``.
+def _chunked_times(A: torch.Tensor, rows: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``V -> V P`` ``(B, 1, n)`` float64 for dense incoming chains ``A`` ``(B, n, n)`` with row sums
+    ``rows`` ``(B, n)``, ``P = A / rows``.
 
     A float32 matrix-vector product sums ``n`` terms in float32: its relative error grows with
     ``n`` (5e-7 in L1 at n = 4096, the fixed point of the power method is off by as much). Here
@@ -539,7 +550,6 @@ def _chunked_times(A: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     q = n // _CHUNK
     cut = q * _CHUNK
     head = A[:, :cut].reshape(B, q, _CHUNK, n)  # a view
-    rows = A.sum(-1).double()
     rows = rows.unsqueeze(-2)  # (B, 1, n)
 
     def times(V):
@@ -643,7 +653,8 @@ def lambda2(A, direction: str = "incoming", tol: float = 1e-4, max_iter: int = 4
     (``benchmarks/bench_core.py``; float32 bounces): the eigenvalue's error is about 0.1 to 1
     times the residual (the chains are not normal), so ``tol=1e-4`` (default) gave
     |error| <= 1.1e-5 and ``tol=1e-5`` gave |error| <= 1.1e-6 (tests/test_chain.py); float32
-    rounding floors it near 3e-7, and a ``tol`` below about 3e-6 may not be reached in float32.
+    rounding floors it near 3e-7, and a ``tol`` below about 3e-6 may not be reached in float32
+    (with restarts in a small space, ``krylov_dim=12``, not below about 1e-4).
     A looser ``tol`` risks stopping on |lambda_3|: when the start vector has little of the
     lambda_2 direction, a head can converge to the next eigenvalue first (``tol=1e-3`` returned
     a value 1e-2 low on one of twelve heads). Eigenvalues of nearly equal modulus (closer than
@@ -656,14 +667,15 @@ def lambda2(A, direction: str = "incoming", tol: float = 1e-4, max_iter: int = 4
         raise ValueError(f"max_iter must be an int >= 1, got {max_iter!r}")
     if not (_is_int(krylov_dim) and krylov_dim >= 2):
         raise ValueError(f"krylov_dim must be an int >= 2, got {krylov_dim!r}")
-    A = check_stochastic(A)
+    A, rows = _checked_rows(A)
     n = A.shape[-1]
     batch = A.shape[:-2]
     if n == 1:
         return torch.zeros(batch, dtype=A.dtype, device=A.device)
     out = []
-    for _, A_s in _pieces(A.reshape(-1, n, n)):
-        out.append(_lambda2(A_s, direction, tol, max_iter, krylov_dim))
+    for s, A_s in _pieces(A.reshape(-1, n, n)):
+        out.append(_lambda2(A_s, direction, tol, max_iter, krylov_dim,
+                            rows=None if rows is None else rows.reshape(-1, n)[s]))
     return torch.cat(out).reshape(batch)
 
 
@@ -675,18 +687,21 @@ def _is_int(v) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
-def _lambda2(A, direction, tol, max_iter, krylov_dim, near_one: bool = False):
+def _lambda2(A, direction, tol, max_iter, krylov_dim, near_one: bool = False, rows=None):
     """|lambda_2| ``(B,)`` of ``B`` chains ``(B, n, n)``, ``n >= 2`` (see ``lambda2``).
 
     One batched Arnoldi process; a chain whose top Ritz pair has converged leaves the batch at
     the next check, so fast-mixing heads stop bouncing after a dozen steps while slow ones go on.
-    Checks (an ``eig`` of every ``k x k`` projected matrix: 1 ms at ``k = 48`` on a CPU core, five
-    float32 bounces of a 1024-token head) come every ``max(4, k // 8)`` steps.
+    Checks (an ``eig`` of every ``k x k`` projected matrix) come every ``_check_every`` steps.
 
     ``near_one``: also return the distance ``(B,)`` from 1 to the nearest Ritz value (0 when the
-    eigenvalue 1 is repeated: a reducible chain with several closed classes)."""
+    eigenvalue 1 is repeated: a reducible chain with several closed classes). ``rows``: the row
+    sums ``(B, n)`` of ``A`` if known."""
     B, n = A.shape[0], A.shape[-1]
-    rows = _row_sums(A)
+    # float32 row sums (a third of the float64 ones' cost): their rounding, ~1e-7 relative,
+    # is far below lambda2's float32 floor
+    if rows is None:
+        rows = _row_sums(A) if is_lazy(A) else A.sum(-1).double()
     lam = torch.zeros(B, dtype=torch.float64, device=A.device)
     near = torch.zeros_like(lam)
     todo = torch.arange(B, device=A.device)  # chains still iterating
@@ -708,7 +723,7 @@ def _lambda2(A, direction, tol, max_iter, krylov_dim, near_one: bool = False):
             k += 1
             if k < min(check, m, max_iter - spent):
                 continue
-            check = k + max(4, k // 8)
+            check = k + _check_every(k, n)
             theta, residual, dist = _top_ritz(H[:, : k + 1, :k])
             # k = n - 1 steps span the whole zero-sum space: the Ritz values are exact
             done = (residual <= tol) | (k == n - 1)
@@ -731,6 +746,17 @@ def _lambda2(A, direction, tol, max_iter, krylov_dim, near_one: bool = False):
 
 
 _FIRST_CHECK = 8  # Arnoldi steps before lambda2's first convergence check
+
+
+def _check_every(k: int, n: int) -> int:
+    """Arnoldi steps between lambda2's checks at step ``k`` for chains of ``n`` states.
+
+    A check (``eig`` of the ``k x k`` projected matrix, ~``k^3``) costs about ``50 k^3 / n^2``
+    bounces (~``n^2``) on a CPU core: 1 ms at ``k = 48``, five bounces of a 1024-token head.
+    Checks come about that many steps apart, so they cost at most about one bounce each, but
+    at least every ``max(4, k // 8)`` steps and at most every 2.
+    """
+    return max(2, min(max(4, k // 8), round(50 * k ** 3 / n ** 2)))
 
 
 def _restart_vector(H: torch.Tensor, V: torch.Tensor, keep: int = 4) -> torch.Tensor:
