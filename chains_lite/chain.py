@@ -286,11 +286,12 @@ def tokenrank(A, alpha: float = DEFAULT_ALPHA, direction: str = "incoming",
     Three solvers give the same answer (tested against each other and against scipy);
     ``method="auto"`` (default) takes ``"dense"`` for ``n <= 256``. Above, it starts with power
     steps and keeps them if every chain mixes fast enough to settle in a few dozen, else hands
-    all chains to ``"krylov"`` after three steps (``_auto_steady_state``; the outgoing direction
-    and matrix-free chains take ``"krylov"``). Its power steps multiply float32 pieces of 64 entries and sum them
-    in float64 (``_chunked_times``); they stop only where their rounding floor, at most 6e-8 /
-    (1 - r) in L1 measured (``r`` the contraction rate), is 4x below ``tol``. On float32
-    attention-like heads (``bench_core.py``) every method gave L1 error <= 5e-8 at ``tol=1e-6``.
+    all chains to ``"krylov"`` after three steps (``_auto_steady_state``; the outgoing
+    direction and matrix-free chains take ``"krylov"``). Its power steps multiply float32
+    pieces of 64 entries and sum them in float64 (``_chunked_times``); they stop only where
+    their rounding floor, at most 6e-8 / (1 - r) in L1 measured (``r`` the contraction rate),
+    is 4x below ``tol``. On float32 attention-like heads (``bench_core.py``) ``"auto"`` gave
+    L1 error <= 5e-8 at ``tol=1e-6`` (``"power"``: 2.4e-7).
 
     * ``method="dense"``: the linear system below solved directly in float64 (``O(n^3)``,
       exact, fastest for short sequences).
@@ -388,10 +389,13 @@ _DENSE_COPIES = 12  # float32 copies of A that the float64 dense solve holds at 
 
 def _dense_steady_state(A, p, alpha, direction, tol, max_iter):
     """``pi (I - alpha P + alpha e p^T) = p^T`` by a float64 LU solve; ``(B, n, n)`` -> ``(B, n)``."""
-    P = A.to(torch.float64, copy=True) if direction == "incoming" else transition_matrix(A.double(), direction)
     # M built in place in one float64 copy of A (allocating the float64 matrix is half the time)
-    M = P.mul_(-alpha / P.sum(-1, keepdim=True)) if direction == "incoming" else \
-        P * (-alpha / P.sum(-1, keepdim=True))
+    if direction == "incoming":
+        P = A.to(torch.float64, copy=True)
+        M = P.mul_(-alpha / P.sum(-1, keepdim=True))
+    else:
+        P = transition_matrix(A.double(), direction)
+        M = P * (-alpha / P.sum(-1, keepdim=True))
     M.diagonal(dim1=-2, dim2=-1).add_(1.0)
     p64 = p.double()
     M.add_(alpha * p64.unsqueeze(-2))
@@ -499,7 +503,8 @@ def _auto_steady_state(A, p, alpha, direction, tol, max_iter, rows=None):
         floor = _PROBE_FLOOR / (1 - rate)
         left = 4 * D[1:].amax(0) * rate / (1 - rate)  # estimated L1 distance to the fixed point
         done = (left + floor <= tol) & (len(diffs) > _WINDOW)
-        steps_left = torch.log((tol - floor).clamp_min(1e-300) / left.clamp_min(1e-300)) / torch.log(rate)
+        steps_left = (torch.log((tol - floor).clamp_min(1e-300) / left.clamp_min(1e-300))
+                      / torch.log(rate))
         hand_over = ~done & ((4 * floor > tol) | (steps_left > _POWER_LEFT) | D[-1].isnan())
         if hand_over.any() and len(todo) == A.shape[0]:
             # GMRES pays its float64 residuals for a slow chain anyway, and chains that mix
