@@ -32,7 +32,7 @@ from typing import Callable
 
 import torch
 
-from .krylov import arnoldi, gmres
+from .krylov import extend, gmres
 from .numerics import (LazyChain, Start, batched_solve, check_distribution, check_index, is_lazy, matmul_float64,
                        not_a_chain, rowsum_float64, start_vector, uniform, work_dtype)
 
@@ -60,8 +60,14 @@ def check_stochastic(A, name: str = "A") -> torch.Tensor:
     renormalised so that downstream results are exact probability vectors. A lazy chain
     (``LazyAttention``) is returned as is: it is stochastic by construction.
     """
+    return _checked_rows(A, name)[0]
+
+
+def _checked_rows(A, name: str = "A"):
+    """``check_stochastic``'s ``A`` and the row sums ``(..., n)`` it computed (float64, summed in
+    the working dtype), or None where it has none (a lazy chain, or rows it renormalised)."""
     if is_lazy(A):
-        return A
+        return A, None
     try:
         A = torch.as_tensor(A)
     except (TypeError, RuntimeError) as err:  # torch's "could not infer dtype" names no remedy
@@ -85,8 +91,8 @@ def check_stochastic(A, name: str = "A") -> torch.Tensor:
         raise ValueError(f"rows of {name} must sum to 1 (a post-softmax attention matrix); "
                          f"the largest deviation is {deviation:.3g} > {tol:g}")
     if deviation > 1e-6:
-        A = A / rows.unsqueeze(-1)
-    return A
+        return A / rows.unsqueeze(-1), None
+    return A, rows.double()
 
 
 def _check_direction(direction: str) -> None:
@@ -278,7 +284,14 @@ def tokenrank(A, alpha: float = DEFAULT_ALPHA, direction: str = "incoming",
     raises ``ValueError``, and a periodic one (``|lambda_2| = 1``) warns.
 
     Three solvers give the same answer (tested against each other and against scipy);
-    ``method="auto"`` (default) takes ``"dense"`` for ``n <= 256`` and ``"krylov"`` above:
+    ``method="auto"`` (default) takes ``"dense"`` for ``n <= 256``. Above, it starts with power
+    steps and keeps them if every chain mixes fast enough to settle in a few dozen, else hands
+    all chains to ``"krylov"`` after three steps (``_auto_steady_state``; the outgoing
+    direction and matrix-free chains take ``"krylov"``). Its power steps multiply float32
+    pieces of 64 entries and sum them in float64 (``_chunked_times``); they stop only where
+    their rounding floor, at most 6e-8 / (1 - r) in L1 measured (``r`` the contraction rate),
+    is 4x below ``tol``. On float32 attention-like heads (``bench_core.py``) ``"auto"`` gave
+    L1 error <= 5e-8 at ``tol=1e-6`` (``"power"``: 2.4e-7).
 
     * ``method="dense"``: the linear system below solved directly in float64 (``O(n^3)``,
       exact, fastest for short sequences).
@@ -301,29 +314,31 @@ def tokenrank(A, alpha: float = DEFAULT_ALPHA, direction: str = "incoming",
 
     A ``LazyAttention`` is solved on dense chunks of heads when they fit its ``max_bytes``,
     matrix-free otherwise; ``"dense"`` then raises ``ValueError`` and ``"auto"`` takes
-    ``"krylov"``.
+    ``"krylov"`` (on dense chunks it chooses as for a tensor).
     """
     alpha = _check_alpha(alpha)
     _check_direction(direction)
     if tol <= 0 or max_iter < 1:
         raise ValueError(f"tol must be > 0 and max_iter >= 1, got tol={tol}, max_iter={max_iter}")
-    A = check_stochastic(A)
+    A, rows = _checked_rows(A)
     n = A.shape[-1]
     p, batch = _personalization(personalization, A)
     A = A.expand(*batch, n, n).reshape(-1, n, n)
     p = p.expand(*batch, n).reshape(-1, n)
+    rows = None if rows is None else rows.expand(*batch, n).reshape(-1, n)
     solvers = {"dense": _dense_steady_state, "krylov": _krylov_steady_state,
-               "power": _power_iteration}
+               "power": _power_iteration, "auto": _auto_steady_state}
     if method == "auto":  # (a lazy chain whose dense matrices do not fit its budget: krylov)
         small = n <= _DENSE_MAX_N and (not is_lazy(A) or A.chunk_size(_DENSE_COPIES) > 0)
-        method = "dense" if small else "krylov"
+        method = "dense" if small else "auto"
     if method not in solvers:
         raise ValueError(f"unknown method {method!r}; expected 'auto' or one of {tuple(solvers)}")
     if alpha == 1.0:
         _check_unique(A, direction)
     out = []
     for s, A_s in _pieces(A, dense=method == "dense"):
-        out.append(solvers[method](A_s, p[s], alpha, direction, tol, max_iter))
+        known = {"rows": rows[s]} if method == "auto" and rows is not None else {}
+        out.append(solvers[method](A_s, p[s], alpha, direction, tol, max_iter, **known))
     return torch.cat(out).reshape(*batch, n)
 
 
@@ -338,7 +353,7 @@ def _check_unique(A, direction: str) -> None:
     n = A.shape[-1]
     if n == 1:
         return
-    pieces = [_lambda2(A_s, direction, 1e-3, 400, 40, near_one=True) for _, A_s in _pieces(A)]
+    pieces = [_lambda2(A_s, direction, 1e-4, 400, 64, near_one=True) for _, A_s in _pieces(A)]
     l2, near = torch.cat([l for l, _ in pieces]), torch.cat([d for _, d in pieces])
     repeated = torch.nonzero(near < 1e-4).flatten().tolist()
     if repeated:
@@ -374,25 +389,31 @@ _DENSE_COPIES = 12  # float32 copies of A that the float64 dense solve holds at 
 
 def _dense_steady_state(A, p, alpha, direction, tol, max_iter):
     """``pi (I - alpha P + alpha e p^T) = p^T`` by a float64 LU solve; ``(B, n, n)`` -> ``(B, n)``."""
-    P = transition_matrix(A.double(), direction)
-    P = P / P.sum(-1, keepdim=True)
-    n = P.shape[-1]
+    # M built in place in one float64 copy of A (allocating the float64 matrix is half the time)
+    if direction == "incoming":
+        P = A.to(torch.float64, copy=True)
+        M = P.mul_(-alpha / P.sum(-1, keepdim=True))
+    else:
+        P = transition_matrix(A.double(), direction)
+        M = P * (-alpha / P.sum(-1, keepdim=True))
+    M.diagonal(dim1=-2, dim2=-1).add_(1.0)
     p64 = p.double()
-    M = torch.eye(n, dtype=P.dtype, device=P.device) - alpha * P + alpha * p64.unsqueeze(-2)
-    pi, info = batched_solve(M.mT, p64.unsqueeze(-1))
-    pi = pi.squeeze(-1)
+    M.add_(alpha * p64.unsqueeze(-2))
+    pi, info = batched_solve(M, p64.unsqueeze(-2), left=False)  # pi M = p^T
+    pi = pi.squeeze(-2)
     if (info != 0).any() or not torch.isfinite(pi).all():
         raise ValueError("the chain has no unique steady state (alpha = 1 on a reducible chain?); "
                          "use alpha < 1")
     return _normalize(pi.clamp_min(0)).to(A.dtype)
 
 
-def _krylov_steady_state(A, p, alpha, direction, tol, max_iter):
+def _krylov_steady_state(A, p, alpha, direction, tol, max_iter, x0=None):
     """Steady states of ``B`` teleported chains by GMRES with float64 refinement.
 
     ``A`` ``(B, n, n)``, ``p`` ``(B, n)`` -> ``(B, n)``. With ``M = I - alpha P + alpha e p^T``
     (nonsingular for alpha < 1; for alpha = 1 when the steady state is unique),
-    ``pi M = p^T`` is the fixed point of the teleported chain with ``pi e = 1``.
+    ``pi M = p^T`` is the fixed point of the teleported chain with ``pi e = 1``. ``x0``: a
+    float64 start ``(B, n)`` (zero if None).
     """
     n = A.shape[-1]
     rows = _row_sums(A)  # once: summing A costs about a bounce
@@ -417,8 +438,8 @@ def _krylov_steady_state(A, p, alpha, direction, tol, max_iter):
     # has an inverse of L1 norm <= 1 / (1 - alpha), and sum(x) - 1 = -sum(r)
     certify = tol * max(1.0 - alpha, 1e-3) / 4
     exact = operator(A, p.double(), float64=True)
-    x = torch.zeros_like(p, dtype=torch.float64)
-    r = p.double()
+    x = torch.zeros_like(p, dtype=torch.float64) if x0 is None else x0.double()
+    r = p.double() if x0 is None else p.double() - exact(x)
     spent, converged = 0, False
     while spent < max_iter:  # each round: a float32 GMRES solve for the float64 residual
         d, used = gmres(subset, r.to(A.dtype), rtol=1e-5, atol=0.1 * certify / n ** 0.5,
@@ -435,6 +456,114 @@ def _krylov_steady_state(A, p, alpha, direction, tol, max_iter):
                       "(alpha = 1 on a chain without a unique steady state?); returning the "
                       "last iterate", RuntimeWarning, stacklevel=3)
     return _normalize(x.clamp_min(0)).to(A.dtype)
+
+
+def _auto_steady_state(A, p, alpha, direction, tol, max_iter, rows=None):
+    """Steady states of ``B`` chains ``(B, n, n)``: power steps first, GMRES for the slow chains.
+
+    Chains that mix fast settle in a dozen power steps, fewer bounces than GMRES spends with its
+    float64 residuals; slowly mixing ones would take hundreds. So every chain starts with power
+    steps whose products are nearly float64-accurate at float32 cost (``_chunked_times``). From
+    the step sizes ``d_k = |v_k - v_{k-1}|_1`` the contraction rate ``r`` (the largest ratio of
+    successive steps, those at rounding noise left out) predicts how many more steps a chain
+    needs. From ``_FIRST_LOOK`` steps on, as long as no chain has finished, if any chain needs
+    more than ``_POWER_LEFT`` or the rounding floor of the products, ``_PROBE_FLOOR / (1 - r)``
+    in L1, is not 4x below ``tol``, every chain goes to GMRES (``_krylov_steady_state``) as if it
+    had been chosen at the start: GMRES pays its float64 residuals for that chain anyway, and
+    fast chains leave it within a restart. Otherwise the power steps go on; a chain stops once
+    its estimated error ``4 d_k r / (1 - r)`` (``r`` over the last ``_WINDOW`` steps) plus the
+    floor is below ``tol``, and one that turns out slow after others finished goes to GMRES from
+    its last iterate.
+    ``(B, n, n)``, ``(B, n)`` -> ``(B, n)``; dense incoming chains only (others go to GMRES).
+    ``rows``: the row sums ``(B, n)`` of ``A`` if known.
+    """
+    if is_lazy(A) or direction != "incoming":
+        return _krylov_steady_state(A, p, alpha, direction, tol, max_iter)
+    p = p.double()
+    out = p.clone()
+    todo = torch.arange(A.shape[0], device=A.device)  # chains still in power steps
+    slow, starts = [], []  # chains handed to GMRES, and their last iterates
+    A_, p_ = A, p
+    rows = A.sum(-1).double() if rows is None else rows
+    times = _chunked_times(A_, rows)
+    v = p_.unsqueeze(-2)  # (B, 1, n)
+    diffs = []
+    max_rate = min(alpha, 0.999)
+    k = 0
+    for k in range(1, max_iter + 1):
+        v_new = _normalize(alpha * times(v) + (1.0 - alpha) * p_.unsqueeze(-2))
+        diffs = (diffs + [(v_new - v).abs().sum((-2, -1))])[-(_WINDOW + 1):]
+        v = v_new
+        if len(diffs) < _FIRST_LOOK:
+            continue
+        D = torch.stack(diffs)  # (<= W+1, B)
+        # steps at the rounding noise say nothing about the rate: their ratios are left out
+        ratios = torch.where(D[:-1] > _STEP_NOISE, D[1:] / D[:-1].clamp_min(1e-30), 0.0)
+        rate = ratios.amax(0).clamp(1e-3, max_rate)
+        floor = _PROBE_FLOOR / (1 - rate)
+        left = 4 * D[1:].amax(0) * rate / (1 - rate)  # estimated L1 distance to the fixed point
+        done = (left + floor <= tol) & (len(diffs) > _WINDOW)
+        steps_left = (torch.log((tol - floor).clamp_min(1e-300) / left.clamp_min(1e-300))
+                      / torch.log(rate))
+        hand_over = ~done & ((4 * floor > tol) | (steps_left > _POWER_LEFT) | D[-1].isnan())
+        if hand_over.any() and len(todo) == A.shape[0]:
+            # GMRES pays its float64 residuals for a slow chain anyway, and chains that mix
+            # fast leave it within a restart: all go, as if GMRES had been the choice (and A
+            # is not copied)
+            return _krylov_steady_state(A, p.to(A.dtype), alpha, direction, tol, max(1, max_iter - k))
+        leave = done | hand_over
+        if not leave.any():
+            continue
+        out[todo[done]] = v[done, 0]
+        slow.append(todo[hand_over])
+        starts.append(v[hand_over, 0])
+        keep = ~leave
+        if not keep.any():
+            break
+        todo, A_, p_, v, rows = todo[keep], A_[keep], p_[keep], v[keep], rows[keep]
+        diffs = [d[keep] for d in diffs]
+        times = _chunked_times(A_, rows)
+    else:  # max_iter power steps: GMRES gets no bounces left, and warns
+        slow.append(todo)
+        starts.append(v[:, 0])
+    slow = torch.cat(slow)
+    if slow.numel():
+        out[slow] = _krylov_steady_state(A[slow], p[slow].to(A.dtype), alpha, direction, tol,
+                                         max(1, max_iter - k), torch.cat(starts)).double()
+    return _finite(out, "tokenrank").to(A.dtype)
+
+
+_FIRST_LOOK = 3  # power steps before the first choice between power steps and GMRES
+_PROBE_FLOOR = 1e-7  # L1 rounding floor times (1 - r) of power steps on _chunked_times (6e-8 measured)
+_STEP_NOISE = 1e-7  # L1 step size below which the power steps on _chunked_times are rounding noise
+_POWER_LEFT = 32  # power steps a chain may still need before it goes to GMRES instead
+_CHUNK = 64  # terms per float32 partial sum in _chunked_times
+
+
+def _chunked_times(A: torch.Tensor, rows: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``V -> V P`` ``(B, 1, n)`` float64 for dense incoming chains ``A`` ``(B, n, n)`` with row sums
+    ``rows`` ``(B, n)``, ``P = A / rows``.
+
+    A float32 matrix-vector product sums ``n`` terms in float32: its relative error grows with
+    ``n`` (5e-7 in L1 at n = 4096, the fixed point of the power method is off by as much). Here
+    ``V`` is cut into pieces of ``_CHUNK`` entries; the pieces multiply the matching rows of
+    ``A`` in float32 (one batched product, the same pass over ``A``) and their partial results
+    are summed in float64: the fixed point then sat 1e-8 from the float64 one, at the speed of a
+    float32 product.
+    """
+    B, n = A.shape[0], A.shape[-1]
+    q = n // _CHUNK
+    cut = q * _CHUNK
+    head = A[:, :cut].reshape(B, q, _CHUNK, n)  # a view
+    rows = rows.unsqueeze(-2)  # (B, 1, n)
+
+    def times(V):
+        x = (V / rows).to(A.dtype)
+        y = (x[..., 0, :cut].reshape(B, q, 1, _CHUNK) @ head).double().sum(1) if q else 0.0
+        if cut < n:
+            y = y + (x[..., cut:] @ A[:, cut:]).double()
+        return y
+    return times
 
 
 _WINDOW = 4  # iterations over which the contraction rate is measured (complex pairs oscillate)
@@ -506,8 +635,8 @@ _ANCHOR = 16  # float32 bounces per float64 one in the power method
 
 
 # --------------------------------------------------------------------------- lambda2
-def lambda2(A, direction: str = "incoming", tol: float = 1e-3, max_iter: int = 400,
-            krylov_dim: int = 40) -> torch.Tensor:
+def lambda2(A, direction: str = "incoming", tol: float = 1e-4, max_iter: int = 400,
+            krylov_dim: int = 64) -> torch.Tensor:
     """|lambda_2|: modulus of the second-largest-modulus eigenvalue of each chain (Sec. 4.4).
 
     A: ``(..., n, n)`` right-stochastic. Returns ``A.shape[:-2]`` (float32 or float64).
@@ -520,14 +649,21 @@ def lambda2(A, direction: str = "incoming", tol: float = 1e-3, max_iter: int = 4
     Arnoldi (``chains_lite.krylov``) from a zero-sum start builds the space of its bounces;
     the eigenvalues of the small projected matrix ``H`` (Ritz values; complex pairs come out
     as pairs) converge to the largest eigenvalues in a few dozen bounces, instead of the
-    ``O(n^3)`` of a full ``eigvals``. It stops when the top Ritz pair's residual
-    ``|h_{k+1,k} s_k|`` is below ``tol`` for every chain, restarting from the leading Ritz
-    directions every ``krylov_dim`` bounces, and warns if ``max_iter`` bounces are not enough. The
-    eigenvalue's error is far below the residual (about residual^2 / gap): on attention-like
-    heads ``tol=1e-3`` gave |error| <= 2e-5 against float64 ``eigvals`` (``bench_core.py``).
-    Eigenvalues of nearly equal modulus (closer than about ``tol``) can be confused: with a
-    small ``krylov_dim`` a slowly mixing head returned |lambda_3|, 3e-3 below |lambda_2|; lower
-    ``tol`` or raise ``krylov_dim`` for such spectra.
+    ``O(n^3)`` of a full ``eigvals``. A chain stops when its top Ritz pair's residual
+    ``|h_{k+1,k} s_k|`` is below ``tol`` and leaves the batch, so fast-mixing heads stop after a
+    dozen bounces while slow ones go on; Arnoldi restarts from the leading Ritz directions every
+    ``krylov_dim`` bounces, and warns if ``max_iter`` bounces are not enough.
+
+    Accuracy, measured against float64 ``eigvals`` on attention-like heads
+    (``benchmarks/bench_core.py``; float32 bounces): the eigenvalue's error is about 0.1 to 1
+    times the residual (the chains are not normal), so ``tol=1e-4`` (default) gave
+    |error| <= 1.1e-5 and ``tol=1e-5`` gave |error| <= 1.1e-6 (tests/test_chain.py); float32
+    rounding floors it near 3e-7, and a ``tol`` below about 3e-6 may not be reached in float32
+    (with restarts in a small space, ``krylov_dim=12``, not below about 1e-4).
+    A looser ``tol`` risks stopping on |lambda_3|: when the start vector has little of the
+    lambda_2 direction, a head can converge to the next eigenvalue first (``tol=1e-3`` returned
+    a value 1e-2 low on one of twelve heads). Eigenvalues of nearly equal modulus (closer than
+    about ``tol``) can be confused the same way; lower ``tol`` for such spectra.
     """
     _check_direction(direction)
     if not (_is_real(tol) and 0 < tol < 1):
@@ -536,14 +672,15 @@ def lambda2(A, direction: str = "incoming", tol: float = 1e-3, max_iter: int = 4
         raise ValueError(f"max_iter must be an int >= 1, got {max_iter!r}")
     if not (_is_int(krylov_dim) and krylov_dim >= 2):
         raise ValueError(f"krylov_dim must be an int >= 2, got {krylov_dim!r}")
-    A = check_stochastic(A)
+    A, rows = _checked_rows(A)
     n = A.shape[-1]
     batch = A.shape[:-2]
     if n == 1:
         return torch.zeros(batch, dtype=A.dtype, device=A.device)
     out = []
-    for _, A_s in _pieces(A.reshape(-1, n, n)):
-        out.append(_lambda2(A_s, direction, tol, max_iter, krylov_dim))
+    for s, A_s in _pieces(A.reshape(-1, n, n)):
+        out.append(_lambda2(A_s, direction, tol, max_iter, krylov_dim,
+                            rows=None if rows is None else rows.reshape(-1, n)[s]))
     return torch.cat(out).reshape(batch)
 
 
@@ -555,40 +692,76 @@ def _is_int(v) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
-def _lambda2(A, direction, tol, max_iter, krylov_dim, near_one: bool = False):
+def _lambda2(A, direction, tol, max_iter, krylov_dim, near_one: bool = False, rows=None):
     """|lambda_2| ``(B,)`` of ``B`` chains ``(B, n, n)``, ``n >= 2`` (see ``lambda2``).
 
+    One batched Arnoldi process; a chain whose top Ritz pair has converged leaves the batch at
+    the next check, so fast-mixing heads stop bouncing after a dozen steps while slow ones go on.
+    Checks (an ``eig`` of every ``k x k`` projected matrix) come every ``_check_every`` steps.
+
     ``near_one``: also return the distance ``(B,)`` from 1 to the nearest Ritz value (0 when the
-    eigenvalue 1 is repeated: a reducible chain with several closed classes)."""
-    n = A.shape[-1]
-    step = _stepper(A, direction)
-
-    def matvec(x):  # one bounce, re-projected: rounding leaks into the e direction
-        y = step(x.unsqueeze(-2)).squeeze(-2)
-        return y - y.mean(-1, keepdim=True)
-
+    eigenvalue 1 is repeated: a reducible chain with several closed classes). ``rows``: the row
+    sums ``(B, n)`` of ``A`` if known."""
+    B, n = A.shape[0], A.shape[-1]
+    # float32 row sums (a third of the float64 ones' cost): their rounding, ~1e-7 relative,
+    # is far below lambda2's float32 floor
+    if rows is None:
+        rows = _row_sums(A) if is_lazy(A) else A.sum(-1).double()
+    lam = torch.zeros(B, dtype=torch.float64, device=A.device)
+    near = torch.zeros_like(lam)
+    todo = torch.arange(B, device=A.device)  # chains still iterating
     # fixed seed: the answer must not depend on global RNG state
     g = torch.Generator().manual_seed(0)
     v = torch.randn(n, generator=g, dtype=A.dtype).to(A.device)
-    v = (v - v.mean()).expand(A.shape[0], n)
+    v = (v - v.mean()).expand(B, n)
     m = max(1, min(krylov_dim, n - 1))
     spent = 0
     while True:
-        V, H = arnoldi(matvec, v, m, stop=lambda V, H: bool((_top_ritz(H)[1] <= tol).all()))
-        spent += H.shape[-1]
-        lam, residual = _top_ritz(H)
-        # m == n - 1 steps span the whole zero-sum space: the Ritz values are exact
-        if (residual <= tol).all() or H.shape[-1] == n - 1:
-            break
+        step = _stepper(A, direction, rows=rows)
+        V = v.new_zeros(len(todo), m + 1, n)
+        H = v.new_zeros(len(todo), m + 1, m)
+        V[:, 0] = v / v.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+        k, check = 0, _FIRST_CHECK
+        while k < m and spent + k < max_iter:
+            y = step(V[:, k].unsqueeze(-2)).squeeze(-2)
+            extend(V, H, k, y - y.mean(-1, keepdim=True))  # re-projected: rounding leaks into e
+            k += 1
+            if k < min(check, m, max_iter - spent):
+                continue
+            check = k + _check_every(k, n)
+            theta, residual, dist = _top_ritz(H[:, : k + 1, :k])
+            # k = n - 1 steps span the whole zero-sum space: the Ritz values are exact
+            done = (residual <= tol) | (k == n - 1)
+            if not done.any():
+                continue
+            lam[todo[done]], near[todo[done]] = theta[done], dist[done]
+            keep = ~done
+            if not keep.any():
+                return (lam.to(A.dtype), near) if near_one else lam.to(A.dtype)
+            todo, A, rows, V, H = todo[keep], A[keep], rows[keep], V[keep], H[keep]
+            theta, dist = theta[keep], dist[keep]
+            step = _stepper(A, direction, rows=rows)
+        spent += k
         if spent >= max_iter:
             warnings.warn(f"lambda2 did not converge to tol={tol} in max_iter={max_iter} bounces; "
                           "increase max_iter or krylov_dim", RuntimeWarning, stacklevel=3)
-            break
-        v = _restart_vector(H, V)
-    if not near_one:
-        return lam.to(A.dtype)
-    k = H.shape[-1]
-    return lam.to(A.dtype), (torch.linalg.eigvals(H[:, :k, :k].double()) - 1).abs().amin(-1)
+            lam[todo], near[todo] = theta, dist
+            return (lam.to(A.dtype), near) if near_one else lam.to(A.dtype)
+        v = _restart_vector(H[:, : k + 1, :k], V[:, : k + 1])
+
+
+_FIRST_CHECK = 8  # Arnoldi steps before lambda2's first convergence check
+
+
+def _check_every(k: int, n: int) -> int:
+    """Arnoldi steps between lambda2's checks at step ``k`` for chains of ``n`` states.
+
+    A check (``eig`` of the ``k x k`` projected matrix, ~``k^3``) costs about ``50 k^3 / n^2``
+    bounces (~``n^2``) on a CPU core: 1 ms at ``k = 48``, five bounces of a 1024-token head.
+    Checks come about that many steps apart, so they cost at most about one bounce each, but
+    at least every ``max(4, k // 8)`` steps and at most every 2.
+    """
+    return max(2, min(max(4, k // 8), round(50 * k ** 3 / n ** 2)))
 
 
 def _restart_vector(H: torch.Tensor, V: torch.Tensor, keep: int = 4) -> torch.Tensor:
@@ -607,7 +780,8 @@ def _restart_vector(H: torch.Tensor, V: torch.Tensor, keep: int = 4) -> torch.Te
 
 
 def _top_ritz(H: torch.Tensor):
-    """Largest Ritz value modulus ``(B,)`` and the residual ``(B,)`` of its Ritz pair.
+    """Largest Ritz value modulus ``(B,)``, the residual ``(B,)`` of its Ritz pair and the
+    distance ``(B,)`` from 1 to the nearest Ritz value.
 
     H: ``(B, k+1, k)`` from ``arnoldi``. The residual of the Ritz pair ``(theta, V_k^T s)`` is
     ``|h_{k+1,k}| |s_k|`` for a unit eigenvector ``s`` of the square part of ``H``.
@@ -618,7 +792,7 @@ def _top_ritz(H: torch.Tensor):
     i = theta.abs().argmax(-1)
     s = S.gather(-1, i[:, None, None].expand(-1, k, 1)).squeeze(-1)
     residual = H[:, k, k - 1].double().abs() * s[:, -1].abs()
-    return theta.abs().amax(-1), residual
+    return theta.abs().amax(-1), residual, (theta - 1).abs().amin(-1)
 
 
 # --------------------------------------------------------------------------- heads

@@ -38,20 +38,31 @@ def arnoldi(matvec: Matvec, v0: torch.Tensor, m: int,
     V[:, 0] = v0 / v0.norm(dim=-1, keepdim=True).clamp_min(1e-30)
     k = m
     for j in range(m):
-        w = matvec(V[:, j])
-        basis = V[:, : j + 1]
-        for _ in range(2):
-            h = (basis @ w.unsqueeze(-1)).squeeze(-1)  # (B, j+1)
-            w = w - (h.unsqueeze(-2) @ basis).squeeze(-2)
-            H[:, : j + 1, j] += h
-        norm = w.norm(dim=-1)
-        H[:, j + 1, j] = norm
-        V[:, j + 1] = torch.where((norm > 1e-30)[:, None], w / norm.clamp_min(1e-30)[:, None], 0.0)
+        extend(V, H, j, matvec(V[:, j]))
         checkpoint = stop is not None and (j + 1) % every == 0 and j + 1 < m
         if checkpoint and stop(V[:, : j + 2], H[:, : j + 2, : j + 1]):
             k = j + 1
             break
     return V[:, : k + 1], H[:, : k + 1, :k]
+
+
+def extend(V: torch.Tensor, H: torch.Tensor, j: int, w: torch.Tensor) -> None:
+    """Arnoldi step ``j`` in place: orthonormalise ``w = V[:, j] M`` ``(B, n)`` against ``V[:, :j+1]``.
+
+    Writes column ``j`` of ``H`` ``(B, m+1, m)`` and the new direction ``V[:, j+1]`` of ``V``
+    ``(B, m+1, n)``. Classical Gram-Schmidt done twice (stable, and batched as matrix products);
+    a direction that vanishes (the space is exhausted) stays zero.
+    """
+    basis = V[:, : j + 1]
+    w = w.unsqueeze(-2)  # (B, 1, n)
+    h = torch.bmm(w, basis.mT)  # (B, 1, j+1)
+    w = torch.baddbmm(w, h, basis, alpha=-1)
+    again = torch.bmm(w, basis.mT)
+    w = torch.baddbmm(w, again, basis, alpha=-1).squeeze(-2)
+    H[:, : j + 1, j] = (h + again).squeeze(-2)
+    norm = w.norm(dim=-1)
+    H[:, j + 1, j] = norm
+    V[:, j + 1] = torch.where((norm > 1e-30)[:, None], w / norm.clamp_min(1e-30)[:, None], 0.0)
 
 
 def _least_squares(H: torch.Tensor, beta: torch.Tensor):

@@ -204,8 +204,9 @@ def _one_thread():
         torch.set_num_threads(threads)
 
 
-def batched_solve(M: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``torch.linalg.solve_ex(M, b)`` for ``M`` ``(B, n, n)``, ``b`` ``(B, n, k)``: ``(x, info)``.
+def batched_solve(M: torch.Tensor, b: torch.Tensor, left: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.linalg.solve_ex(M, b, left=left)`` for ``M`` ``(B, n, n)``: ``(x, info)``; ``x M = b``
+    with ``b`` ``(B, k, n)`` when not ``left``, else ``M x = b`` with ``b`` ``(B, n, k)``.
 
     On the CPU the batch is factorised on one thread. With two or more threads, torch 2.14.1's
     batched LU (MKL 2024.2) fails for ``n`` above about 130 on the 2-core machine this project
@@ -214,6 +215,6 @@ def batched_solve(M: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch
     for a batch of small systems.
     """
     if M.device.type != "cpu":
-        return torch.linalg.solve_ex(M, b)
+        return torch.linalg.solve_ex(M, b, left=left)
     with _one_thread():
-        return torch.linalg.solve_ex(M, b)
+        return torch.linalg.solve_ex(M, b, left=left)

@@ -204,6 +204,47 @@ def test_krylov_tokenrank_float32_reaches_float64_accuracy():
     assert np.abs(pi.double().numpy() - ref).sum(-1).max() <= 1e-6
 
 
+def test_chunked_products_are_nearly_float64():
+    """float32 pieces summed in float64: 10x closer to the float64 product than one float32 product."""
+    from chains_lite.chain import _chunked_times
+    A = attention_like(2, 2100, seed=7)  # n not a multiple of the piece length
+    V = torch.rand(2, 1, 2100, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    A64 = A.double().numpy()
+    ref = np.einsum("bki,bij->bkj", V.numpy() / A64.sum(-1)[:, None, :], A64)
+    chunked = np.abs(_chunked_times(A, A.sum(-1).double())(V).numpy() - ref).sum(-1).max()
+    plain = ((V / A.double().sum(-1, keepdim=True).mT).float() @ A).double().numpy()
+    plain = np.abs(plain - ref).sum(-1).max()
+    assert chunked < 0.1 * plain and chunked < 3e-7 * np.abs(ref).sum(-1).max()
+
+
+@pytest.mark.parametrize("temperature, gmres", [((0.5, 1.0), False), ((0.5, 4.0), True)])
+def test_auto_tokenrank_power_first_then_gmres(monkeypatch, temperature, gmres):
+    """auto on n > 256: fast-mixing chains finish in power steps (GMRES never called), a batch
+    with a slowly mixing chain goes to GMRES; both meet tol against scipy's float64 eigenvector."""
+    from chains_lite import chain
+    A = attention_like(4, 300, seed=8, temperature=temperature)
+    A64 = (A.double() / A.double().sum(-1, keepdim=True)).numpy()
+    ref = np.stack([ref_steady_state(ref_teleport(a, 0.99)) for a in A64])
+    calls, krylov = [], chain._krylov_steady_state
+    monkeypatch.setattr(chain, "_krylov_steady_state", lambda *a, **k: calls.append(1) or krylov(*a, **k))
+    for tol in (1e-5, 1e-6):
+        calls.clear()
+        pi = cl.tokenrank(A, alpha=0.99, tol=tol)
+        assert np.abs(pi.double().numpy() - ref).sum(-1).max() <= tol
+        assert bool(calls) == gmres
+    calls.clear()  # below the float32 pieces' rounding floor: GMRES with float64 residuals
+    pi = cl.tokenrank(A, alpha=0.99, tol=1e-9)
+    assert calls and np.abs(pi.double().numpy() - ref).sum(-1).max() <= 1e-7  # float32 output
+
+
+@pytest.mark.parametrize("method", ["auto", "dense", "krylov", "power"])
+def test_tokenrank_leaves_float64_input_untouched(method):
+    A = attention_like(2, 40, seed=9).double()
+    before = A.clone()
+    cl.tokenrank(A, method=method)
+    assert torch.equal(A, before)
+
+
 def test_tokenrank_personalization():
     A = attention_like(1, 30, seed=4)[0].double()
     p = torch.rand(30, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -250,13 +291,44 @@ def test_lambda2_on_attention_like_heads():
     np.testing.assert_allclose(cl.lambda2(A), ref, atol=1e-3)
 
 
+@pytest.mark.parametrize("tol, bound", [(1e-4, 1.2e-5), (1e-5, 1.2e-6)])
+def test_lambda2_accuracy_matches_the_docstring(tol, bound):
+    """The measured errors ``lambda2``'s docstring states, against float64 numpy eigvals, on
+    float32 attention-like heads with slow, fast and nearly degenerate spectra."""
+    for heads, n, seed in [(12, 197, 0), (12, 256, 1), (8, 300, 2)]:
+        A = attention_like(heads, n, seed=seed)
+        A64 = (A.double() / A.double().sum(-1, keepdim=True)).numpy()
+        ref = np.array([ref_lambda2(a) for a in A64])
+        err = np.abs(cl.lambda2(A, tol=tol).double().numpy() - ref).max()
+        assert err <= bound, (heads, n, seed, err)
+
+
+def test_lambda2_fast_heads_leave_the_batch(monkeypatch):
+    """A fast-mixing head stops bouncing once its Ritz pair converges; the slow one goes on."""
+    from chains_lite import chain
+    A = torch.stack([attention_like(1, 120, seed=1, temperature=(0.5, 0.5))[0],
+                     attention_like(1, 120, seed=1, temperature=(4.0, 4.0))[0]]).double()
+    sizes, extend = [], chain.extend
+
+    def counting(V, H, j, w):
+        sizes.append(V.shape[0])
+        return extend(V, H, j, w)
+
+    monkeypatch.setattr(chain, "extend", counting)
+    lam = cl.lambda2(A, tol=1e-8)
+    np.testing.assert_allclose(lam, [ref_lambda2(a) for a in A.numpy()], atol=1e-8)
+    assert sizes[0] == 2 and sizes[-1] == 1  # the batch shrank to the slow head
+    assert sizes.count(2) < sizes.count(1)   # which needed more bounces than the fast one
+
+
 def test_lambda2_with_restarts():
     """A small Krylov space forces restarts; they must keep the leading directions."""
     A = attention_like(8, 60, seed=12)
     ref = np.array([ref_lambda2(a) for a in A.double().numpy()])
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # must converge, not just stop at max_iter
-        np.testing.assert_allclose(cl.lambda2(A, krylov_dim=12, max_iter=3000), ref, atol=1e-3)
+        np.testing.assert_allclose(cl.lambda2(A, tol=1e-3, krylov_dim=12, max_iter=3000), ref,
+                                   atol=1e-3)
 
 
 def test_lambda2_special_chains():
