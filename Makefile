@@ -1,7 +1,8 @@
 # chains_lite — build the book, run the tests, open the notebooks.
 #   make book    execute every notebook and build the HTML book (book/_build/html)
 #   make test    unit tests + every notebook in lite mode, then the site built from those
-#                executed notebooks and checked page by page in Chromium (this is what CI runs)
+#                executed notebooks and checked page by page in Chromium, then the dry run
+#                (this is what CI runs)
 #   make dry-run every notebook's full-mode branch on random-weight models (chains_lite.zoo.dryrun)
 #   make lab     JupyterLab on notebooks/
 #   make bench   run benchmarks/bench_*.py
@@ -39,13 +40,14 @@ chromium:
 # One pytest run: the unit tests, and nbmake executing every notebook once in lite mode on the
 # CPU, into copies under $(EXECUTED) (--overwrite keeps their outputs). The site is then built
 # from those copies without executing anything again (book/build_site.py) and opened page by page in
-# Chromium (book/check_site.py; screenshots in book/_build/site-check). Plain `pytest` runs the
-# unit tests only.
+# Chromium (book/check_site.py; screenshots in book/_build/site-check); last, the full-mode dry
+# run. Plain `pytest` runs the unit tests only.
 test: venv chromium
 	rm -rf $(EXECUTED) && mkdir -p $(EXECUTED) && cp notebooks/*.ipynb $(EXECUTED)/
 	CHAINS_MODE=lite $(PYTHON) -m pytest --nbmake --nbmake-timeout=1200 --overwrite tests $(EXECUTED)
 	$(PYTHON) book/build_site.py $(EXECUTED)
 	$(PYTHON) book/check_site.py book/_build/html
+	$(MAKE) dry-run
 
 # Full mode without a GPU or the hub: the paper models' classes with random weights and reduced
 # widths, tiny synthetic datasets in the real formats (written to build/dryrun/data), and every

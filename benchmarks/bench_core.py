@@ -17,7 +17,8 @@ the target, so rows compare equal accuracy; each entry states that tolerance and
 * TokenRank (alpha = 0.99, uniform teleport), target L1 error <= 1e-6 against the float64 solution
   of ``pi (I - P') = 0, sum(pi) = 1``. Peers: the power iteration ``v <- alpha v A + (1 - alpha) p``
   until the L1 change is below its tolerance, in float32 and in float64; the float64 dense solve
-  (``torch.linalg.solve``); ARPACK ``k=1`` on ``P'^T`` (float64, one head at a time). Ours:
+  (``torch.linalg.solve_ex`` through ``chains_lite.numerics.batched_solve``: on the CPU on one
+  thread, as torch 2.14.1's threaded batched LU hangs here for n above ~130); ARPACK ``k=1`` on ``P'^T`` (float64, one head at a time). Ours:
   ``chains_lite.tokenrank(tol=1e-6)`` (its tolerance is the target itself).
 
 A peer that reaches no tolerance of its ladder is shown with its best error and left out of the
@@ -98,6 +99,7 @@ import scipy.sparse.linalg as sla
 import torch
 
 import chains_lite as cl
+from chains_lite.numerics import batched_solve
 from chains_lite.synthetic import attention_like
 
 ALPHA = 0.99
@@ -161,7 +163,7 @@ def ref_tokenrank(A64: torch.Tensor) -> torch.Tensor:
     M[..., -1, :] = 1.0
     b = torch.zeros(*P.shape[:-1], 1, dtype=P.dtype, device=P.device)
     b[..., -1, 0] = 1.0
-    return torch.linalg.solve(M, b)[..., 0]
+    return batched_solve(M, b)[0][..., 0]
 
 
 # --------------------------------------------------------------------------- lambda2 peers
@@ -236,7 +238,7 @@ def dense_tokenrank(A):
         n = A64.shape[-1]
         M = torch.eye(n, dtype=A64.dtype, device=A64.device) - ALPHA * A64
         b = torch.full((*A64.shape[:-2], n, 1), (1 - ALPHA) / n, dtype=A64.dtype, device=A64.device)
-        pi = torch.linalg.solve(M.mT, b)[..., 0]
+        pi = batched_solve(M.mT, b)[0][..., 0]
         return pi / pi.sum(-1, keepdim=True), ""
     return run
 
