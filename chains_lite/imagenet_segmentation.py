@@ -19,6 +19,7 @@ caption word of it.
 """
 from __future__ import annotations
 
+import functools
 import re
 from typing import Iterator, Sequence
 
@@ -233,6 +234,7 @@ def _id_string(v, i: int) -> str:
 
 
 # ----------------------------------------------------------------------------- class names
+@functools.lru_cache(maxsize=1)
 def _imagenet_info():
     try:
         from timm.data import ImageNetInfo
