@@ -5,6 +5,7 @@
 * ``rowsum_float64``    row sums accumulated in float64, a block of rows at a time
 * ``matmul_rows``, ``matmul_float64``   ``V @ A`` reading ``A`` a block of rows at a time
 * ``LazyChain``         what a matrix-free chain provides (``chains_lite.lazy``), and ``is_lazy``
+* ``one_thread``        a context in which torch computes on one CPU thread
 * ``batched_solve``     ``torch.linalg.solve_ex`` over a batch, on one CPU thread
 
 ``chains_lite.chain`` computes on dense tensors and on any ``LazyChain``; ``chains_lite.lazy``
@@ -195,7 +196,8 @@ def matmul_float64(V: torch.Tensor, A: torch.Tensor, block: int = ROW_BLOCK) -> 
 
 # --------------------------------------------------------------------------- dense solves
 @contextmanager
-def _one_thread():
+def one_thread():
+    """Compute on one CPU thread inside the ``with`` block (the thread count is restored after)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -216,5 +218,5 @@ def batched_solve(M: torch.Tensor, b: torch.Tensor, left: bool = True) -> tuple[
     """
     if M.device.type != "cpu":
         return torch.linalg.solve_ex(M, b, left=left)
-    with _one_thread():
+    with one_thread():
         return torch.linalg.solve_ex(M, b, left=left)

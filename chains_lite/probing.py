@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from . import scores
 from .capture import capture
 from .chain import mix
+from .numerics import one_thread
 
 PROBE_METHODS = scores.select("tokenrank", "column_sum", "center_row", "cls_row", "random_row")
 HEAD_SCHEMES = scores.HEAD_SCHEMES
@@ -66,12 +67,8 @@ def linear_probe(train: tuple, val: tuple, test: tuple, lrs: Sequence[float] = L
     train / val / test: ``(X (N, F), y (N,))``. Features are standardised with the training mean
     and std. Returns ``{"test_accuracy", "val_accuracy", "lr"}``.
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)   # thousands of tiny steps: threading costs more than it saves
-    try:
+    with one_thread():   # thousands of tiny steps: threading costs more than it saves
         return _linear_probe(train, val, test, lrs, epochs, batch_size, seed)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _linear_probe(train, val, test, lrs, epochs, batch_size, seed) -> dict:
