@@ -1,5 +1,6 @@
 # chains_lite — build the book, run the tests, open the notebooks.
-#   make book    execute every notebook and build the HTML book (book/_build/html)
+#   make book    execute every notebook, whatever an earlier build left in book/_build, and build
+#                the HTML book (book/_build/html)
 #   make test    unit tests + every notebook in lite mode, then the site built from those
 #                executed notebooks and checked page by page in Chromium, then the dry run
 #                (this is what CI runs)
@@ -62,15 +63,16 @@ dry-run: venv
 	DIFFSEG_RESULTS=$(CURDIR)/$(DRY)/diffseg.json $(PYTHON) -m pytest --nbmake --nbmake-timeout=900 \
 	  -p no:cacheprovider notebooks
 
-# Jupyter Book 1.x executes every notebook: the execution cache is emptied first, so none is
-# taken from an earlier run (execute_notebooks: cache in book/_config.yml).
+# Jupyter Book 1.x executes every notebook of $(BOOK) (tests/test_make_book.py builds a tiny one): the cache is
+# emptied, and --all builds afresh (Sphinx's saved environment skips a notebook whose source did not change).
 # Lite mode unless the venv's torch sees a GPU; an explicit CHAINS_MODE=... wins.
+BOOK := book
 book: venv
-	rm -rf book/_build/.jupyter_cache
+	rm -rf $(BOOK)/_build/.jupyter_cache
 	export CHAINS_MODE=$${CHAINS_MODE:-$$($(PYTHON) -c 'import torch; print("full" if torch.cuda.is_available() else "lite")')}; \
 	echo "CHAINS_MODE=$$CHAINS_MODE"; \
-	$(VENV)/bin/jupyter-book build book
-	@echo "Book: $(CURDIR)/book/_build/html/index.html"
+	$(VENV)/bin/jupyter-book build --all $(BOOK)
+	@echo "Book: $(abspath $(BOOK))/_build/html/index.html"
 
 lab: $(VENV)/.installed-lab
 	$(VENV)/bin/jupyter lab notebooks/
