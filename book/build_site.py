@@ -3,7 +3,7 @@
 `make test` executes every notebook once, with nbmake, into copies under book/_executed/.
 This script puts those copies into the book's execution cache (book/_build/.jupyter_cache, which
 book/_config.yml's `execute_notebooks: cache` reads), checks that every notebook of the table of
-contents has its executed copy there, and runs `jupyter-book build book`: the build takes each
+contents has its executed copy there, and runs `jupyter-book build --all book`: the build takes each
 notebook's outputs from the cache and runs none. A notebook edited after its copy was executed
 has no match, and the script stops before building instead of executing it.
 
@@ -83,17 +83,23 @@ def fill_cache(executed: Path, cache_dir: Path = CACHE, book: Path = BOOK) -> li
     return missing
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("executed", type=Path, help="folder of the executed notebook copies")
-    args = parser.parse_args(argv)
-    missing = fill_cache(args.executed)
+def build(executed: Path, book: Path = BOOK) -> int:
+    """Fill `book`'s cache from the copies in `executed` and build it; 1 if a copy is missing."""
+    missing = fill_cache(executed, book / "_build" / ".jupyter_cache", book)
     if missing:
-        print(f"no executed copy in {args.executed} matches {missing}: their code changed after "
+        print(f"no executed copy in {executed} matches {missing}: their code changed after "
               "execution, or they were not executed (run `make test`, or `make book` to execute them)")
         return 1
     jupyter_book = Path(sys.executable).with_name("jupyter-book")
-    return subprocess.call([str(jupyter_book), "build", str(BOOK)])
+    # --all: every page takes its outputs from the cache, also one that Sphinx's saved environment
+    # (from an earlier build) marks up to date
+    return subprocess.call([str(jupyter_book), "build", "--all", str(book)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("executed", type=Path, help="folder of the executed notebook copies")
+    return build(parser.parse_args(argv).executed)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
-"""`make book` executes every notebook again, whatever the book's _build folder holds.
+"""Each build of the book shows the outputs of its own run, whatever the book's _build folder holds.
 
 A tiny book of one notebook that prints an environment variable is built twice: the second build,
-with only the variable changed, must show the new value.
+with only the variable changed, must show the new value. `make book` executes the notebook again;
+book/build_site.py (the site of `make test`) takes the outputs of its executed copy.
 """
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -18,6 +20,10 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV = Path(sys.prefix)
 pytestmark = pytest.mark.skipif(shutil.which("make") is None or not (VENV / "bin" / "jupyter-book").exists(),
                                 reason="needs make and jupyter-book")
+
+spec = importlib.util.spec_from_file_location("build_site", ROOT / "book" / "build_site.py")
+site = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(site)
 
 CODE = "import os\nprint('word:', os.environ['TINY_BOOK_WORD'])"
 
@@ -61,3 +67,17 @@ def test_make_book_executes_a_notebook_whose_source_did_not_change(book):
     html = _make_book(book, "second")
     assert "word: second" in html and "word: first" not in html
 
+
+def test_the_site_of_make_test_shows_its_executed_copies_after_make_book(book, tmp_path, monkeypatch):
+    _make_book(book, "book")
+    executed = tmp_path / "executed"
+    executed.mkdir()
+    nb = nbformat.read(book / "page.ipynb", as_version=4)
+    nb.cells[1].execution_count = 1
+    nb.cells[1].outputs = [nbformat.v4.new_output("stream", name="stdout", text="word: nbmake\n")]
+    nbformat.write(nb, executed / "page.ipynb")
+    # TINY_BOOK_WORD unset: the page shows the copy's output only if nothing executes the notebook
+    monkeypatch.delenv("TINY_BOOK_WORD", raising=False)
+    assert site.build(executed, book) == 0
+    html = _page(book)
+    assert "word: nbmake" in html and "word: book" not in html
