@@ -3,7 +3,7 @@
     python benchmarks/bench_core.py [--device cpu|cuda] [--sizes 12x197,12x1024,1x4096,1x4096@4]
                                     [--repeats 3] [--out r.json]
 
-Matrices are attention-like (``chains_lite.synthetic.attention_like``, seed 0: softmax of correlated
+Matrices are attention-like (``chains_lite.core.synthetic.attention_like``, seed 0: softmax of correlated
 q.k, float32, |lambda2| spread from ~0.05 to ~0.99 over the heads). ``HxN@T`` fixes every head's
 temperature at ``T`` (``1x4096@4``: one slowly mixing head; ``1x4096`` alone mixes fast).
 
@@ -17,7 +17,7 @@ the target, so rows compare equal accuracy; each entry states that tolerance and
 * TokenRank (alpha = 0.99, uniform teleport), target L1 error <= 1e-6 against the float64 solution
   of ``pi (I - P') = 0, sum(pi) = 1``. Peers: the power iteration ``v <- alpha v A + (1 - alpha) p``
   until the L1 change is below its tolerance, in float32 and in float64; the float64 dense solve
-  (``torch.linalg.solve_ex`` through ``chains_lite.numerics.batched_solve``: on the CPU on one
+  (``torch.linalg.solve_ex`` through ``chains_lite.core.numerics.batched_solve``: on the CPU on one
   thread, as torch 2.14.1's threaded batched LU hangs here for n above ~130); ARPACK ``k=1`` on ``P'^T`` (float64, one head at a time). Ours:
   ``chains_lite.tokenrank(tol=1e-6)`` (its tolerance is the target itself).
 
@@ -99,8 +99,8 @@ import scipy.sparse.linalg as sla
 import torch
 
 import chains_lite as cl
-from chains_lite.numerics import batched_solve
-from chains_lite.synthetic import attention_like
+from chains_lite.core.numerics import batched_solve
+from chains_lite.core.synthetic import attention_like
 
 ALPHA = 0.99
 TARGET = 1e-6  # |error| of lambda2, L1 error of TokenRank
@@ -197,7 +197,7 @@ def arpack_lambda2_matvecs(A, dtype, tol) -> int:
 def ours_lambda2_bounces(A, tol) -> int:
     """Head-bounces ``chains_lite.lambda2`` spends (heads in the batch, summed over its Arnoldi
     steps; an untimed run)."""
-    from chains_lite import chain
+    from chains_lite.core import chain
     extend, sizes = chain.extend, []
 
     def counting(V, H, j, w):

@@ -4,7 +4,7 @@
                                     [--quick] [--ops bounce,tokenrank,lambda2] [--timeout 900]
                                     [--max-bytes 268435456] [--stream] [--device cpu|cuda]
 
-q and k are ``chains_lite.synthetic.attention_qk`` (structured heads, |lambda2| from ~0.05 to
+q and k are ``chains_lite.core.synthetic.attention_qk`` (structured heads, |lambda2| from ~0.05 to
 ~0.99), float32, ``heads x n x d``. For each n and operation
 
 * dense: ``A = softmax(q k^T / sqrt(d))`` formed in place (one ``heads x n x n`` float32
@@ -68,7 +68,7 @@ def case(op: str, mode: str, n: int, heads: int, d: int, max_bytes: int, device:
     import torch
 
     import chains_lite as cl
-    from chains_lite.synthetic import attention_qk
+    from chains_lite.core.synthetic import attention_qk
 
     calls = {"bounce": lambda A: cl.bounce(A, "uniform"), "tokenrank": cl.tokenrank,
              "lambda2": cl.lambda2}

@@ -5,15 +5,15 @@
                                  --fine-to-coarse fine_to_coarse.json --out coco.json
     accelerate launch benchmarks/diffseg.py --mode full ... --out coco.json   # the same, on every GPU
 
-Runs on :func:`chains_lite.runner.run`: per-image records go to ``--run-dir`` (default: ``--out``
+Runs on :func:`chains_lite.experiments.runner.run`: per-image records go to ``--run-dir`` (default: ``--out``
 with ``.run``) as they are made, so a rerun of the same command resumes, and ``accelerate launch``
 shares the images among processes; image ``i`` is noised from its own seed, so the JSON does not
 depend on the batch size or the number of processes.
 
 Each image goes once through the UNet, noised to ``--timestep`` (300 of 1000, as DiffSeg); the
-self-attention of every layer is aggregated into one chain (``chains_lite.diffseg.aggregate``),
+self-attention of every layer is aggregated into one chain (``chains_lite.methods.diffseg.aggregate``),
 segmented from each anchor strategy with the same merging threshold, and scored by Hungarian
-matching of segments to classes per image (``chains_lite.metrics.hungarian_counts``: pixel
+matching of segments to classes per image (``chains_lite.eval.metrics.hungarian_counts``: pixel
 accuracy and mIoU from counts summed over the dataset). Intervals: bootstrap over images, the same
 resamples for every strategy; the difference row is paired.
 
@@ -34,7 +34,6 @@ their intervals, the paired difference, the settings, mode, model and time. Neve
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -46,9 +45,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from chains_lite import diffseg as ds  # noqa: E402
-from chains_lite import metrics, results, runner, zoo  # noqa: E402
-from chains_lite.zoo.inputs import CocoStuff, unet_inputs  # noqa: E402
+from chains_lite import zoo  # noqa: E402
+from chains_lite.eval import metrics  # noqa: E402
+from chains_lite.experiments import cli, runner  # noqa: E402
+from chains_lite.experiments.diffseg import bootstrap, format_table, score_chains  # noqa: E402
+from chains_lite.methods import diffseg as ds  # noqa: E402
+from chains_lite.zoo.datasets import CocoStuff  # noqa: E402
+from chains_lite.zoo.inputs import unet_inputs  # noqa: E402
 from chains_lite.zoo.shapeworld import CLASS_NAMES  # noqa: E402
 
 LITE_CLASSES = 1 + len(CLASS_NAMES)
@@ -69,7 +72,7 @@ def make_work(loaded, args, load_batch, n_classes, strategies, threshold):
         images, gt = load_batch(indices)
         x0, cond = unet_inputs(loaded, images)
         chains, _ = ds.image_chains(loaded.model, loaded.scheduler, x0, indices, args.seed, args.timestep, cond)
-        scored = ds.score_chains(chains, gt, n_classes, strategies, threshold=threshold,
+        scored = score_chains(chains, gt, n_classes, strategies, threshold=threshold,
                                  per_side=args.per_side, min_distance=args.min_distance, metric=args.distance)
         return [{"index": i} | {s: {k: np.asarray(v[j]).tolist() for k, v in scored[s].items()}
                                 for s in strategies} for j, i in enumerate(indices)]
@@ -82,15 +85,12 @@ def counts_of(records, strategy):
 
 
 def summarize(records, strategies, n_boot, seed):
-    return ds.bootstrap({s: counts_of(records, s) | {"n_segments": np.array([r[s]["n_segments"] for r in records])}
+    return bootstrap({s: counts_of(records, s) | {"n_segments": np.array([r[s]["n_segments"] for r in records])}
                          for s in strategies}, n_boot=n_boot, seed=seed)
 
 
 def check_args(ap, args):
-    for name in ("n_images", "batch_size", "n_boot", "per_side"):
-        v = getattr(args, name)
-        if v is not None and v < 1:
-            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    cli.at_least_one(ap, args, "n_images", "batch_size", "n_boot", "per_side")
     if args.threshold is not None and not args.threshold > 0:
         ap.error(f"--threshold must be > 0, got {args.threshold}")
     if not 0 <= args.timestep < 1000:
@@ -108,14 +108,8 @@ def check_args(ap, args):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mode", choices=["lite", "full"], default="lite")
+    ap = cli.parser(__doc__)
     ap.add_argument("--n-images", type=int, default=None, help="default: 200 (lite), the whole list (full)")
-    ap.add_argument("--seed", type=int, default=0, help="ShapeWorld stream (lite) and the noise")
-    ap.add_argument("--out", default=None, help="write the results as JSON here (never overwritten)")
-    ap.add_argument("--run-dir", default=None,
-                    help="the run's per-image records, for resuming (default: --out with .run; "
-                         "without either, a temporary folder)")
     ap.add_argument("--strategies", nargs="+", default=["uniform", "tokenrank"],
                     help="anchor strategies; the first is the baseline of the paired difference")
     ap.add_argument("--threshold", type=float, default=None,
@@ -134,17 +128,9 @@ def main(argv=None):
     ap.add_argument("--fine-to-coarse", default=None, help="full: JSON {fine label: coarse label}")
     args = ap.parse_args(argv)
     check_args(ap, args)
-    try:
-        out_path = runner.claim_outputs(args.out, args.run_dir)
-    except (ValueError, FileExistsError) as e:
-        ap.error(str(e))
-    if args.mode == "full":
-        try:
-            zoo.preflight("sd15", data={"--data": args.data, "--file-list": args.file_list,
-                                        "--fine-to-coarse": args.fine_to_coarse},
-                          fix="run lite mode with --mode lite, or set HF_HUB_OFFLINE=1 with the weights cached")
-        except zoo.FullModeUnavailable as e:
-            ap.error(str(e))
+    out_path = cli.claim(ap, args)
+    cli.preflight(ap, args, "sd15", data={"--data": args.data, "--file-list": args.file_list,
+                                          "--fine-to-coarse": args.fine_to_coarse})
     t0 = time.perf_counter()
     batch = args.batch_size or (32 if args.mode == "lite" else 1)
     if args.mode == "lite":
@@ -174,24 +160,21 @@ def main(argv=None):
                     sweep[thr] = {s: metrics.scores_from_counts(counts_of(recs, s)) for s in args.strategies}
                     print(f"val threshold {thr}: " + ", ".join(
                         f"{s} acc {100 * v['acc']:.1f} mIoU {100 * v['miou']:.1f}" for s, v in sweep[thr].items()))
-        with torch.no_grad():
-            records = runner.run(make_work(loaded, args, load_batch, n_classes, args.strategies, threshold), n,
-                                 runner.run_dir(args.out, args.run_dir) or tmp, config, batch=batch,
-                                 desc="diffseg")
+    with torch.no_grad():
+        records = cli.run(make_work(loaded, args, load_batch, n_classes, args.strategies, threshold), n, args,
+                          config, batch=batch, desc="diffseg")
     if records is None:  # not the main process: it has written its share
         return
     res = summarize(records, args.strategies, args.n_boot, args.seed)
     elapsed = time.perf_counter() - t0
     print(f"\n{loaded.name} ({args.mode} mode), {n} images, seed {args.seed}, threshold {threshold}, "
           f"timestep {args.timestep}, {elapsed:.1f} s; 95% bootstrap intervals")
-    print(ds.format_table(res, args.strategies, args.mode))
+    print(format_table(res, args.strategies, args.mode))
     print("paper: SD on COCO-Stuff-27 (Table 3). Lite numbers are ShapeWorld's, not the paper's.")
-    if out_path:
-        out = dict(mode=args.mode, model=loaded.name, n_images=n, seed=args.seed, threshold=threshold,
-                   timestep=args.timestep, per_side=args.per_side, min_distance=args.min_distance,
-                   distance=args.distance, n_classes=n_classes, time_s=elapsed, results=res,
-                   val_sweep={str(k): v for k, v in sweep.items()})
-        print(f"wrote {results.write_json(out_path, out)}")
+    cli.write(out_path, dict(mode=args.mode, model=loaded.name, n_images=n, seed=args.seed, threshold=threshold,
+                             timestep=args.timestep, per_side=args.per_side, min_distance=args.min_distance,
+                             distance=args.distance, n_classes=n_classes, time_s=elapsed, results=res,
+                             val_sweep={str(k): v for k, v in sweep.items()}))
 
 
 if __name__ == "__main__":

@@ -10,28 +10,31 @@ validation folder in ImageFolder layout (``val/<wnid>/*.JPEG``, classes in sorte
 ImageNet-1k index of timm classifiers), ``--n-images`` drawn with the seed; ``vit-b16`` (timm's
 classifier) or ``clip-vitb32`` (zero-shot, "A photo of a <class>."). The DINO models on the hub come
 without the linear heads the paper used, so they are not offered here.
-Runs on :func:`chains_lite.runner.run`: one process, or data-parallel under ``accelerate launch``
+Runs on :func:`chains_lite.experiments.runner.run`: one process, or data-parallel under ``accelerate launch``
 (``accelerate launch benchmarks/masking.py --mode full ...``), resumable: whether each image is
 classified right, clean and per strategy and fraction, is appended to ``--run-dir`` (default:
 ``--out`` with ``.run`` for ``.json``) as it is computed; rerunning the command skips the images
 done, and a run dir of another configuration is refused. Image i's random scores come from a
-generator seeded ``runner.item_seed(seed, i)``.
+generator seeded ``item_seed(seed, i)`` (:mod:`chains_lite.core.seeding`).
 Prints accuracy per fraction and the normalised AUC (lower = the ranking found more important tokens),
 and writes JSON: per strategy the curve (correct counts of all images / n) and AUC, plus mode,
 model, n_images, seed, layers, time of this invocation.
 """
 from __future__ import annotations
 
-import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from chains_lite import masking, results, runner, zoo
-from chains_lite.zoo.inputs import imagenet_folder, model_input
+from chains_lite import zoo
+from chains_lite.core.seeding import item_seed
+from chains_lite.experiments import cli, runner
+from chains_lite.experiments.masking import auc_table, masking_records, merge_masking_records
+from chains_lite.methods import masking
+from chains_lite.zoo.datasets import imagenet_folder
+from chains_lite.zoo.inputs import model_input
 
 LITE_MODELS = ("shapes-vit", "shapes-vit-reg")
 FULL_MODELS = ("vit-b16", "clip-vitb32")
@@ -39,8 +42,7 @@ LITE_FRACTIONS = (0.0, 0.02, 0.04, 0.06, 0.08, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--mode", choices=["lite", "full"], default="lite")
+    ap = cli.parser(__doc__)
     ap.add_argument("--model", default=None, help=f"lite: {LITE_MODELS}; full: {FULL_MODELS}")
     ap.add_argument("--data", type=Path, help="full mode: ImageNet validation folder")
     ap.add_argument("--n-images", type=int, default=None, help="default 500 lite, 5000 full")
@@ -49,11 +51,6 @@ def main(argv=None):
                     choices=list(masking.STRATEGIES + masking.HEAD_WEIGHTING))
     ap.add_argument("--layers", type=int, nargs="+", default=None, help="default: the first half")
     ap.add_argument("--batch-size", type=int, default=100)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--run-dir", type=Path, default=None,
-                    help="the run's per-image records, for resuming (default: --out with .run; "
-                         "without either, a temporary folder)")
     args = ap.parse_args(argv)
     model_name = args.model or ("shapes-vit" if args.mode == "lite" else "vit-b16")
     allowed = LITE_MODELS if args.mode == "lite" else FULL_MODELS
@@ -61,24 +58,15 @@ def main(argv=None):
         ap.error(f"--model {model_name} is not available in {args.mode} mode; choose from {allowed}")
     n = args.n_images if args.n_images is not None else (500 if args.mode == "lite" else 5000)
     fractions = args.fractions or (LITE_FRACTIONS if args.mode == "lite" else masking.FRACTIONS)
-    for name, v in (("--n-images", n), ("--batch-size", args.batch_size)):
-        if v < 1:
-            ap.error(f"{name} must be >= 1, got {v}")
+    cli.at_least_one(ap, args, "n_images", "batch_size")
     if args.mode == "full" and args.data is None:
         ap.error("full mode needs --data: an ImageNet validation folder (val/<wnid>/*.JPEG)")
     try:
         masking.check_fractions(fractions)
-        out_path = runner.claim_outputs(args.out, args.run_dir)
-    except (ValueError, FileExistsError) as e:
+    except ValueError as e:
         ap.error(str(e))
-
-
-    if args.mode == "full":
-        try:
-            zoo.preflight(model_name, data={"--data": args.data},
-                          fix="run lite mode with --mode lite, or set HF_HUB_OFFLINE=1 with the weights cached")
-        except zoo.FullModeUnavailable as e:
-            ap.error(str(e))
+    out_path = cli.claim(ap, args)
+    cli.preflight(ap, args, model_name, data={"--data": args.data})
     t0 = time.time()
     loaded = zoo.load(model_name, mode=args.mode, device=runner.state().device)
     classify = None
@@ -98,29 +86,25 @@ def main(argv=None):
 
     def work(indices):
         idx = torch.tensor(indices)
-        return masking.masking_records(loaded.model, x[idx].to(device), y[idx], classify=classify,
-                                       seeds=[runner.item_seed(args.seed, i) for i in indices],
-                                       strategies=args.strategies, fractions=fractions, layers=layers)
+        return masking_records(loaded.model, x[idx].to(device), y[idx], classify=classify,
+                               seeds=[item_seed(args.seed, i) for i in indices],
+                               strategies=args.strategies, fractions=fractions, layers=layers)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        records = runner.run(work, n, runner.run_dir(args.out, args.run_dir) or tmp, config,
-                             batch=args.batch_size, desc="masking")
+    records = cli.run(work, n, args, config, batch=args.batch_size, desc="masking")
     if records is None:  # not the main process: it has written its share
         return 0
-    curves = masking.merge_masking_records(records, fractions, layers)
+    curves = merge_masking_records(records, fractions, layers)
     seconds = time.time() - t0
-    aucs = masking.auc_table(curves)
+    aucs = auc_table(curves)
     print(f"\n{model_name} [{loaded.mode} mode], {n} images, masked layers {curves['layers']}, "
           f"clean accuracy {curves['clean_accuracy']:.3f}, {seconds:.0f} s")
     print(f"{'strategy':>18} {'AUC':>6}  " + " ".join(f"{f:>5.2f}" for f in fractions))
     for s in args.strategies:
         print(f"{s:>18} {aucs[s]:6.3f}  " + " ".join(f"{a:5.2f}" for a in curves[s]))
-    if out_path:
-        result = dict(mode=loaded.mode, model=model_name, n_images=n, seed=args.seed,
-                      layers=curves["layers"], fractions=list(fractions),
-                      clean_accuracy=curves["clean_accuracy"], seconds=round(seconds, 1),
-                      strategies={s: dict(curve=curves[s], auc=aucs[s]) for s in args.strategies})
-        print(f"wrote {results.write_json(out_path, result)}")
+    cli.write(out_path, dict(mode=loaded.mode, model=model_name, n_images=n, seed=args.seed,
+                             layers=curves["layers"], fractions=list(fractions),
+                             clean_accuracy=curves["clean_accuracy"], seconds=round(seconds, 1),
+                             strategies={s: dict(curve=curves[s], auc=aucs[s]) for s in args.strategies}))
     return 0
 
 

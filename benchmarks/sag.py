@@ -5,7 +5,7 @@
         --n-samples 5000 --out r.json
     accelerate launch benchmarks/sag.py --mode full ... --out r.json   # the same, on every GPU
 
-Runs on :func:`chains_lite.runner.run`: per-sample records go to ``--run-dir`` (default: ``--out``
+Runs on :func:`chains_lite.experiments.runner.run`: per-sample records go to ``--run-dir`` (default: ``--out``
 with ``.run``) as they are made, so a rerun of the same command resumes, and ``accelerate launch``
 shares the samples among processes; sample ``i`` starts from the noise of its own seed, so the
 JSON does not depend on the batch size or the number of processes.
@@ -21,23 +21,20 @@ the JSON holds per method the metrics and intervals, the sweep and the paired di
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from chains_lite import results, runner, zoo
-from chains_lite import sag_experiment as exp
-from chains_lite.sag import LAYERS
+from chains_lite import zoo
+from chains_lite.experiments import cli, runner
+from chains_lite.experiments import sag as exp
+from chains_lite.methods.sag import LAYERS
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--mode", choices=["lite", "full"], default="lite")
+    ap = cli.parser(__doc__, items="samples")
     ap.add_argument("--n-samples", type=int, default=64)
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scales", type=float, nargs="+", default=None, help="default lite 0.5 1 2, full 0.75")
     ap.add_argument("--headline", type=float, default=None,
                     help="the scale of the main table (default 1 if among --scales, else the smallest)")
@@ -49,17 +46,14 @@ def main(argv=None):
     ap.add_argument("--prompts", type=Path, help="full mode: a text file, one prompt per line")
     ap.add_argument("--reference", type=Path, help="full mode: a folder of real images (png/jpg)")
     ap.add_argument("--cfg", type=float, default=7.5, help="full mode: classifier-free guidance scale")
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--run-dir", type=Path, default=None,
-                    help="the run's per-sample records, for resuming (default: --out with .run)")
     args = ap.parse_args(argv)
+    if args.out is None:
+        ap.error("--out is required: the JSON file to write")
     full = args.mode == "full"
     scales = args.scales or ([0.75] if full else [0.5, 1.0, 2.0])
     steps = args.steps or (50 if full else 20)
     batch = args.batch or (8 if full else 16)
-    for name, v in (("--n-samples", args.n_samples), ("--steps", steps), ("--batch", batch), ("--n-boot", args.n_boot)):
-        if v < 1:
-            ap.error(f"{name} must be >= 1, got {v}")
+    cli.at_least_one(ap, args, "n_samples", "steps", "batch", "n_boot")
     if args.n_samples < 2:
         ap.error("--n-samples must be >= 2 (KID and the Fréchet distance need two samples)")
     if not (0 < args.cap <= 1):
@@ -77,13 +71,11 @@ def main(argv=None):
             refs = sorted(p for p in args.reference.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
             if len(refs) < 2:
                 ap.error(f"{args.reference} holds fewer than 2 png/jpg images")
-        out_path = runner.claim_outputs(args.out, args.run_dir)
-        if full:
-            zoo.preflight("sd15", data={"--prompts": args.prompts, "--reference": args.reference},
-                          packages=[] if zoo.random_weights() else ["torchmetrics"],  # a dry run: Inception stand-in
-                          fix="run lite mode with --mode lite, or set HF_HUB_OFFLINE=1 with the weights cached")
-    except (ValueError, FileExistsError, OSError, zoo.FullModeUnavailable) as e:
+    except (ValueError, OSError) as e:
         ap.error(str(e))
+    out_path = cli.claim(ap, args)
+    cli.preflight(ap, args, "sd15", data={"--prompts": args.prompts, "--reference": args.reference},
+                  packages=[] if zoo.random_weights() else ["torchmetrics"])  # a dry run: Inception stand-in
 
     t0 = time.time()
     common = dict(scales=scales, steps=steps, seed=args.seed, layer=args.layer, cap=args.cap)
@@ -93,7 +85,8 @@ def main(argv=None):
         work = functools.partial(exp.full_work, unet=loaded.model, scheduler=_ddim(loaded.scheduler),
                                  encode=encode, decode=decode, prompts=prompts, cfg=args.cfg,
                                  out_dir=out_path.with_suffix(""), **common)
-        records = run(work, args, out_path, dict(common, mode="full", cfg=args.cfg, prompts=str(args.prompts)), batch)
+        records = cli.run(work, args.n_samples, args, dict(common, mode="full", cfg=args.cfg, prompts=str(args.prompts)),
+                          batch=batch, desc="sag samples")
         if records is None:  # not the main process: it has written its share
             return 0
         table = exp.summarize_full(records, refs, headline=args.headline, n_boot=args.n_boot, seed=args.seed)
@@ -102,7 +95,7 @@ def main(argv=None):
         judge = zoo.load("shapes-vit", mode="lite", device="cpu", verbose=False).model
         work = functools.partial(exp.lite_work, unet=loaded.model, scheduler=_ddim(loaded.scheduler),
                                  judge=judge, **common)
-        records = run(work, args, out_path, dict(common, mode="lite"), batch)
+        records = cli.run(work, args.n_samples, args, dict(common, mode="lite"), batch=batch, desc="sag samples")
         if records is None:
             return 0
         ref = exp.lite_reference(judge, max(500, args.n_samples), args.n_samples, seed=args.seed,
@@ -115,15 +108,8 @@ def main(argv=None):
                     scales=scales, layer=args.layer, tokenrank_cap=args.cap, blur="gaussian 9 taps, sigma 1",
                     cfg=args.cfg if full else None, seconds=round(seconds, 1),
                     paper_table2=exp.PAPER_TABLE2, metric_space="inception" if full else "shapes-vit")
-    print(f"wrote {results.write_json(out_path, {**settings, **table})}")
+    cli.write(out_path, {**settings, **table})
     return 0
-
-
-def run(work, args, out_path, config, batch):
-    """Every sample's record through :func:`chains_lite.runner.run` (``None`` off the main process)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        return runner.run(work, args.n_samples, runner.run_dir(out_path, args.run_dir) or tmp, config,
-                          batch=batch, desc="sag samples")
 
 
 def _ddim(scheduler):

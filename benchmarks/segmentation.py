@@ -6,12 +6,12 @@
     accelerate launch --multi_gpu --num_processes 8 benchmarks/segmentation.py --mode full ... \
         --out runs/seg.json [--run-dir runs/seg.run]
 
-Every setting is ``METHOD[:HEADS[:BLOCKS]]`` (``chains_lite.segmentation.Setting``); the default
-runs every row of the paper's supp. Table 7. Maps come from ``chains_lite.segmentation.word_maps``:
+Every setting is ``METHOD[:HEADS[:BLOCKS]]`` (``chains_lite.methods.segmentation.Setting``); the default
+runs every row of the paper's supp. Table 7. Maps come from ``chains_lite.methods.segmentation.word_maps``:
 encode the image, noise to ``t`` (0.5), ``--steps`` (2) denoising steps with the caption, joint
 attention averaged over the last 10 blocks of the kind (fewer if the model has fewer) and the
 steps, heads mixed (λ2 or uniform), bounces from the word's token; scored as
-``chains_lite.metrics.binary_segmentation`` from per-image counts (acc, standard mIoU, mAP; and
+``chains_lite.eval.metrics.binary_segmentation`` from per-image counts (acc, standard mIoU, mAP; and
 ConceptAttention's Acc/(2-Acc)).
 
 * lite: ``shapes-flux`` on ShapeWorld test images (32 x 32); the caption is the image's own; the
@@ -19,27 +19,26 @@ ConceptAttention's Acc/(2-Acc)).
   class.
 * full: FLUX.1-schnell on ImageNet-Segmentation: ``--data`` is Chefer et al.'s ``gtsegs_ijcv.mat``
   (4,276 images, read one batch at a time). The word of image i comes from the file's class id
-  (``chains_lite.imagenet_segmentation.class_words``: the last word of the synset's first
+  (``chains_lite.zoo.datasets.class_words``: the last word of the synset's first
   WordNet lemma), or from ``--class-map``, a JSON map ``{lemma: word}`` (ConceptAttention's
   ``imagenet_class_map.json`` is one: its ``"categories"``), or from ``--classes``, a text file
   with one word per image (line i = image i). Captions ``--caption`` (default "a {}"). Needs a
   GPU, the hub weights, h5py and timm.
 
-Runs on :func:`chains_lite.runner.run`: one process, or data-parallel under ``accelerate launch``
+Runs on :func:`chains_lite.experiments.runner.run`: one process, or data-parallel under ``accelerate launch``
 (``accelerate launch benchmarks/segmentation.py --mode full ...``), resumable: each image's
 confusion counts and AP are appended to ``--run-dir`` (default: ``--out`` with ``.run`` for
 ``.json``) as they are computed; rerunning the command skips the images done, and a run dir of
-another configuration is refused. Image i's noise is seeded with ``runner.item_seed(seed, i)``.
+another configuration is refused. Image i's noise is seeded with ``item_seed(seed, i)``
+(:mod:`chains_lite.core.seeding`).
 Prints a table (measured beside the paper's numbers, labelled by mode) and writes JSON: per
 setting acc / miou / map / miou_acc_2_minus_acc (from the merged counts of all images), plus
 mode, model, n_images, seed, time of this invocation.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -47,10 +46,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from chains_lite import results, runner, zoo  # noqa: E402
-from chains_lite.imagenet_segmentation import ImageNetSegmentation, class_words  # noqa: E402
-from chains_lite.segmentation import (TABLE7, Setting, class_word_task, merge_records,  # noqa: E402
-                                      segmentation_records, table)
+from chains_lite import zoo  # noqa: E402
+from chains_lite.core.seeding import item_seed  # noqa: E402
+from chains_lite.experiments import cli, runner  # noqa: E402
+from chains_lite.experiments.segmentation import (TABLE7, class_word_task, merge_records,  # noqa: E402
+                                                  segmentation_records, table)
+from chains_lite.methods.segmentation import Setting  # noqa: E402
+from chains_lite.zoo.datasets import ImageNetSegmentation, class_words  # noqa: E402
 
 DEFAULT_SETTINGS = ",".join(s.name for s, _ in TABLE7.values())
 
@@ -92,11 +94,8 @@ def full_data(args):
 
 
 def check_args(ap, args):
-    """Every numeric argument checked before any work (``ap.error`` exits with the message)."""
-    for name in ("n_images", "batch_size", "steps", "size", "image_size"):
-        v = getattr(args, name)
-        if v is not None and v < 1:
-            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    """Every argument checked before any work (``ap.error`` exits with the message)."""
+    cli.at_least_one(ap, args, "n_images", "batch_size", "steps", "size", "image_size")
     if not 0 < args.t <= 1:
         ap.error(f"--t must be in (0, 1], got {args.t}")
     if args.mode == "full":
@@ -108,16 +107,10 @@ def check_args(ap, args):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mode", choices=["lite", "full"], default="lite")
+    ap = cli.parser(__doc__)
     ap.add_argument("--methods", default=DEFAULT_SETTINGS,
                     help="comma list of METHOD[:HEADS[:BLOCKS]] (default: supp. Table 7's rows)")
     ap.add_argument("--n-images", type=int, default=None, help="default: 500 (lite), all (full)")
-    ap.add_argument("--seed", type=int, default=0, help="ShapeWorld stream (lite) and the noise")
-    ap.add_argument("--out", default=None, help="write the results as JSON here")
-    ap.add_argument("--run-dir", default=None,
-                    help="the run's per-image records, for resuming (default: --out with .run; "
-                         "without either, a temporary folder)")
     ap.add_argument("--t", type=float, default=0.5, help="normalised noise level")
     ap.add_argument("--steps", type=int, default=2, help="denoising steps recorded from t")
     ap.add_argument("--store", choices=["mean", "qk"], default="mean",
@@ -135,19 +128,14 @@ def main(argv=None):
     check_args(ap, args)
     try:
         settings = [Setting.parse(s) for s in args.methods.split(",") if s]
-        out_path = runner.claim_outputs(args.out, args.run_dir)
-    except (ValueError, FileExistsError) as e:
+    except ValueError as e:
         ap.error(str(e))
     if not settings:
         ap.error("--methods names no setting")
-    if args.mode == "full":
-        try:
-            data = {k: v for k, v in (("--data", args.data), ("--classes", args.classes),
-                                      ("--class-map", args.class_map)) if v is not None}
-            zoo.preflight("flux-schnell", data=data, packages=["h5py", "timm"],
-                          fix="run lite mode with --mode lite, or set HF_HUB_OFFLINE=1 with the weights cached")
-        except zoo.FullModeUnavailable as e:
-            ap.error(str(e))
+    out_path = cli.claim(ap, args)
+    cli.preflight(ap, args, "flux-schnell", packages=["h5py", "timm"],
+                  data={k: v for k, v in (("--data", args.data), ("--classes", args.classes),
+                                          ("--class-map", args.class_map)) if v is not None})
     t0 = time.perf_counter()
     if args.mode == "lite":
         n, load = lite_data(500 if args.n_images is None else args.n_images, args.seed)
@@ -168,11 +156,9 @@ def main(argv=None):
             return segmentation_records(loaded, images, masks, captions, words, settings,
                                         size=args.size, resize=args.resize, t=args.t, steps=args.steps,
                                         store=args.store,
-                                        seed=[runner.item_seed(args.seed, i) for i in indices])
+                                        seed=[item_seed(args.seed, i) for i in indices])
 
-    with tempfile.TemporaryDirectory() as tmp:
-        records = runner.run(work, n, runner.run_dir(args.out, args.run_dir) or tmp, config,
-                             batch=batch, desc="segmentation")
+    records = cli.run(work, n, args, config, batch=batch, desc="segmentation")
     if records is None:  # not the main process: it has written its share
         return
     res = merge_records(records)
@@ -182,10 +168,8 @@ def main(argv=None):
     print(table(res, args.mode))
     print("paper: FLUX.1-schnell on ImageNet-Segmentation (4,276 images). A/(2-A): ConceptAttention's "
           "mIoU formula, beside the standard mIoU.")
-    if out_path:
-        out = dict(mode=args.mode, model=loaded.name, n_images=n, seed=args.seed, t=args.t,
-                   steps=args.steps, size=args.size, resize=args.resize, time_s=elapsed, results=res)
-        print(f"wrote {results.write_json(out_path, out)}")
+    cli.write(out_path, dict(mode=args.mode, model=loaded.name, n_images=n, seed=args.seed, t=args.t,
+                             steps=args.steps, size=args.size, resize=args.resize, time_s=elapsed, results=res))
 
 
 if __name__ == "__main__":

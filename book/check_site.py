@@ -27,7 +27,6 @@ import contextlib
 import functools
 import http.server
 import os
-import re
 import shutil
 import sys
 import threading

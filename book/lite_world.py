@@ -33,14 +33,14 @@ def pct(x: float) -> str:
 
 def stands_in_for(name: str) -> list[str]:
     """The paper models that lite model `name` replaces in lite mode (from chains_lite.zoo.load)."""
-    from chains_lite.zoo.load import FULL_MODELS
+    from chains_lite.zoo.catalog import FULL_MODELS
     return [f"`{full}` ({spec.note.split(' (')[0]})" if spec.note else f"`{full}`"
             for full, spec in FULL_MODELS.items() if spec.lite == name]
 
 
 def order(names) -> list[str]:
     """Lite models in the order the paper models they stand in for are listed, then the rest."""
-    from chains_lite.zoo.load import FULL_MODELS
+    from chains_lite.zoo.catalog import FULL_MODELS
     first = list(dict.fromkeys(spec.lite for spec in FULL_MODELS.values()))
     return sorted(names, key=lambda n: (first.index(n) if n in first else len(first), n))
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from chains_lite import zoo
-from chains_lite.zoo import dryrun
-from chains_lite.zoo.load import FULL_MODELS
+from chains_lite.zoo import catalog, dryrun
+from chains_lite.zoo.catalog import FULL_MODELS
 
 pytest.importorskip("diffusers")
 
@@ -19,12 +19,12 @@ def dry(monkeypatch):
 
 def test_switch_values(monkeypatch):
     monkeypatch.delenv(dryrun.ENV, raising=False)
-    assert not dryrun.random_weights()
+    assert not catalog.random_weights()
     monkeypatch.setenv(dryrun.ENV, "hub")
-    assert not dryrun.random_weights()
+    assert not catalog.random_weights()
     monkeypatch.setenv(dryrun.ENV, "zeros")
     with pytest.raises(ValueError, match="CHAINS_FULL_WEIGHTS"):
-        dryrun.random_weights()
+        catalog.random_weights()
 
 
 def test_word_tokenizer_pads_truncates_and_maps_words():
@@ -56,7 +56,7 @@ def test_timm_dry_run_keeps_the_token_layout(dry, name):
 def test_load_full_mode_on_cpu_without_hub_prints_the_banner(dry, capsys):
     loaded = zoo.load("flux-schnell", mode="full", device="cpu")
     assert loaded.mode == "full" and loaded.extra["weights"] == "random"
-    assert dryrun.BANNER in capsys.readouterr().out
+    assert catalog.BANNER in capsys.readouterr().out
     assert zoo.load("flux-schnell", mode="lite", device="cpu", verbose=False).mode == "lite"
     with pytest.raises(ValueError, match="no overrides"):
         zoo.load_full("dino-vits16", device="cpu", depth=1)
@@ -111,9 +111,9 @@ def test_clip_dry_run_keeps_heads_and_tokens(dry):
 
 
 def test_write_data_in_the_real_formats(tmp_path):
-    from chains_lite.imagenet_segmentation import ImageNetSegmentation
-    from chains_lite.segmentation import load_imagenet_segmentation
-    from chains_lite.zoo.inputs import CocoStuff, imagenet_folder
+    from chains_lite.zoo.datasets import ImageNetSegmentation
+    from chains_lite.zoo.datasets import load_imagenet_segmentation
+    from chains_lite.zoo.datasets import CocoStuff, imagenet_folder
     env = dryrun.write_data(tmp_path, n=3, size=32)
     images, masks = dryrun._images(3, 32, 0)
     x, m = load_imagenet_segmentation(env["IMAGENET_SEG"], size=32)
@@ -144,7 +144,7 @@ def test_main_prints_exports(tmp_path, capsys):
 
 
 def test_sd_codec_on_the_dry_run_pipeline(dry):
-    from chains_lite import sag_experiment as exp
+    from chains_lite.experiments import sag as exp
     loaded = zoo.load("sd15", mode="full", device="cpu", verbose=False)
     encode, decode = exp.sd_codec(loaded)
     text = encode(["a photo of a cat", ""])

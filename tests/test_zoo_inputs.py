@@ -7,9 +7,9 @@ import pytest
 import torch
 from diffusers import FluxPipeline
 
-from chains_lite import segmentation
+from chains_lite.methods import segmentation
 from chains_lite.zoo import inputs
-from chains_lite.zoo.load import Loaded
+from chains_lite.zoo.catalog import Loaded
 from chains_lite.zoo.models import pack
 
 
@@ -56,21 +56,23 @@ def test_full_inputs_pack_the_latents_and_take_guidance_as_a_parameter():
 
 def test_segmentation_encodes_with_the_loaded_model_or_the_given_encoder(monkeypatch):
     calls = []
-    monkeypatch.setattr(inputs, "encode", lambda l, images, captions: calls.append(("zoo", len(images))) or "z")
-    loaded = Loaded(model=None, name="x", mode="lite", why="")
-    assert segmentation._encode(loaded, torch.zeros(2, 3, 4, 4), ["a", "b"]) == "z"   # Loaded.encode
-    given = lambda l, images, captions: calls.append(("given", len(images))) or "g"
-    assert segmentation._encode(loaded, torch.zeros(1, 3, 4, 4), ["a"], given) == "g"
+    zoo_encoder = lambda l, images, captions: calls.append(("zoo", len(images))) or "z"  # noqa: E731
+    loaded = Loaded(model=None, name="x", mode="lite", why="", encoder=zoo_encoder)
+    assert segmentation.encode_inputs(loaded, torch.zeros(2, 3, 4, 4), ["a", "b"]) == "z"   # Loaded.encode
+    given = lambda l, images, captions: calls.append(("given", len(images))) or "g"  # noqa: E731
+    assert segmentation.encode_inputs(loaded, torch.zeros(1, 3, 4, 4), ["a"], given) == "g"
     assert calls == [("zoo", 2), ("given", 1)]
     with pytest.raises(ValueError, match="no encode"):
-        segmentation._encode(SimpleNamespace(model=None), torch.zeros(1, 3, 4, 4), ["a"])
+        segmentation.encode_inputs(SimpleNamespace(model=None), torch.zeros(1, 3, 4, 4), ["a"])
+    with pytest.raises(ValueError, match="has no encoder"):
+        Loaded(model=None, name="shapes-vit", mode="lite", why="").encode(torch.zeros(1, 3, 4, 4), ["a"])
 
 
 def test_model_input_resizes_and_normalises_like_the_library():
     pytest.importorskip("timm")
-    from chains_lite.zoo import load_full
+    from chains_lite.zoo.load import load_full
     from chains_lite.zoo.inputs import input_size, model_input
-    from chains_lite.zoo.load import Loaded
+    from chains_lite.zoo.catalog import Loaded
     loaded = load_full("dino-vits16", device="cpu", pretrained=False, depth=1, embed_dim=32, num_heads=2)
     x = torch.rand(2, 3, 50, 50)
     y = model_input(loaded, x)
@@ -87,8 +89,8 @@ def test_model_input_resizes_and_normalises_like_the_library():
 def test_imagenet_folder_draws_seeded_images_with_sorted_wnid_labels(tmp_path):
     pytest.importorskip("timm")
     from PIL import Image
-    from chains_lite.zoo import load_full
-    from chains_lite.zoo.inputs import imagenet_folder
+    from chains_lite.zoo.load import load_full
+    from chains_lite.zoo.datasets import imagenet_folder
     for i in range(1000):
         d = tmp_path / f"n{i:08d}"
         d.mkdir()
@@ -122,7 +124,7 @@ def test_coco_stuff_reads_centre_squares_and_maps_fine_to_coarse_labels(tmp_path
     import numpy as np
     from PIL import Image
 
-    from chains_lite.zoo.inputs import CocoStuff
+    from chains_lite.zoo.datasets import CocoStuff
     (tmp_path / "val2017").mkdir()
     (tmp_path / "annotation_val2017").mkdir()
     lab = np.full((40, 60), 255, dtype=np.uint8)

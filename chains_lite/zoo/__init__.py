@@ -6,16 +6,17 @@
     logits = vit.model(batch.images)        # (16, 6), classes in zoo.CLASS_NAMES order
 
 Modules: ``shapeworld`` (data), ``models`` (one ``LiteSpec`` per lite model: config, builder,
-training objective and defaults, card metric), ``train`` (``python -m chains_lite.zoo.train
+training objective and defaults, card metric), ``train`` (``python -m chains_lite.zoo.training
 NAME``), ``evaluate`` (card numbers), ``generate`` (MiniLM text encoder, samplers), ``load``
 (lite and full loading), ``preflight`` (what full mode needs, checked before loading), ``registry``
 (checkpoint files and cards), ``dryrun`` (full mode with random weights and synthetic data, on a
 CPU: ``CHAINS_FULL_WEIGHTS=random``).
 """
-from .dryrun import BANNER, can_run_full, random_weights
-from .load import FULL_MODELS, LITE_NAMES, Loaded, load, load_full, resolve_mode
+from .catalog import (BANNER, FULL_MODELS, LITE_NAMES, Loaded, can_run_full, full_spec, random_weights,
+                      resolve_mode)
+from .load import load, load_full
 from .preflight import FullModeUnavailable, preflight
 from .shapeworld import CLASS_NAMES, ShapeBatch, shapeworld
 
 __all__ = ["BANNER", "CLASS_NAMES", "FULL_MODELS", "FullModeUnavailable", "LITE_NAMES", "Loaded", "ShapeBatch",
-           "can_run_full", "load", "load_full", "preflight", "random_weights", "resolve_mode", "shapeworld"]
+           "can_run_full", "full_spec", "load", "load_full", "preflight", "random_weights", "resolve_mode", "shapeworld"]

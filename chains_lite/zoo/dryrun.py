@@ -21,16 +21,13 @@ model, is in :data:`REDUCED`.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ENV = "CHAINS_FULL_WEIGHTS"
-WEIGHTS = ("hub", "random")
-BANNER = ("DRY RUN (CHAINS_FULL_WEIGHTS=random): the full-mode models have random weights and "
-          "reduced widths, and the data are tiny synthetic files: every number below is meaningless.")
+from . import inputs
+from .catalog import ENV, Loaded, full_spec
 
 #: Per model: the configuration values the dry run changes (everything else is the real config).
 REDUCED = {
@@ -45,20 +42,6 @@ REDUCED = {
 }
 
 
-def random_weights() -> bool:
-    """Whether ``CHAINS_FULL_WEIGHTS=random`` (``"hub"``, the default, loads the real weights)."""
-    value = os.environ.get(ENV, "hub")
-    if value not in WEIGHTS:
-        raise ValueError(f"{ENV} must be one of {WEIGHTS}, got {value!r}")
-    return value == "random"
-
-
-def can_run_full() -> bool:
-    """Full mode can run here: a CUDA GPU is present, or this is a dry run (CPU is enough)."""
-    return torch.cuda.is_available() or random_weights()
-
-
-# ----------------------------------------------------------------------------- tokenizers
 def word_tokenizer(max_length: int, eos: bool = True, words=()):
     """An offline stand-in tokenizer (a ``transformers.PreTrainedTokenizerFast``: padding,
     truncation, offsets, ``batch_decode`` and ``return_tensors`` work as with the real ones):
@@ -154,8 +137,7 @@ def build(name: str, device):
     """The full model ``name`` of ``zoo.FULL_MODELS`` with random weights (see the module
     docstring): a ``Loaded`` in mode ``"full"``, its pipeline, tokenizer and scheduler attached
     as :func:`chains_lite.zoo.load_full` attaches the real ones."""
-    from .load import FULL_MODELS, Loaded
-    spec = FULL_MODELS[name]
+    spec = full_spec(name)
     device = torch.device(device)
     torch.manual_seed(0)
     if spec.family == "timm":
@@ -172,7 +154,7 @@ def build(name: str, device):
     elif spec.family == "flux":
         pipe = _flux_pipeline(device)
         out = Loaded(pipe.transformer.eval(), name, "full", "", pipeline=pipe, tokenizer=pipe.tokenizer_2,
-                     text_encoder=pipe.text_encoder_2, scheduler=pipe.scheduler)
+                     text_encoder=pipe.text_encoder_2, scheduler=pipe.scheduler, encoder=inputs.encode)
     else:
         pipe = _sd_pipeline(device)
         out = Loaded(pipe.unet.eval(), name, "full", "", pipeline=pipe, tokenizer=pipe.tokenizer,
@@ -247,7 +229,7 @@ def write_data(root, n: int = 4, size: int = 64, seed: int = 0) -> dict[str, str
     root.mkdir(parents=True, exist_ok=True)
     images, masks = _images(max(n, 10), size, seed)
     env = {}
-    from ..imagenet_segmentation import imagenet_wnid, write_imagenet_segmentation
+    from .datasets import imagenet_wnid, write_imagenet_segmentation
     env["IMAGENET_SEG"] = str(root / "gtsegs_ijcv.mat")
     classes = [281, 207, 817, 10] * n                       # tabby, golden retriever, sports car, brambling
     write_imagenet_segmentation(env["IMAGENET_SEG"], images[:n].transpose(0, 3, 1, 2), masks[:n] > 0,

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .generate import TEXT_LENGTH
-from .load import Loaded
+from .catalog import Loaded
 from .models import FLUX_PACK, image_ids, pack
 
 PHOTOS = ("chelsea", "astronaut", "coffee")   # scikit-image's bundled sample photos
@@ -86,78 +86,6 @@ def photos(size: int = 224, paths=None) -> tuple[torch.Tensor, list[str]]:
             imgs.append(_square(np.asarray(Image.open(p).convert("RGB")), size))
             names.append(os.path.basename(p))
     return torch.stack(imgs), names
-
-
-def image_folder(path, n: int, seed: int, loaded, n_classes: int | None = None):
-    """``n`` images drawn with ``seed`` from an ImageFolder-layout folder (``root/<class>/<image>``;
-    labels in sorted class-folder order), preprocessed by the model's own transform.
-
-    ``n_classes``: the number of class folders expected (a ``ValueError`` otherwise).
-    Returns ``(x, labels, class_folders)``.
-    """
-    from pathlib import Path
-
-    from PIL import Image
-    from timm.data import create_transform, resolve_data_config
-    path = Path(path)
-    classes = sorted(p.name for p in path.iterdir() if p.is_dir())
-    if n_classes is not None and len(classes) != n_classes:
-        raise ValueError(f"{path} should hold {n_classes} class folders, found {len(classes)}")
-    files = [(f, i) for i, c in enumerate(classes) for f in sorted((path / c).iterdir())]
-    pick = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed))[:n]
-    tf = loaded.preprocess or create_transform(**resolve_data_config({}, model=loaded.model))
-    x = torch.stack([tf(Image.open(files[j][0]).convert("RGB")) for j in pick.tolist()])
-    return x, torch.tensor([files[j][1] for j in pick.tolist()]), classes
-
-
-def imagenet_folder(path, n: int, seed: int, loaded):
-    """:func:`image_folder` on an ImageNet validation folder (``val/<wnid>/*.JPEG``, 1000 classes in
-    sorted wnid order: the ImageNet-1k index of timm classifiers)."""
-    return image_folder(path, n, seed, loaded, n_classes=1000)
-
-
-class CocoStuff:
-    """COCO-Stuff images with coarse class maps, read one item at a time (memory stays flat).
-
-    root: a folder with ``val2017/<id>.jpg`` and ``annotation_val2017/<id>.png`` (the stuffthingmaps:
-    fine labels, 255 = unlabelled); file_list: a text file of image ids, one per line (e.g. the
-    curated COCO-Stuff-27 validation list of STEGO and DiffSeg); fine_to_coarse: a JSON file
-    ``{fine label: coarse label}`` (fine labels it lacks become -1 = ignored). Item ``i`` is the
-    centre square of image ``i`` resized to ``size`` (bilinear) and its label map (nearest).
-    """
-
-    def __init__(self, root, file_list, fine_to_coarse, size: int = 512):
-        import json
-        from pathlib import Path
-        self.root, self.size = Path(root), int(size)
-        self.ids = [x.strip() for x in Path(file_list).read_text().splitlines() if x.strip()]
-        self.lut = np.full(256, -1, dtype=np.int64)
-        for fine, coarse in json.loads(Path(fine_to_coarse).read_text()).items():
-            if not 0 <= int(fine) < 256:
-                raise ValueError(f"{fine_to_coarse}: fine label {fine} is outside [0, 256)")
-            self.lut[int(fine)] = int(coarse)
-        self.n_classes = int(self.lut.max()) + 1
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images ``(B, 3, size, size)`` in [0, 1] and class maps ``(B, size, size)`` int64."""
-        from PIL import Image
-        images, labels = [], []
-        for i in indices:
-            img = Image.open(self.root / "val2017" / f"{self.ids[i]}.jpg").convert("RGB")
-            lab = Image.open(self.root / "annotation_val2017" / f"{self.ids[i]}.png")
-            if lab.size != img.size:
-                raise ValueError(f"{self.ids[i]}: label map {lab.size} and image {img.size} differ in size")
-            s = min(img.size)
-            x, y = (img.width - s) // 2, (img.height - s) // 2
-            img = img.crop((x, y, x + s, y + s)).resize((self.size, self.size), Image.BILINEAR)
-            lab = np.asarray(lab.crop((x, y, x + s, y + s)).resize((self.size, self.size), Image.NEAREST))
-            lab = lab[..., 0] if lab.ndim == 3 else lab
-            images.append(torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1))
-            labels.append(torch.from_numpy(self.lut[lab]))
-        return torch.stack(images), torch.stack(labels)
 
 
 # ----------------------------------------------------------------------------- FLUX inputs
@@ -235,7 +163,6 @@ def encode(loaded, images: torch.Tensor, captions: list[str], **kw) -> FluxInput
     if loaded.mode == "full":
         return full_inputs(loaded, images, captions, **kw)
     return lite_inputs(loaded, images, captions, **kw)
-
 
 
 def unet_inputs(loaded, images: torch.Tensor) -> tuple[torch.Tensor, dict]:

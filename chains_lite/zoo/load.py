@@ -20,50 +20,20 @@ fails (or, in auto mode, falls back) in seconds.
 """
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
-from torch import nn
 
-from .dryrun import ENV, BANNER, random_weights
+from . import generate, inputs
+from .catalog import BANNER, ENV, FULL_MODELS, LITE_NAMES, FullSpec, Loaded, full_spec, random_weights, resolve_mode
 from .dryrun import build as dryrun_build
 from .models import LITE_SPECS, build
 from .preflight import preflight
 from .registry import load_weights, read_card
 from .shapeworld import CLASS_NAMES
 
-MODES = ("auto", "lite", "full")
-
-
-@dataclass
-class Loaded:
-    """What :func:`load` returns: the model in eval mode and what it needs around it."""
-
-    model: nn.Module
-    name: str
-    mode: str                      # "lite" or "full"
-    why: str                       # why this mode was chosen
-    preprocess: Any = None         # images -> model input (None: the model takes them as they are)
-    tokenizer: Any = None
-    text_encoder: Any = None
-    scheduler: Any = None
-    pipeline: Any = None
-    class_names: list[str] | None = None
-    card: dict | None = None
-    extra: dict = field(default_factory=dict)
-
-    def encode(self, images: torch.Tensor, captions: list[str], **kw):
-        """FLUX models: images ``(B, 3, H, W)`` in [0, 1] and their captions -> transformer inputs
-        (:func:`chains_lite.zoo.inputs.encode`; ``kw``: its options)."""
-        from .inputs import encode
-        return encode(self, images, captions, **kw)
-
-
 def _load_lite(name: str, device) -> Loaded:
     """A lite model with its trained weights, card, and what its spec says to attach."""
-    from . import generate
     if name == "minilm":
         enc = generate.TextEncoder(device=device)
         return Loaded(enc.model, name, "lite", "", tokenizer=enc.tokenizer, text_encoder=enc)
@@ -73,52 +43,12 @@ def _load_lite(name: str, device) -> Loaded:
     if spec.class_names:
         out.class_names = list(CLASS_NAMES)
     if spec.text_encoder:
+        out.encoder = inputs.encode
         out.text_encoder = generate.TextEncoder(device=device)
         out.tokenizer = out.text_encoder.tokenizer
     if spec.scheduler:
         out.scheduler = generate.unet_scheduler()
     return out
-
-
-LITE_NAMES = sorted([*LITE_SPECS, "minilm"])
-
-
-@dataclass(frozen=True)
-class FullSpec:
-    """A paper model on the hub: its library, id, and the lite model that stands in for it."""
-
-    family: str          # "timm", "open_clip", "flux" or "sd"
-    hub_id: str
-    lite: str
-    note: str = ""
-    repo: str = ""       # the hub repository the weights come from, when not derived from hub_id
-
-    @property
-    def hub_repo(self) -> str:
-        return self.repo or (f"timm/{self.hub_id}" if self.family == "timm" else self.hub_id)
-
-    @property
-    def needs_gpu(self) -> bool:
-        return self.family in ("flux", "sd")
-
-
-FULL_MODELS = {
-    "dino-vits16": FullSpec("timm", "vit_small_patch16_224.dino", "shapes-vit", "DINOv1 ViT-S/16 (no classifier head)"),
-    "dino-vitb8": FullSpec("timm", "vit_base_patch8_224.dino", "shapes-vit", "DINOv1 ViT-B/8 (paper Fig. 4, 15, 16)"),
-    "dinov2-vits14-reg": FullSpec("timm", "vit_small_patch14_reg4_dinov2.lvd142m", "shapes-vit-reg",
-                                  "DINOv2 ViT-S/14 with 4 registers (paper Fig. 8)"),
-    "dinov2-vitb14-reg": FullSpec("timm", "vit_base_patch14_reg4_dinov2.lvd142m", "shapes-vit-reg",
-                                  "DINOv2 ViT-B/14 with 4 registers"),
-    "vit-b16": FullSpec("timm", "vit_base_patch16_224.augreg2_in21k_ft_in1k", "shapes-vit",
-                        "supervised ViT-B/16, ImageNet-1k classifier"),
-    # The OpenAI weights were trained with QuickGELU: the "-quickgelu" architecture matches them
-    # (plain "ViT-B-32" would run them with nn.GELU, and open_clip only warns).
-    "clip-vitb32": FullSpec("open_clip", "ViT-B-32-quickgelu/openai", "shapes-vit", "CLIP ViT-B/32 (OpenAI weights)",
-                             repo="timm/vit_base_patch32_clip_224.openai"),
-    "flux-schnell": FullSpec("flux", "black-forest-labs/FLUX.1-schnell", "shapes-flux",
-                             "FLUX.1-schnell (gated: accept the licence on the hub, `hf auth login`)"),
-    "sd15": FullSpec("sd", "stable-diffusion-v1-5/stable-diffusion-v1-5", "shapes-unet", "Stable Diffusion 1.5"),
-}
 
 
 def _full_timm(spec: FullSpec, device, pretrained=True, **overrides) -> Loaded:
@@ -232,9 +162,7 @@ def load_full(name: str, device=None, pretrained: bool = True, **overrides) -> L
     random weights, pipelines and stand-in tokenizers included. With ``pretrained`` the needs of full mode are checked first
     (:func:`chains_lite.zoo.preflight`: GPU, packages, hub), so an offline machine fails in
     seconds with ``FullModeUnavailable`` instead of after the hub client's retries."""
-    if name not in FULL_MODELS:
-        raise ValueError(f"unknown full model {name!r}; choose from {sorted(FULL_MODELS)}")
-    spec = FULL_MODELS[name]
+    spec = full_spec(name)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if pretrained and random_weights():
         if overrides:
@@ -248,19 +176,9 @@ def load_full(name: str, device=None, pretrained: bool = True, **overrides) -> L
         raise RuntimeError(f"could not load {name} ({spec.hub_id}): {e}\n"
                            + _HOW_TO_FIX.format(hub_id=spec.hub_id, name=name)) from e
     out.name, out.mode, out.extra["hub_id"], out.extra["note"] = name, "full", spec.hub_id, spec.note
+    if spec.family == "flux":
+        out.encoder = inputs.encode
     return out
-
-
-def resolve_mode(mode: str = "auto") -> str:
-    """``CHAINS_MODE`` from the environment wins over ``"auto"``; an explicit argument wins over both."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if mode == "auto":
-        env = os.environ.get("CHAINS_MODE", "auto")
-        if env not in MODES:
-            raise ValueError(f"CHAINS_MODE must be one of {MODES}, got {env!r}")
-        return env
-    return mode
 
 
 def load(name: str, mode: str = "auto", device=None, verbose: bool = True) -> Loaded:

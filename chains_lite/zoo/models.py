@@ -16,9 +16,9 @@ The ViTs take images in [0, 1] as they come from :func:`shapeworld` (no normalis
 patch embedding learned it). The generative models work at 32 x 32 so that they train on a
 2-core CPU; :func:`shapeworld` renders that size exactly (``size=32``).
 
-Each lite model is one :class:`LiteSpec` in :data:`LITE_SPECS`: its config and builder, its
-training objective and defaults, the card's headline metric and evaluator, the kind of sample
-grid, and what ``zoo.load`` attaches. Adding a lite model is adding an entry there.
+Each lite model is one :class:`LiteSpec` in :data:`LITE_SPECS`: its config and builder, and what
+``zoo.load`` attaches. How it is trained and judged is its entry in
+:data:`chains_lite.zoo.training.objectives.TRAINING`; adding a lite model is adding both.
 """
 from __future__ import annotations
 
@@ -26,11 +26,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from . import evaluate
-from .shapeworld import CLASS_NAMES, shapeworld
+from .shapeworld import CLASS_NAMES
 
 VIT_CONFIG = dict(img_size=64, patch_size=8, embed_dim=128, depth=6, num_heads=4, mlp_ratio=3.0,
                   num_classes=len(CLASS_NAMES), class_token=True, global_pool="token")
@@ -110,104 +108,20 @@ def image_ids(grid: int, device=None) -> torch.Tensor:
     return torch.stack([torch.zeros(grid * grid), ys.flatten().float(), xs.flatten().float()], 1).to(device)
 
 
-# ----------------------------------------------------------------------------- training objectives
-# Each ``(args, device, make_model) -> (model, loss_fn, encoder)``: the training pool prepared,
-# the model from ``make_model()`` (built after the data, so the seeded draws keep their order),
-# ``loss_fn(idx, gen)`` the loss on the pool images ``idx`` with noise drawn from ``gen``, and the
-# text encoder the model was trained with (or None).
-
-def vit_objective(args, device, make_model):
-    """Cross-entropy on the largest shape's class, with random horizontal flips."""
-    data = shapeworld(args.pool, seed=args.seed, split="train", size=args.size)
-    images, labels = data.images.to(device), data.labels.to(device)
-    model = make_model()
-
-    def loss_fn(idx, gen):
-        x = images[idx]
-        flip = torch.rand(len(idx), generator=gen, device=gen.device) < 0.5  # a mirrored shape keeps its class
-        x = torch.where(flip.to(device)[:, None, None, None], x.flip(-1), x)
-        return F.cross_entropy(model(x), labels[idx])
-
-    return model, loss_fn, None
-
-
-def flux_objective(args, device, make_model):
-    """Rectified flow on packed images ``(B, (S/2)^2, 12)``, conditioned on frozen MiniLM captions."""
-    from .generate import TextEncoder
-    data = shapeworld(args.pool, seed=args.seed, split="train", size=args.size)
-    encoder = TextEncoder(device=device)
-    txt, pooled = encoder(data.captions)  # frozen MiniLM: encode every caption once
-    empty_txt, empty_pooled = encoder([""])  # the unconditional input of classifier-free guidance
-    x1 = pack(data.images.to(device) * 2 - 1)
-    model = make_model()
-    ids = image_ids(args.size // FLUX_PACK, device)
-    txt_ids = torch.zeros(txt.shape[1], 3, device=device)
-
-    def loss_fn(idx, gen):
-        # Rectified flow: x_t = (1 - t) x_data + t noise, the model predicts noise - x_data.
-        data_x = x1[idx]
-        noise = torch.randn(data_x.shape, generator=gen, device=gen.device).to(device)
-        t = torch.sigmoid(torch.randn(len(idx), generator=gen, device=gen.device)).to(device)  # logit-normal
-        xt = (1 - t[:, None, None]) * data_x + t[:, None, None] * noise
-        # Caption dropout: with probability ``args.cond_dropout`` the model sees the empty caption,
-        # so it also learns the unconditional velocity that classifier-free guidance needs.
-        drop = (torch.rand(len(idx), generator=gen, device=gen.device) < args.cond_dropout).to(device)
-        c_txt = torch.where(drop[:, None, None], empty_txt, txt[idx])
-        c_pooled = torch.where(drop[:, None], empty_pooled, pooled[idx])
-        pred = model(xt, c_txt, c_pooled, t, ids, txt_ids).sample
-        return F.mse_loss(pred, noise - data_x)
-
-    return model, loss_fn, encoder
-
-
-def unet_objective(args, device, make_model):
-    """DDPM epsilon prediction on images ``(B, 3, S, S)`` in [-1, 1]."""
-    from .generate import unet_scheduler
-    data = shapeworld(args.pool, seed=args.seed, split="train", size=args.size)
-    x0 = (data.images * 2 - 1).to(device)
-    model = make_model()
-    abar = unet_scheduler().alphas_cumprod.to(device)
-
-    def loss_fn(idx, gen):
-        t = torch.randint(len(abar), (len(idx),), generator=gen, device=gen.device).to(device)
-        noise = torch.randn(x0[idx].shape, generator=gen, device=gen.device).to(device)
-        a = abar[t][:, None, None, None]
-        xt = a.sqrt() * x0[idx] + (1 - a).sqrt() * noise
-        return F.mse_loss(model(xt, t).sample, noise)
-
-    return model, loss_fn, None
-
-
 # ----------------------------------------------------------------------------- the lite models
 @dataclass(frozen=True)
-class TrainingDefaults:
-    """What ``zoo.train`` uses when the command line does not say."""
-
-    steps: int
-    batch: int = 64
-    lr: float = 1e-3
-    pool: int = 20000     # ShapeWorld training images
-    size: int = GEN_SIZE  # their side in pixels
-
-
-@dataclass(frozen=True)
 class LiteSpec:
-    """One lite model: how it is built, trained, judged, shown and loaded."""
+    """One lite model: how it is built and what :func:`chains_lite.zoo.load` attaches to it (how it
+    is trained and judged: :data:`chains_lite.zoo.training.objectives.TRAINING`)."""
 
     config: dict                       # the model config; "class" names the library class
     builder: Callable[[dict], nn.Module]  # config without "class" -> model with random weights
-    objective: Callable                # (args, device, make_model) -> (model, loss_fn, encoder)
-    training: TrainingDefaults
-    headline: str                      # the card number a new run must beat (higher is better)
-    evaluator: Callable[..., dict]     # (model, n, encoder=None, guidance=1.0) -> card numbers
-    samples: str                       # sample grid: "classify", "captions" or "unconditional"
     class_names: bool = False          # what zoo.load attaches: CLASS_NAMES,
     text_encoder: bool = False         # the MiniLM text encoder (and its tokenizer),
     scheduler: bool = False            # the DDPM noise schedule
 
 
-_VIT = dict(builder=_vit, objective=vit_objective, training=TrainingDefaults(steps=1500, size=64),
-            headline="accuracy", evaluator=evaluate.vit_card, samples="classify", class_names=True)
+_VIT = dict(builder=_vit, class_names=True)
 
 LITE_SPECS = {
     "shapes-vit": LiteSpec(config={"class": "timm.VisionTransformer", **VIT_CONFIG, "reg_tokens": 0,
@@ -215,13 +129,9 @@ LITE_SPECS = {
     "shapes-vit-reg": LiteSpec(config={"class": "timm.VisionTransformer", **VIT_CONFIG, "reg_tokens": 4,
                                        "stem": "conv"}, **_VIT),
     "shapes-flux": LiteSpec(config={"class": "diffusers.FluxTransformer2DModel", **FLUX_CONFIG},
-                            builder=_flux, objective=flux_objective, training=TrainingDefaults(steps=600),
-                            headline="caption_match", evaluator=evaluate.flux_card, samples="captions",
-                            text_encoder=True),
+                            builder=_flux, text_encoder=True),
     "shapes-unet": LiteSpec(config={"class": "diffusers.UNet2DModel", **UNET_CONFIG},
-                            builder=_unet, objective=unet_objective, training=TrainingDefaults(steps=700),
-                            headline="confident_fraction", evaluator=evaluate.unet_card,
-                            samples="unconditional", scheduler=True),
+                            builder=_unet, scheduler=True),
 }
 
 #: The model config of each lite model (the ``config`` of its spec).

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .dryrun import random_weights
+from .catalog import full_spec, random_weights
 
 #: The remedy printed when no entry point names its own.
 DEFAULT_FIX = ("run in lite mode instead: zoo.load(name, mode='lite'), or CHAINS_MODE=lite for the "
@@ -87,10 +87,7 @@ def preflight(name: str, device=None, data: dict | None = None, packages=(), fix
     (e.g. ``["h5py"]``). fix: the remedy for this entry point (e.g. ``"use --mode lite"``).
     timeout: seconds for the single hub probe.
     """
-    from .load import FULL_MODELS
-    if name not in FULL_MODELS:
-        raise ValueError(f"unknown full model {name!r}; choose from {sorted(FULL_MODELS)}")
-    spec = FULL_MODELS[name]
+    spec = full_spec(name)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dry = random_weights()       # a dry run needs neither a GPU nor the hub
     problems = []

@@ -7,11 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .models import LITE_SPECS
-
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
-# The card number a new run must beat to replace the shipped checkpoint (higher is better).
-HEADLINE = {name: spec.headline for name, spec in LITE_SPECS.items()}
 
 
 def card_path(name: str, folder: Path = CHECKPOINT_DIR) -> Path:
@@ -41,7 +37,7 @@ def load_weights(model: nn.Module, name: str, folder: Path = CHECKPOINT_DIR) -> 
 
     path = weights_path(name, folder)
     if not path.exists():
-        raise FileNotFoundError(f"no checkpoint {path}; train it with `python -m chains_lite.zoo.train {name}`")
+        raise FileNotFoundError(f"no checkpoint {path}; train it with `python -m chains_lite.zoo.training {name}`")
     state = load_file(str(path))
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
     return model
@@ -54,7 +50,7 @@ def read_card(name: str, folder: Path = CHECKPOINT_DIR) -> dict:
 def render_card(card: dict) -> str:
     """The model card as Markdown."""
     lines = [f"# {card['name']}", "",
-             f"Trained by `python -m chains_lite.zoo.train {card['name']}` on {card['date']}.", "",
+             f"Trained by `python -m chains_lite.zoo.training {card['name']}` on {card['date']}.", "",
              f"* **Parameters:** {card['params']:,} (stored as float16 safetensors)",
              f"* **Data:** {card['data']}",
              "* **Training:** " + ", ".join(f"{k} = {v}" for k, v in card["training"].items()),

@@ -1,0 +1,458 @@
+"""The solvers behind :func:`~chains_lite.core.chain.tokenrank` and
+:func:`~chains_lite.core.chain.lambda2`, on chains that the lesson API has validated.
+
+* Bounces without forming ``P``: :func:`stepper` (``V -> V P`` for the incoming or outgoing chain,
+  dense or matrix-free).
+* Steady states of ``B`` teleported chains ``(B, n, n)``: :func:`dense_steady_state` (float64 LU),
+  :func:`krylov_steady_state` (GMRES with float64 refinement), :func:`power_steady_state` (the
+  paper's power method, float64 iterates), :func:`auto_steady_state` (power steps for chains that
+  mix fast, GMRES for the rest).
+* |lambda_2| of ``B`` chains: :func:`arnoldi_lambda2` (batched Arnoldi on the zero-sum subspace).
+
+Converged chains leave the batch in every iterative solver. Accuracy and the reasons behind each
+choice are in :func:`~chains_lite.core.chain.tokenrank`'s and ``lambda2``'s docstrings.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Callable
+
+import torch
+
+from .krylov import extend, gmres
+from .numerics import LazyChain, batched_solve, is_lazy, matmul_float64, rowsum_float64
+
+
+def outgoing_matrix(A: torch.Tensor) -> torch.Tensor:
+    """``(..., n, n)`` validated ``A`` -> the outgoing chain ``P = A_l^T``, ``A_l = A / colsum``; a
+    column nobody attends to (sum 0) is a dangling state that jumps uniformly, as in PageRank."""
+    n = A.shape[-1]
+    cols = A.sum(-2, keepdim=True)
+    A_l = torch.where(cols > 0, A / cols.clamp_min(torch.finfo(A.dtype).tiny), 1.0 / n)
+    return A_l.mT
+
+
+def stepper(A: torch.Tensor | LazyChain, direction: str, float64: bool = False,
+             rows: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Return ``step(V) = V P`` for row vectors ``V`` ``(..., m, n)``, without forming ``P``.
+
+    ``A`` must already be validated. For the outgoing chain, ``V A_l^T = (A_l V^T)^T`` and
+    ``A_l V^T = A (V^T / colsum)``, so only the column sums are stored. ``float64``:
+    accumulate in float64 (for residuals) without a float64 copy of ``A``. ``rows``: the
+    float64 row sums ``(..., n)`` of ``A`` if already known.
+    """
+    times, times_t, colsums = (A.products(float64) if is_lazy(A)
+                               else dense_products(A, float64, rows))
+    if direction == "incoming":
+        return times
+    n = A.shape[-1]
+    cols = colsums()  # (..., 1, n): column sums of the row-normalised A
+    dangling = cols <= 0
+    inv = torch.where(dangling, 0.0, 1.0 / cols.clamp_min(torch.finfo(A.dtype).tiny))
+    if not dangling.any():
+        return lambda V: times_t(V * inv)
+    return lambda V: times_t(V * inv) + (V * dangling).sum(-1, keepdim=True) / n
+
+
+def dense_products(A: torch.Tensor, float64: bool, rows: torch.Tensor | None):
+    """``V -> V R``, ``V -> V R^T`` and the column sums ``(..., 1, n)`` of ``R = A / rowsum``.
+
+    A lazy chain provides the same three (``LazyAttention.products``).
+    """
+    matmul = matmul_float64 if float64 else torch.matmul
+    dtype = torch.float64 if float64 else A.dtype
+    # divide by the row sums on the fly: P is exactly stochastic even when float32 rows are off
+    # by rounding (~1e-7), at the cost of an n-vector per step instead of a copy of A
+    rows = (rowsum_float64(A) if rows is None else rows).to(dtype).unsqueeze(-2)
+    return (lambda V: matmul(V / rows, A), lambda V: matmul(V, A.mT) / rows,
+            lambda: matmul(1.0 / rows, A))
+
+
+def row_sums(A) -> torch.Tensor:
+    """Row sums ``(..., n)`` in float64; a lazy chain's products are row-normalised already."""
+    if is_lazy(A):
+        return torch.ones(A.shape[:-1], dtype=torch.float64, device=A.device)
+    return rowsum_float64(A)
+
+
+def normalize(v: torch.Tensor) -> torch.Tensor:
+    return v / v.sum(-1, keepdim=True)
+
+
+def finite(x: torch.Tensor, what: str) -> torch.Tensor:
+    """``x``, after checking that a lazy chain's products gave finite numbers (a validated dense
+    ``A`` cannot give NaN; a ``LazyChain`` from elsewhere can)."""
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{what}: the chain's products are not finite (NaN or inf); for attention "
+                         "from q and k, the logits q k^T * scale overflow float32")
+    return x
+
+
+def pieces(A, dense: bool = False):
+    """``(batch slice, chains)`` pieces of ``B`` chains ``(B, n, n)`` to solve one at a time.
+
+    A tensor is one piece. A lazy chain comes as dense chunks of chains that fit its memory
+    budget (each solved at dense speed), else whole and matrix-free; ``dense``: the solver
+    needs the entries (raises ``ValueError`` if even one chain does not fit).
+    """
+    if not is_lazy(A):
+        return [(slice(None), A)]
+    # iterative solvers: the chunk, a solver's copy of it, the next chunk while it is built
+    return A.pieces(copies=DENSE_COPIES if dense else 3, dense=dense)
+
+
+DENSE_MAX_N = 256  # below this a float64 LU solve beats any iteration (bench_core.py)
+DENSE_COPIES = 12  # float32 copies of A that the float64 dense solve holds at its peak
+
+
+def dense_steady_state(A, p, alpha, direction, tol, max_iter):
+    """``pi (I - alpha P + alpha e p^T) = p^T`` by a float64 LU solve; ``(B, n, n)`` -> ``(B, n)``."""
+    # M built in place in one float64 copy of A (allocating the float64 matrix is half the time)
+    if direction == "incoming":
+        P = A.to(torch.float64, copy=True)
+        M = P.mul_(-alpha / P.sum(-1, keepdim=True))
+    else:
+        P = outgoing_matrix(A.double())
+        M = P * (-alpha / P.sum(-1, keepdim=True))
+    M.diagonal(dim1=-2, dim2=-1).add_(1.0)
+    p64 = p.double()
+    M.add_(alpha * p64.unsqueeze(-2))
+    pi, info = batched_solve(M, p64.unsqueeze(-2), left=False)  # pi M = p^T
+    pi = pi.squeeze(-2)
+    if (info != 0).any() or not torch.isfinite(pi).all():
+        raise ValueError("the chain has no unique steady state (alpha = 1 on a reducible chain?); "
+                         "use alpha < 1")
+    return normalize(pi.clamp_min(0)).to(A.dtype)
+
+
+def krylov_steady_state(A, p, alpha, direction, tol, max_iter, x0=None):
+    """Steady states of ``B`` teleported chains by GMRES with float64 refinement.
+
+    ``A`` ``(B, n, n)``, ``p`` ``(B, n)`` -> ``(B, n)``. With ``M = I - alpha P + alpha e p^T``
+    (nonsingular for alpha < 1; for alpha = 1 when the steady state is unique),
+    ``pi M = p^T`` is the fixed point of the teleported chain with ``pi e = 1``. ``x0``: a
+    float64 start ``(B, n)`` (zero if None).
+    """
+    n = A.shape[-1]
+    rows = row_sums(A)  # once: summing A costs about a bounce
+
+    def operator(A_, p_, float64=False, rows_=rows):
+        step = stepper(A_, direction, float64, rows_)
+        return lambda x: (x - alpha * step(x.unsqueeze(-2)).squeeze(-2)
+                          + alpha * x.sum(-1, keepdim=True) * p_)
+
+    cache = {}
+
+    def subset(idx):  # the float32 operator for the systems idx (they leave as they converge)
+        key = tuple(idx.tolist())
+        if key not in cache:
+            cache.clear()  # only the current set is ever needed again
+            everything = len(idx) == A.shape[0]
+            cache[key] = (operator(A, p) if everything
+                          else operator(A[idx], p[idx], rows_=rows[idx]))
+        return cache[key]
+
+    # the error of x (and of x / sum(x)) is at most 3 |r|_1 / (1 - alpha) in L1: (I - alpha P)
+    # has an inverse of L1 norm <= 1 / (1 - alpha), and sum(x) - 1 = -sum(r)
+    certify = tol * max(1.0 - alpha, 1e-3) / 4
+    exact = operator(A, p.double(), float64=True)
+    x = torch.zeros_like(p, dtype=torch.float64) if x0 is None else x0.double()
+    r = p.double() if x0 is None else p.double() - exact(x)
+    spent, converged = 0, False
+    while spent < max_iter:  # each round: a float32 GMRES solve for the float64 residual
+        d, used = gmres(subset, r.to(A.dtype), rtol=1e-5, atol=0.1 * certify / n ** 0.5,
+                        max_matvecs=max_iter - spent)
+        spent += used
+        x = x + d.double()
+        r = p.double() - exact(x)
+        finite(r, "tokenrank")
+        converged = bool((r.abs().sum(-1) <= certify).all())
+        if converged or used == 0:  # used == 0: float32 GMRES cannot shrink this residual
+            break
+    if not converged:
+        warnings.warn(f"tokenrank did not reach tol={tol} within max_iter={max_iter} bounces "
+                      "(alpha = 1 on a chain without a unique steady state?); returning the "
+                      "last iterate", RuntimeWarning, stacklevel=3)
+    return normalize(x.clamp_min(0)).to(A.dtype)
+
+
+def auto_steady_state(A, p, alpha, direction, tol, max_iter, rows=None):
+    """Steady states of ``B`` chains ``(B, n, n)``: power steps first, GMRES for the slow chains.
+
+    Chains that mix fast settle in a dozen power steps, fewer bounces than GMRES spends with its
+    float64 residuals; slowly mixing ones would take hundreds. So every chain starts with power
+    steps whose products are nearly float64-accurate at float32 cost (``chunked_times``). From
+    the step sizes ``d_k = |v_k - v_{k-1}|_1`` the contraction rate ``r`` (the largest ratio of
+    successive steps, those at rounding noise left out) predicts how many more steps a chain
+    needs. From ``_FIRST_LOOK`` steps on, as long as no chain has finished, if any chain needs
+    more than ``_POWER_LEFT`` or the rounding floor of the products, ``_PROBE_FLOOR / (1 - r)``
+    in L1, is not 4x below ``tol``, every chain goes to GMRES (``krylov_steady_state``) as if it
+    had been chosen at the start: GMRES pays its float64 residuals for that chain anyway, and
+    fast chains leave it within a restart. Otherwise the power steps go on; a chain stops once
+    its estimated error ``4 d_k r / (1 - r)`` (``r`` over the last ``_WINDOW`` steps) plus the
+    floor is below ``tol``, and one that turns out slow after others finished goes to GMRES from
+    its last iterate.
+    ``(B, n, n)``, ``(B, n)`` -> ``(B, n)``; dense incoming chains only (others go to GMRES).
+    ``rows``: the row sums ``(B, n)`` of ``A`` if known.
+    """
+    if is_lazy(A) or direction != "incoming":
+        return krylov_steady_state(A, p, alpha, direction, tol, max_iter)
+    p = p.double()
+    out = p.clone()
+    todo = torch.arange(A.shape[0], device=A.device)  # chains still in power steps
+    slow, starts = [], []  # chains handed to GMRES, and their last iterates
+    A_, p_ = A, p
+    rows = A.sum(-1).double() if rows is None else rows
+    times = chunked_times(A_, rows)
+    v = p_.unsqueeze(-2)  # (B, 1, n)
+    diffs = []
+    max_rate = min(alpha, 0.999)
+    k = 0
+    for k in range(1, max_iter + 1):
+        v_new = normalize(alpha * times(v) + (1.0 - alpha) * p_.unsqueeze(-2))
+        diffs = (diffs + [(v_new - v).abs().sum((-2, -1))])[-(_WINDOW + 1):]
+        v = v_new
+        if len(diffs) < _FIRST_LOOK:
+            continue
+        D = torch.stack(diffs)  # (<= W+1, B)
+        # steps at the rounding noise say nothing about the rate: their ratios are left out
+        ratios = torch.where(D[:-1] > _STEP_NOISE, D[1:] / D[:-1].clamp_min(1e-30), 0.0)
+        rate = ratios.amax(0).clamp(1e-3, max_rate)
+        floor = _PROBE_FLOOR / (1 - rate)
+        left = 4 * D[1:].amax(0) * rate / (1 - rate)  # estimated L1 distance to the fixed point
+        done = (left + floor <= tol) & (len(diffs) > _WINDOW)
+        steps_left = (torch.log((tol - floor).clamp_min(1e-300) / left.clamp_min(1e-300))
+                      / torch.log(rate))
+        hand_over = ~done & ((4 * floor > tol) | (steps_left > _POWER_LEFT) | D[-1].isnan())
+        if hand_over.any() and len(todo) == A.shape[0]:
+            # GMRES pays its float64 residuals for a slow chain anyway, and chains that mix
+            # fast leave it within a restart: all go, as if GMRES had been the choice (and A
+            # is not copied)
+            return krylov_steady_state(A, p.to(A.dtype), alpha, direction, tol, max(1, max_iter - k))
+        leave = done | hand_over
+        if not leave.any():
+            continue
+        out[todo[done]] = v[done, 0]
+        slow.append(todo[hand_over])
+        starts.append(v[hand_over, 0])
+        keep = ~leave
+        if not keep.any():
+            break
+        todo, A_, p_, v, rows = todo[keep], A_[keep], p_[keep], v[keep], rows[keep]
+        diffs = [d[keep] for d in diffs]
+        times = chunked_times(A_, rows)
+    else:  # max_iter power steps: GMRES gets no bounces left, and warns
+        slow.append(todo)
+        starts.append(v[:, 0])
+    slow = torch.cat(slow)
+    if slow.numel():
+        out[slow] = krylov_steady_state(A[slow], p[slow].to(A.dtype), alpha, direction, tol,
+                                         max(1, max_iter - k), torch.cat(starts)).double()
+    return finite(out, "tokenrank").to(A.dtype)
+
+
+_FIRST_LOOK = 3  # power steps before the first choice between power steps and GMRES
+_PROBE_FLOOR = 1e-7  # L1 rounding floor times (1 - r) of power steps on chunked_times (6e-8 measured)
+_STEP_NOISE = 1e-7  # L1 step size below which the power steps on chunked_times are rounding noise
+_POWER_LEFT = 32  # power steps a chain may still need before it goes to GMRES instead
+_CHUNK = 64  # terms per float32 partial sum in chunked_times
+
+
+def chunked_times(A: torch.Tensor, rows: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``V -> V P`` ``(B, 1, n)`` float64 for dense incoming chains ``A`` ``(B, n, n)`` with row sums
+    ``rows`` ``(B, n)``, ``P = A / rows``.
+
+    A float32 matrix-vector product sums ``n`` terms in float32: its relative error grows with
+    ``n`` (5e-7 in L1 at n = 4096, the fixed point of the power method is off by as much). Here
+    ``V`` is cut into pieces of ``_CHUNK`` entries; the pieces multiply the matching rows of
+    ``A`` in float32 (one batched product, the same pass over ``A``) and their partial results
+    are summed in float64: the fixed point then sat 1e-8 from the float64 one, at the speed of a
+    float32 product.
+    """
+    B, n = A.shape[0], A.shape[-1]
+    q = n // _CHUNK
+    cut = q * _CHUNK
+    head = A[:, :cut].reshape(B, q, _CHUNK, n)  # a view
+    rows = rows.unsqueeze(-2)  # (B, 1, n)
+
+    def times(V):
+        x = (V / rows).to(A.dtype)
+        y = (x[..., 0, :cut].reshape(B, q, 1, _CHUNK) @ head).double().sum(1) if q else 0.0
+        if cut < n:
+            y = y + (x[..., cut:] @ A[:, cut:]).double()
+        return y
+    return times
+
+
+_WINDOW = 4  # iterations over which the contraction rate is measured (complex pairs oscillate)
+
+
+def _geometric_converged(steps, tol, max_rate, noise):
+    """Which sequences have converged, from their last ``_WINDOW + 1`` step sizes ``(B,)`` each.
+
+    For geometric convergence at rate ``r`` the error left after a step of size ``d`` is
+    about ``d * r / (1 - r)``. ``r`` is the largest step-to-step ratio in the window (steps
+    oscillate when a complex pair dominates), capped by ``max_rate``, and the estimate must
+    be 4x below ``tol`` (with several slow modes the single-mode estimate runs low, about 2x
+    measured). A sequence whose steps stopped shrinking at rounding ``noise`` is done too.
+    """
+    if len(steps) <= _WINDOW:
+        return torch.zeros_like(steps[-1], dtype=torch.bool)
+    D = torch.stack(steps)  # (W+1, B)
+    ratio = (D[-1] / D[0].clamp_min(1e-30)) ** (1.0 / _WINDOW)  # mean rate over the window
+    rate = (D[1:] / D[:-1].clamp_min(1e-30)).amax(0).clamp(0.0, max_rate)
+    done = 4 * D[1:].amax(0) * rate / (1 - rate) <= tol
+    # a NaN step (a lazy chain's products overflowed) ends the sequence: the caller checks
+    return done | ((ratio >= 1) & (D.amax(0) <= noise)) | D[-1].isnan()
+
+
+def power_steady_state(A, p, alpha, direction, tol, max_iter):
+    """Steady states of ``B`` teleported chains: ``A`` ``(B, n, n)``, ``p`` ``(B, n)`` -> ``(B, n)``.
+
+    Chains that have converged leave the batch, so slowly mixing heads do not make the
+    fast ones iterate on. The iterates are float64: the fixed point of a float32 iteration is
+    off by about eps32 / (1 - alpha |lambda_2|), 1e-5 in L1 at alpha = 0.99 on slow heads. Each
+    bounce is ``v P = x P + (v - x) P`` around an anchor ``x`` whose ``x P`` is a float64 product
+    (renewed every ``_ANCHOR`` steps); ``(v - x) P`` is small and goes in float32, so its rounding
+    is far below ``tol`` at the cost of one float64 product per ``_ANCHOR`` float32 ones.
+    """
+    p = p.double()
+    out = p.clone()
+    todo = torch.arange(A.shape[0], device=A.device)  # chains still iterating
+    rows = row_sums(A)  # once for both products: summing A costs about a bounce
+    step, exact = stepper(A, direction, False, rows), stepper(A, direction, True, rows)
+    v = p.unsqueeze(-2)  # (B, 1, n): the uniform start when p is uniform
+    diffs = []  # the last _WINDOW + 1 step sizes |v_k - v_{k-1}|_1, each (B,)
+    max_rate = min(alpha, 0.999)  # the teleported chain contracts L1 distances by alpha
+    noise = 2 * torch.finfo(torch.float64).eps  # where float64 steps stall
+    for k in range(max_iter):
+        if k % _ANCHOR == 0:
+            x, xP = v, exact(v)
+        vP = xP + step((v - x).to(A.dtype)).double()
+        v_new = normalize(alpha * vP + (1.0 - alpha) * p.unsqueeze(-2))
+        diffs = (diffs + [(v_new - v).abs().sum((-2, -1))])[-(_WINDOW + 1):]
+        v = v_new
+        done = _geometric_converged(diffs, tol, max_rate, noise)
+        if not done.any():
+            continue
+        out[todo[done]] = v[done, 0]
+        keep = ~done
+        if not keep.any():
+            return finite(out, "tokenrank").to(A.dtype)
+        todo, A, p, v, x, xP = todo[keep], A[keep], p[keep], v[keep], x[keep], xP[keep]
+        diffs, rows = [d[keep] for d in diffs], rows[keep]
+        step, exact = stepper(A, direction, False, rows), stepper(A, direction, True, rows)
+    warnings.warn(f"tokenrank did not reach tol={tol} in max_iter={max_iter} iterations for "
+                  f"{len(todo)} chain(s) (alpha close to 1 on a slowly mixing chain?); "
+                  "returning the last iterate", RuntimeWarning, stacklevel=3)
+    out[todo] = v[:, 0]
+    return finite(out, "tokenrank").to(A.dtype)
+
+
+_ANCHOR = 16  # float32 bounces per float64 one in the power method
+
+
+
+def arnoldi_lambda2(A, direction, tol, max_iter, krylov_dim, near_one: bool = False, rows=None):
+    """|lambda_2| ``(B,)`` of ``B`` chains ``(B, n, n)``, ``n >= 2`` (see ``lambda2``).
+
+    One batched Arnoldi process; a chain whose top Ritz pair has converged leaves the batch at
+    the next check, so fast-mixing heads stop bouncing after a dozen steps while slow ones go on.
+    Checks (an ``eig`` of every ``k x k`` projected matrix) come every ``_check_every`` steps.
+
+    ``near_one``: also return the distance ``(B,)`` from 1 to the nearest Ritz value (0 when the
+    eigenvalue 1 is repeated: a reducible chain with several closed classes). ``rows``: the row
+    sums ``(B, n)`` of ``A`` if known."""
+    B, n = A.shape[0], A.shape[-1]
+    # float32 row sums (a third of the float64 ones' cost): their rounding, ~1e-7 relative,
+    # is far below lambda2's float32 floor
+    if rows is None:
+        rows = row_sums(A) if is_lazy(A) else A.sum(-1).double()
+    lam = torch.zeros(B, dtype=torch.float64, device=A.device)
+    near = torch.zeros_like(lam)
+    todo = torch.arange(B, device=A.device)  # chains still iterating
+    # fixed seed: the answer must not depend on global RNG state
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(n, generator=g, dtype=A.dtype).to(A.device)
+    v = (v - v.mean()).expand(B, n)
+    m = max(1, min(krylov_dim, n - 1))
+    spent = 0
+    while True:
+        step = stepper(A, direction, rows=rows)
+        V = v.new_zeros(len(todo), m + 1, n)
+        H = v.new_zeros(len(todo), m + 1, m)
+        V[:, 0] = v / v.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+        k, check = 0, _FIRST_CHECK
+        while k < m and spent + k < max_iter:
+            y = step(V[:, k].unsqueeze(-2)).squeeze(-2)
+            extend(V, H, k, y - y.mean(-1, keepdim=True))  # re-projected: rounding leaks into e
+            k += 1
+            if k < min(check, m, max_iter - spent):
+                continue
+            check = k + _check_every(k, n)
+            theta, residual, dist = _top_ritz(H[:, : k + 1, :k])
+            # k = n - 1 steps span the whole zero-sum space: the Ritz values are exact
+            done = (residual <= tol) | (k == n - 1)
+            if not done.any():
+                continue
+            lam[todo[done]], near[todo[done]] = theta[done], dist[done]
+            keep = ~done
+            if not keep.any():
+                return (lam.to(A.dtype), near) if near_one else lam.to(A.dtype)
+            todo, A, rows, V, H = todo[keep], A[keep], rows[keep], V[keep], H[keep]
+            theta, dist = theta[keep], dist[keep]
+            step = stepper(A, direction, rows=rows)
+        spent += k
+        if spent >= max_iter:
+            warnings.warn(f"lambda2 did not converge to tol={tol} in max_iter={max_iter} bounces; "
+                          "increase max_iter or krylov_dim", RuntimeWarning, stacklevel=3)
+            lam[todo], near[todo] = theta, dist
+            return (lam.to(A.dtype), near) if near_one else lam.to(A.dtype)
+        v = _restart_vector(H[:, : k + 1, :k], V[:, : k + 1])
+
+
+_FIRST_CHECK = 8  # Arnoldi steps before lambda2's first convergence check
+
+
+def _check_every(k: int, n: int) -> int:
+    """Arnoldi steps between lambda2's checks at step ``k`` for chains of ``n`` states.
+
+    A check (``eig`` of the ``k x k`` projected matrix, ~``k^3``) costs about ``50 k^3 / n^2``
+    bounces (~``n^2``) on a CPU core: 1 ms at ``k = 48``, five bounces of a 1024-token head.
+    Checks come about that many steps apart, so they cost at most about one bounce each, but
+    at least every ``max(4, k // 8)`` steps and at most every 2.
+    """
+    return max(2, min(max(4, k // 8), round(50 * k ** 3 / n ** 2)))
+
+
+def _restart_vector(H: torch.Tensor, V: torch.Tensor, keep: int = 4) -> torch.Tensor:
+    """A restart vector ``(B, n)`` holding the ``keep`` largest Ritz directions.
+
+    Restarting from the top Ritz vector alone can lock onto a wrong eigenvalue when the
+    top Ritz value is not yet the true lambda_2; the real + imaginary parts of the leading
+    few keep their planes (complex pairs included) in the next Krylov space.
+    """
+    k = H.shape[-1]
+    theta, S = torch.linalg.eig(H[:, :k, :k].double())
+    top = theta.abs().topk(min(keep, k), dim=-1).indices  # (B, keep)
+    S = S.gather(-1, top[:, None, :].expand(-1, k, -1))  # (B, k, keep), unit columns
+    y = (S.real + S.imag).sum(-1).to(V.dtype)  # (B, k)
+    return (y.unsqueeze(-2) @ V[:, :k]).squeeze(-2)
+
+
+def _top_ritz(H: torch.Tensor):
+    """Largest Ritz value modulus ``(B,)``, the residual ``(B,)`` of its Ritz pair and the
+    distance ``(B,)`` from 1 to the nearest Ritz value.
+
+    H: ``(B, k+1, k)`` from ``arnoldi``. The residual of the Ritz pair ``(theta, V_k^T s)`` is
+    ``|h_{k+1,k}| |s_k|`` for a unit eigenvector ``s`` of the square part of ``H``.
+    """
+    k = H.shape[-1]
+    finite(H, "lambda2")  # a lazy chain's overflowing products would reach eig as NaN
+    theta, S = torch.linalg.eig(H[:, :k, :k].double())
+    i = theta.abs().argmax(-1)
+    s = S.gather(-1, i[:, None, None].expand(-1, k, 1)).squeeze(-1)
+    residual = H[:, k, k - 1].double().abs() * s[:, -1].abs()
+    return theta.abs().amax(-1), residual, (theta - 1).abs().amin(-1)
+
+

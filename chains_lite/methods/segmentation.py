@@ -1,0 +1,300 @@
+"""Zero-shot segmentation with multi-bounce attention in FLUX (paper Sec. 5.1), chapter 3.
+
+FLUX (diffusers ``FluxTransformer2DModel``) runs one attention over the concatenation
+``[text tokens, image tokens]`` in every block (double-stream blocks project the two streams
+separately, then attend jointly; single-stream blocks work on the concatenated sequence). That
+joint attention is one Markov chain whose states are words and image patches, so a word's bounces
+land on the patches that belong to it.
+
+* :func:`capture_joint` records it through :func:`chains_lite.capture.capture` (the FLUX family of
+  :mod:`chains_lite.capture.diffusers`): text tokens first (``layout.patch_start`` of them), then
+  the image grid. ``store="mean"`` (default) keeps one running sum over every recorded block and
+  call (the paper averages over layers and denoising steps); ``"probs"`` keeps each call; ``"qk"``
+  keeps only ``q, k`` and gives a matrix-free :class:`~chains_lite.LazyAttention` mixture (the
+  real FLUX at 512 x 512 has ``24 x 1280 x 1280`` entries per block and image).
+* :func:`noised_attention` runs the paper's protocol on encoded images: noise to ``t``, a few
+  denoising steps with the caption, attention averaged over the chosen blocks and steps.
+* A caption word's map: start a distribution on its token(s) and bounce (:func:`word_map`):
+
+  * ``row_select``    — one incoming bounce: what the word attends to;
+  * ``column_select`` — one outgoing bounce (column-normalised chain): which patches attend to it;
+  * ``incoming_2``, ``incoming_3`` — 2 or 3 incoming bounces;
+  * ``outgoing_2``, ``outgoing_3`` — 2 or 3 outgoing bounces; ``outgoing_2`` with λ2-weighted
+    heads is the paper's method.
+
+  The map is the image-token part of the result, as the image grid. A :class:`Setting` names one
+  row of the ablation (method, head mixing, double- or single-stream blocks).
+
+The pipeline functions take a loaded model: anything with ``.model`` (the FLUX transformer) and
+``.encode(images, captions) -> inputs`` (:class:`chains_lite.zoo.Loaded` for ``shapes-flux`` and
+FLUX.1), or pass ``encoder(loaded, images, captions) -> inputs`` yourself. Scoring maps on a
+dataset is :mod:`chains_lite.experiments.segmentation`.
+"""
+from __future__ import annotations
+
+import contextlib
+import re
+from typing import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..capture import attention_layers, capture
+from ..core import scores
+from ..core.chain import mix
+from ..core.layout import TokenLayout
+from ..core.lazy import LazyMixture
+from ..core.seeding import seeded_noise
+
+BLOCKS = ("double", "single")
+STORE = ("mean", "probs", "qk")
+HEAD_MIX = scores.DETERMINISTIC_SCHEMES
+PAPER_BLOCKS = 10   # the paper (after ConceptAttention) uses the last 10 double-stream blocks
+
+
+# ----------------------------------------------------------------------------- blocks
+def attention_modules(model: nn.Module, blocks: str = "double") -> list:
+    """The ``FluxAttention`` modules of ``model``'s double- or single-stream blocks, in depth order."""
+    if blocks not in BLOCKS:
+        raise ValueError(f"blocks must be one of {BLOCKS}, got {blocks!r}")
+    return attention_layers(model, kind=blocks)
+
+
+def last_blocks(model: nn.Module, n: int = PAPER_BLOCKS, blocks: str = "double") -> list[int]:
+    """Indices of the last ``min(n, available)`` blocks of a kind (the paper: last 10 double)."""
+    total = len(attention_modules(model, blocks))
+    return list(range(max(0, total - n), total))
+
+
+# ----------------------------------------------------------------------------- the recorder
+class JointAttention:
+    """What :func:`capture_joint` yields: the joint attention of the chosen blocks, filled while
+    the ``with`` block runs (a view of a :class:`~chains_lite.capture.seam.Recorder`).
+
+    ``blocks``, ``layers``: which blocks are recorded. ``layout``: text tokens first
+    (``patch_start`` = number of text tokens), then the image grid (read from the model call's
+    ``img_ids``). ``calls``: number of recorded block calls (layers x model calls).
+    """
+
+    def __init__(self, rec, blocks: str):
+        self.rec, self.blocks = rec, blocks
+
+    layers = property(lambda self: self.rec.layers)
+    store = property(lambda self: self.rec.store)
+    calls = property(lambda self: self.rec.calls)
+
+    @property
+    def layout(self) -> TokenLayout | None:
+        """The model call's layout (every block shares it); ``None`` before a call."""
+        return self.rec.layouts[0] if self.rec.layouts else None
+
+    @property
+    def attentions(self) -> list[torch.Tensor]:
+        """``store="probs"``: every recorded call, ``(B, H, N, N)`` float32, rows sum to 1, in call
+        order (model call by model call, blocks in depth order within each)."""
+        if self.store != "probs":
+            raise ValueError(f"this capture stored {self.store!r}; pass store='probs'")
+        return self.rec.recorded()
+
+    def mean(self) -> torch.Tensor:
+        """``(B, H, N, N)``: attention averaged over every recorded block and call (float32)."""
+        return self.rec.mean()
+
+    def lazy(self) -> LazyMixture:
+        """``store="qk"``: the same average as :meth:`mean` as a matrix-free chain ``(B, H, N, N)``."""
+        return self.rec.lazy_mean()
+
+    def chain(self, heads: str = "lambda2"):
+        """The averaged attention with its heads mixed: ``(B, N, N)`` (lazy for ``store="qk"``).
+
+        ``heads``: ``"lambda2"`` (weights ∝ |λ2| of each averaged head, Sec. 4.4) or ``"uniform"``.
+        """
+        if heads not in HEAD_MIX:
+            raise ValueError(f"heads must be one of {HEAD_MIX}, got {heads!r}")
+        return mix(self.lazy() if self.store == "qk" else self.mean(), heads, dim=-3)
+
+
+@contextlib.contextmanager
+def capture_joint(model: nn.Module, blocks: str = "double", layers=None, store: str = "mean",
+                  device=None):
+    """Record the joint attention of a ``FluxTransformer2DModel`` while the block runs.
+
+    ``blocks``: ``"double"`` (default) or ``"single"`` stream blocks; ``layers``: indices among
+    those blocks (negative from the end; ``None`` = all; the paper: :func:`last_blocks`).
+    ``store``: ``"mean"`` (running average over every recorded block and call), ``"probs"``
+    (each call kept) or ``"qk"`` (q, k kept: matrix-free). ``device``: where records go (e.g.
+    ``"cpu"``). Every model call inside the block is recorded (one per denoising step). Yields
+    a :class:`JointAttention`. Shorthand for ``capture(model, layers, store=store,
+    device=device, kind=blocks)``.
+    """
+    if blocks not in BLOCKS:
+        raise ValueError(f"blocks must be one of {BLOCKS}, got {blocks!r}")
+    if store not in STORE:
+        raise ValueError(f"store must be one of {STORE}, got {store!r}")
+    with capture(model, layers, device=device, store=store, kind=blocks) as rec:
+        yield JointAttention(rec, blocks)
+
+
+@torch.no_grad()
+def noised_attention(model, inputs, t: float = 0.5, steps: int = 2,
+                     blocks: str = "double", layers=None, store: str = "mean", seed: int = 0,
+                     device="cpu") -> JointAttention:
+    """The paper's protocol (after ConceptAttention): noise the clean latents to ``t``, take
+    ``steps`` Euler steps of the rectified flow towards the data (on ``linspace(t, 0, steps + 1)``:
+    t = 0.5 and 0.25, FLUX-schnell's last two of its 4 steps), and record the joint attention of
+    every step. Rectified flow: ``x_t = (1 - t) x_0 + t noise``, the model predicts ``noise - x_0``.
+
+    ``model``: the ``FluxTransformer2DModel``, or what holds it as ``.model`` (a loaded zoo
+    model). ``inputs``: clean packed latents ``x0`` ``(B, n_img, C)``, text states ``text``
+    ``(B, n_txt, d)``, ``pooled``, ``img_ids``, ``txt_ids`` and ``guidance`` (``None`` for models
+    without guidance), as :func:`encode` returns them. ``layers``: default the last 10 blocks of
+    the kind (fewer if the model has fewer). ``seed``: the noise, an int (one ``torch.Generator``
+    for the batch) or one int per image (image ``b``'s noise from its own generator, so it does
+    not depend on the batch it is in; :func:`chains_lite.core.seeding.item_seed` gives them).
+    Returns the filled :class:`JointAttention`.
+    """
+    if not 0 < t <= 1:
+        raise ValueError(f"t must be in (0, 1], got {t}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    model = getattr(model, "model", model)
+    if layers is None:
+        layers = last_blocks(model, PAPER_BLOCKS, blocks)
+    if isinstance(seed, int):
+        noise = torch.randn(inputs.x0.shape, generator=torch.Generator().manual_seed(seed))
+    else:
+        seed = list(seed)
+        if len(seed) != len(inputs.x0):
+            raise ValueError(f"seed must be an int or one int per image ({len(inputs.x0)}), got {len(seed)} seeds")
+        noise = seeded_noise(inputs.x0.shape[1:], seed)
+    noise = noise.to(inputs.x0.device, inputs.x0.dtype)
+    x = (1 - t) * inputs.x0 + t * noise
+    ts = torch.linspace(t, 0, steps + 1).tolist()
+    with capture_joint(model, blocks, layers, store, device) as rec:
+        for t_now, t_next in zip(ts[:-1], ts[1:]):
+            tt = torch.full((len(x),), t_now, device=x.device, dtype=x.dtype)
+            v = model(hidden_states=x, encoder_hidden_states=inputs.text,
+                      pooled_projections=inputs.pooled, timestep=tt, img_ids=inputs.img_ids,
+                      txt_ids=inputs.txt_ids, guidance=inputs.guidance).sample
+            x = x + (t_next - t_now) * v
+    return rec
+
+
+METHODS = scores.select("row_select", "column_select", "incoming_2", "incoming_3", "outgoing_2",
+                        "outgoing_3")
+PAPER_METHOD = "outgoing_2"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One way to make a word's map: a :data:`METHODS` name, head mixing, which blocks."""
+
+    method: str = PAPER_METHOD
+    heads: str = "lambda2"
+    blocks: str = "double"
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; expected one of {tuple(METHODS)}")
+        if self.heads not in HEAD_MIX:
+            raise ValueError(f"heads must be one of {HEAD_MIX}, got {self.heads!r}")
+        if self.blocks not in BLOCKS:
+            raise ValueError(f"blocks must be one of {BLOCKS}, got {self.blocks!r}")
+
+    @classmethod
+    def parse(cls, spec: str) -> "Setting":
+        """``"METHOD[:HEADS[:BLOCKS]]"``, e.g. ``"outgoing_2"``, ``"outgoing_2:uniform"``,
+        ``"outgoing_2:lambda2:single"``."""
+        parts = spec.split(":")
+        if len(parts) > 3:
+            raise ValueError(f"a setting is METHOD[:HEADS[:BLOCKS]], got {spec!r}")
+        return cls(*parts)
+
+    @property
+    def name(self) -> str:
+        return ":".join([self.method, self.heads] + ([self.blocks] if self.blocks != "double" else []))
+
+
+# ----------------------------------------------------------------------------- words -> tokens
+def word_tokens(tokens, i: int, caption: str, word: str) -> list[int]:
+    """Indices of the text tokens of ``word`` in caption ``i`` of a tokenizer output.
+
+    ``tokens``: the tokenizer's output for the batch with ``return_offsets_mapping=True`` (a fast
+    tokenizer). Every whole-word occurrence of ``word`` (case-insensitive) counts; a word split
+    into sub-word pieces gives all its pieces. ``ValueError`` if the word is not in the caption.
+    """
+    spans = [m.span() for m in re.finditer(rf"\b{re.escape(word)}\b", caption, re.IGNORECASE)]
+    if not spans:
+        raise ValueError(f"{word!r} is not a word of the caption {caption!r}")
+    offsets = tokens["offset_mapping"][i]
+    out = [j for j, (a, b) in enumerate(offsets) if b > a and any(a < e and s < b for s, e in spans)]
+    if not out:
+        raise ValueError(f"no token of {caption!r} covers {word!r} (truncated?)")
+    return out
+
+
+def start_vectors(token_lists: list[list[int]], n: int) -> torch.Tensor:
+    """``(B, n)``: per image, uniform over its word's tokens (one-hot for a one-token word)."""
+    v = torch.zeros(len(token_lists), n)
+    for b, idx in enumerate(token_lists):
+        v[b, idx] = 1.0 / len(idx)
+    return v
+
+
+def word_map(A, layout: TokenLayout, start: torch.Tensor, method: str = PAPER_METHOD) -> torch.Tensor:
+    """Bounce ``A`` ``(..., n, n)`` (heads mixed) from ``start`` ``(..., n)`` (or a token index) as
+    ``method`` (one of :data:`METHODS`, see :mod:`chains_lite.core.scores`) says and return the image
+    part as a grid ``(..., h, w)`` (sums to at most 1: the rest is on text)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {tuple(METHODS)}")
+    return layout.to_grid(scores.token_scores(A, method, layout, start=start))
+
+
+# ----------------------------------------------------------------------------- images -> maps
+def encode_inputs(loaded, images, captions, encoder=None):
+    """Transformer inputs of ``images`` and ``captions``: ``encoder`` if given, else ``loaded.encode``."""
+    if encoder is not None:
+        return encoder(loaded, images, captions)
+    if not callable(getattr(loaded, "encode", None)):
+        raise ValueError("the model has no encode(images, captions): load it with chains_lite.zoo.load, "
+                         "or pass encoder=chains_lite.zoo.inputs.encode")
+    return loaded.encode(images, captions)
+
+
+def word_maps(loaded, images: torch.Tensor, captions: list[str], words: list[str],
+              settings=(Setting(),), t: float = 0.5, steps: int = 2, layers=None, seed: int = 0,
+              store: str = "mean", encoder: Callable | None = None) -> dict:
+    """Maps of one word per image: ``{setting.name: (B, h, w)}`` for each :class:`Setting`.
+
+    loaded: the FLUX transformer or a loaded zoo model (see :func:`~chains_lite.methods.segmentation.noised_attention`).
+    images: ``(B, 3, H, W)`` in [0, 1] (32 x 32 ShapeWorld for ``shapes-flux``; multiples of 16
+    for FLUX); ``captions``, ``words``: one each per image. ``encoder``: ``(loaded, images,
+    captions) -> inputs`` (default: ``loaded.encode(images, captions)``). One noised forward pass
+    (``steps`` model calls from ``t``) per block kind; settings that share it reuse its attention.
+    """
+    settings = [Setting.parse(s) if isinstance(s, str) else s for s in settings]
+    if not (len(images) == len(captions) == len(words)):
+        raise ValueError("images, captions and words must have the same length")
+    inputs = encode_inputs(loaded, images, captions, encoder)
+    token_lists = [word_tokens(inputs.tokens, i, c, w) for i, (c, w) in enumerate(zip(captions, words))]
+    out = {}
+    for blocks in dict.fromkeys(s.blocks for s in settings):
+        rec = noised_attention(loaded, inputs, t, steps, blocks, layers, store, seed)
+        start = start_vectors(token_lists, rec.layout.patch_start + rec.layout.n_patches)
+        chains = {}
+        for s in settings:
+            if s.blocks != blocks:
+                continue
+            if s.heads not in chains:
+                chains[s.heads] = rec.chain(s.heads)
+            out[s.name] = word_map(chains[s.heads], rec.layout, start, s.method)
+    return out
+
+
+def segment(loaded, image: torch.Tensor, caption: str, word: str, method: str = PAPER_METHOD,
+            heads: str = "lambda2", blocks: str = "double", **kw) -> torch.Tensor:
+    """The map ``(h, w)`` of ``word`` for one image ``(3, H, W)`` and its caption (see
+    :func:`word_maps` for ``t``, ``steps``, ``layers``, ``seed``, ``encoder``)."""
+    s = Setting(method, heads, blocks)
+    return word_maps(loaded, torch.as_tensor(image)[None], [caption], [word], [s], **kw)[s.name][0]

@@ -1,0 +1,118 @@
+"""How each lite model is trained and judged: its training objective, its default run, the card
+number a new run must beat, the card's evaluator and its sample grid (:data:`TRAINING`).
+
+Each objective is ``(args, device, make_model) -> (model, loss_fn, encoder)``: the training pool
+prepared, the model from ``make_model()`` (built after the data, so the seeded draws keep their
+order), ``loss_fn(idx, gen)`` the loss on the pool images ``idx`` with noise drawn from ``gen``,
+and the text encoder the model was trained with (or None).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..generate import TextEncoder, unet_scheduler
+from ..models import FLUX_PACK, GEN_SIZE, LITE_SPECS, image_ids, pack
+from ..shapeworld import shapeworld
+from . import evaluate
+
+
+def vit_objective(args, device, make_model):
+    """Cross-entropy on the largest shape's class, with random horizontal flips."""
+    data = shapeworld(args.pool, seed=args.seed, split="train", size=args.size)
+    images, labels = data.images.to(device), data.labels.to(device)
+    model = make_model()
+
+    def loss_fn(idx, gen):
+        x = images[idx]
+        flip = torch.rand(len(idx), generator=gen, device=gen.device) < 0.5  # a mirrored shape keeps its class
+        x = torch.where(flip.to(device)[:, None, None, None], x.flip(-1), x)
+        return F.cross_entropy(model(x), labels[idx])
+
+    return model, loss_fn, None
+
+
+def flux_objective(args, device, make_model):
+    """Rectified flow on packed images ``(B, (S/2)^2, 12)``, conditioned on frozen MiniLM captions."""
+    data = shapeworld(args.pool, seed=args.seed, split="train", size=args.size)
+    encoder = TextEncoder(device=device)
+    txt, pooled = encoder(data.captions)  # frozen MiniLM: encode every caption once
+    empty_txt, empty_pooled = encoder([""])  # the unconditional input of classifier-free guidance
+    x1 = pack(data.images.to(device) * 2 - 1)
+    model = make_model()
+    ids = image_ids(args.size // FLUX_PACK, device)
+    txt_ids = torch.zeros(txt.shape[1], 3, device=device)
+
+    def loss_fn(idx, gen):
+        # Rectified flow: x_t = (1 - t) x_data + t noise, the model predicts noise - x_data.
+        data_x = x1[idx]
+        noise = torch.randn(data_x.shape, generator=gen, device=gen.device).to(device)
+        t = torch.sigmoid(torch.randn(len(idx), generator=gen, device=gen.device)).to(device)  # logit-normal
+        xt = (1 - t[:, None, None]) * data_x + t[:, None, None] * noise
+        # Caption dropout: with probability ``args.cond_dropout`` the model sees the empty caption,
+        # so it also learns the unconditional velocity that classifier-free guidance needs.
+        drop = (torch.rand(len(idx), generator=gen, device=gen.device) < args.cond_dropout).to(device)
+        c_txt = torch.where(drop[:, None, None], empty_txt, txt[idx])
+        c_pooled = torch.where(drop[:, None], empty_pooled, pooled[idx])
+        pred = model(xt, c_txt, c_pooled, t, ids, txt_ids).sample
+        return F.mse_loss(pred, noise - data_x)
+
+    return model, loss_fn, encoder
+
+
+def unet_objective(args, device, make_model):
+    """DDPM epsilon prediction on images ``(B, 3, S, S)`` in [-1, 1]."""
+    data = shapeworld(args.pool, seed=args.seed, split="train", size=args.size)
+    x0 = (data.images * 2 - 1).to(device)
+    model = make_model()
+    abar = unet_scheduler().alphas_cumprod.to(device)
+
+    def loss_fn(idx, gen):
+        t = torch.randint(len(abar), (len(idx),), generator=gen, device=gen.device).to(device)
+        noise = torch.randn(x0[idx].shape, generator=gen, device=gen.device).to(device)
+        a = abar[t][:, None, None, None]
+        xt = a.sqrt() * x0[idx] + (1 - a).sqrt() * noise
+        return F.mse_loss(model(xt, t).sample, noise)
+
+    return model, loss_fn, None
+
+
+@dataclass(frozen=True)
+class TrainingDefaults:
+    """What ``zoo.train`` uses when the command line does not say."""
+
+    steps: int
+    batch: int = 64
+    lr: float = 1e-3
+    pool: int = 20000     # ShapeWorld training images
+    size: int = GEN_SIZE  # their side in pixels
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    """How one lite model is trained and judged."""
+
+    objective: Callable                # (args, device, make_model) -> (model, loss_fn, encoder)
+    training: TrainingDefaults
+    headline: str                      # the card number a new run must beat (higher is better)
+    evaluator: Callable[..., dict]     # (model, n, encoder=None, guidance=1.0) -> card numbers
+    samples: str                       # sample grid: "classify", "captions" or "unconditional"
+
+
+_VIT = TrainingSpec(vit_objective, TrainingDefaults(steps=1500, size=64), "accuracy", evaluate.vit_card, "classify")
+
+TRAINING = {
+    "shapes-vit": _VIT,
+    "shapes-vit-reg": _VIT,
+    "shapes-flux": TrainingSpec(flux_objective, TrainingDefaults(steps=600), "caption_match", evaluate.flux_card,
+                                "captions"),
+    "shapes-unet": TrainingSpec(unet_objective, TrainingDefaults(steps=700), "confident_fraction",
+                                evaluate.unet_card, "unconditional"),
+}
+assert set(TRAINING) == set(LITE_SPECS)
+
+# The card number a new run must beat to replace the shipped checkpoint (higher is better).
+HEADLINE = {name: t.headline for name, t in TRAINING.items()}

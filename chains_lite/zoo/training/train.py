@@ -1,0 +1,281 @@
+"""Train a lite model on ShapeWorld: ``python -m chains_lite.zoo.training NAME [options]``.
+
+Deterministic for a given seed and device (CPU runs repeat bit for bit). Uses the GPU when
+present. The run is written to ``runs/NAME/`` (weights, card); it replaces the checkpoint shipped
+in the package only when its card's headline number beats the shipped card's (or ``--force``),
+so a worse run never overwrites a better model.
+
+    python -m chains_lite.zoo.training shapes-vit --steps 1500
+    python -m chains_lite.zoo.training shapes-flux --init --steps 1000   # train the shipped model further
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import generate
+from ..judge import classify
+from ..load import load
+from ..models import LITE_SPECS, build, spec
+from ..registry import CHECKPOINT_DIR, card_path, load_weights, read_card, render_card, save_checkpoint
+from ..shapeworld import shapeworld
+from .objectives import TRAINING
+
+WEIGHT_DECAY = 0.05  # AdamW's
+CLIP_NORM = 1.0      # the gradient norm is clipped to this
+WARMUP = 100         # steps of linear learning-rate warm-up
+LR_FLOOR = 0.05      # the cosine ends at this share of the learning rate
+
+
+def optimizer_description() -> str:
+    """The card's ``optimizer`` entry, written from the constants the loop uses."""
+    return f"AdamW(wd={WEIGHT_DECAY:g}), {WARMUP} warm-up steps, cosine to {LR_FLOOR:.0%}"
+
+
+def _lr(step, steps, lr, warmup=WARMUP, done=0.0):
+    """Linear warm-up then cosine decay to ``LR_FLOOR`` of ``lr`` over the remaining
+    ``steps - warmup`` steps; ``done`` (0 to 1), when larger, is the share of the decay already
+    spent (a run with a time budget passes the share of its time used)."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    frac = max((step - warmup) / max(1, steps - warmup), done)
+    return lr * (LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+
+def _loop(model, loss_fn, pool_size, args, device):
+    """The shared training loop: AdamW, warm-up + cosine, an optional EMA of the weights, a progress bar.
+
+    The run lasts ``args.steps`` steps, or ``args.minutes`` of wall time if that comes first;
+    with a time budget the cosine follows the larger of the two shares done, so a run cut by
+    the clock still ends at the low learning rate. With ``args.ema`` > 0 the returned model
+    holds the exponential moving average of the weights (decay ``args.ema``, warmed up).
+    """
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=WEIGHT_DECAY)
+    params = [p for p in model.parameters()]
+    ema = [p.detach().clone() for p in params] if args.ema else None
+    gen = torch.Generator().manual_seed(args.seed)  # draws the batch indices
+    # Noise and timesteps are drawn where the model runs (no host copy per step on a GPU); on
+    # the CPU one generator draws everything.
+    dgen = gen if device.type == "cpu" else torch.Generator(device).manual_seed(args.seed + 1)
+    start, losses, step = time.time(), [], 0
+    bar = tqdm(total=args.steps, desc=f"train {args.name}")
+    while step < args.steps:
+        used = (time.time() - start) / (60 * args.minutes) if args.minutes else 0.0
+        if used >= 1:
+            break
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, args.steps, args.lr, done=used)
+        idx = torch.randint(pool_size, (args.batch,), generator=gen)
+        loss = loss_fn(idx.to(device), dgen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP_NORM)
+        opt.step()
+        if ema is not None:
+            # The decay warms up as (1 + step) / (10 + step), as diffusers' EMAModel does, so
+            # the average forgets the initial weights within a short run too.
+            decay = min(args.ema, (1 + step) / (10 + step))
+            with torch.no_grad():
+                torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
+        losses.append(loss.detach())
+        if step % 20 == 0:  # the only host synchronisation of the loop
+            bar.set_postfix(loss=f"{torch.stack(losses[-20:]).mean().item():.4f}")
+        bar.update(1)
+        step += 1
+    bar.close()
+    if args.minutes and step < args.steps:
+        print(f"time budget of {args.minutes} min used at step {step}")
+    if ema is not None:
+        with torch.no_grad():
+            for p, e in zip(params, ema):
+                p.copy_(e)
+    return dict(steps_done=step, final_loss=torch.stack(losses[-50:]).mean().item(),
+                train_seconds=round(time.time() - start, 1))
+
+
+def _initial_model(args):
+    """Random weights (seeded), or with ``--init`` the shipped checkpoint, to train it further."""
+    model = build(args.name, **args.config)
+    if args.init:
+        load_weights(model, args.name, Path(args.checkpoint_dir))
+    return model
+
+
+def train_lite(args, device):
+    """Train ``args.name`` by its spec's objective; returns the model (eval mode), the loop's
+    stats and the card's validation numbers."""
+    model, loss_fn, encoder = TRAINING[args.name].objective(args, device, lambda: _initial_model(args).to(device).train())
+    stats = _loop(model, loss_fn, args.pool, args, device)
+    model.eval()
+    return model, stats, evaluate_model(args.name, model, args.eval_n, encoder, args.guidance)
+
+
+def save_sample_grid(name, model, path, encoder=None, n=16, seed=0, guidance=1.0):
+    """A PNG of what the model does on 16 val images, by its spec's ``samples`` kind: predicted
+    classes (``"classify"``), samples for the val captions (``"captions"``) or unconditional
+    samples (``"unconditional"``)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kind = TRAINING[name].samples
+    data = shapeworld(n, seed=seed, split="val", size=TRAINING[name].training.size)
+    if kind == "classify":
+        imgs = data.images
+        pred = classify(model, imgs).argmax(-1)
+        titles = [f"{data.class_names[p]}" + ("" if p == y else f" (is {data.class_names[y]})")
+                  for p, y in zip(pred.tolist(), data.labels.tolist())]
+    elif kind == "captions":
+        imgs = generate.flux_sample(model, encoder, data.captions, steps=20, seed=seed, progress=False,
+                                    guidance=guidance)
+        titles = [c.replace(" and ", " &\n").replace(", ", ",\n") for c in data.captions]
+    else:
+        imgs = generate.unet_sample(model, n, steps=50, seed=seed, progress=False)
+        titles = [""] * n
+    fig, axes = plt.subplots(2, n // 2, figsize=(1.6 * n // 2, 4.2))
+    for ax, img, t in zip(axes.flat, imgs, titles):
+        ax.imshow(img.permute(1, 2, 0).numpy(), interpolation="nearest")
+        ax.set_title(t, fontsize=6)
+        ax.axis("off")
+    fig.suptitle(f"{name}: " + {"captions": "samples for val captions (20 Euler steps"
+                                            + (f", guidance {guidance:g})" if guidance != 1 else ")"),
+                                "unconditional": "unconditional samples (50 DDIM steps)",
+                                "classify": "val images, predicted class (true class when wrong)"}[kind],
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def evaluate_model(name, model, n, encoder=None, guidance=1.0):
+    """The card's validation numbers for a trained lite model (``n`` val images or samples), by
+    its spec's evaluator (``guidance``: the classifier-free guidance of caption-conditioned
+    samples; the others ignore it and ``encoder``)."""
+    return TRAINING[name].evaluator(model, n, encoder, guidance)
+
+
+def refresh_card(name, reevaluate=False, n=500, guidance=None):
+    """Re-render ``NAME.md`` and ``NAME-samples.png`` of the shipped checkpoint from its JSON card;
+    with ``reevaluate``, recompute its validation numbers first (after a change of the metrics).
+    ``guidance`` (shapes-flux) defaults to the scale the card was sampled with."""
+    loaded = load(name, mode="lite", device="cpu", verbose=False)
+    card = read_card(name)
+    if guidance is None:
+        guidance = card["validation"].get("guidance_scale", 1.0)
+    if reevaluate:
+        card["validation"] = evaluate_model(name, loaded.model, n, loaded.text_encoder, guidance)
+        card_path(name).write_text(json.dumps(card, indent=1) + "\n")
+    save_sample_grid(name, loaded.model, CHECKPOINT_DIR / f"{name}-samples.png", encoder=loaded.text_encoder,
+                     guidance=guidance)
+    (CHECKPOINT_DIR / f"{name}.md").write_text(render_card(card))
+    print(f"re-rendered the card and sample grid of {name} in {CHECKPOINT_DIR}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name", choices=sorted(LITE_SPECS))
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--pool", type=int, help="number of ShapeWorld training images")
+    p.add_argument("--cond-dropout", type=float, default=0.0,
+                   help="shapes-flux: share of training captions replaced by the empty caption "
+                        "(teaches the unconditional branch of classifier-free guidance)")
+    p.add_argument("--guidance", type=float, default=1.0,
+                   help="shapes-flux: classifier-free guidance scale of the card's samples (1: none)")
+    p.add_argument("--minutes", type=float, default=0,
+                   help="time budget of the training loop in minutes; the learning-rate schedule fits "
+                        "into it (0: none, the run lasts --steps)")
+    p.add_argument("--ema", type=float, default=0.0,
+                   help="keep an exponential moving average of the weights with this decay (e.g. 0.999) "
+                        "and save it instead of the last weights (0: off)")
+    p.add_argument("--config", type=json.loads, default={},
+                   help="JSON object of model-config entries that replace the lite config's, e.g. "
+                        "'{\"num_layers\": 3}' (the card records the config used; `zoo.load` builds "
+                        "from LITE_CONFIGS, so a checkpoint with another config ships with that edit)")
+    p.add_argument("--eval-n", type=int, default=500, help="validation images for the card")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", default="runs", help="where the run is written (default runs/NAME)")
+    p.add_argument("--checkpoint-dir", default=str(CHECKPOINT_DIR),
+                   help="where shipped checkpoints live (default: the package's checkpoints/)")
+    p.add_argument("--init", action="store_true",
+                   help="start from the shipped checkpoint instead of random weights (train it further)")
+    p.add_argument("--force", action="store_true", help="install even if the card's number is worse")
+    p.add_argument("--no-install", action="store_true", help="never replace the shipped checkpoint")
+    p.add_argument("--card-only", action="store_true",
+                   help="no training: re-render the shipped card (Markdown) and sample grid")
+    p.add_argument("--reevaluate", action="store_true",
+                   help="with --card-only: also recompute the card's validation numbers")
+    args = p.parse_args(argv)
+    if args.card_only:
+        return refresh_card(args.name, reevaluate=args.reevaluate, n=args.eval_n,
+                            guidance=args.guidance if args.guidance != 1 else None)
+    s, plan = spec(args.name), TRAINING[args.name]
+    for k, v in asdict(plan.training).items():
+        if getattr(args, k, None) is None:
+            setattr(args, k, v)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(args.seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+    previous = read_card(args.name, Path(args.checkpoint_dir)) if args.init else None
+    model, stats, metrics = train_lite(args, device)
+    card = {
+        "name": args.name,
+        "config": {k: (list(v) if isinstance(v, tuple) else v)
+                   for k, v in {**s.config, **args.config}.items()},
+        "params": sum(p.numel() for p in model.parameters()),
+        "data": f"ShapeWorld split=train seed={args.seed}: a pool of {args.pool} images of "
+                f"{args.size}x{args.size}, batches drawn with replacement",
+        "training": {"steps": stats["steps_done"], "batch": args.batch, "lr": args.lr,
+                     "total_steps": stats["steps_done"] + (previous["training"].get("total_steps", previous[
+                         "training"]["steps"]) if previous else 0),
+                     "init": "the shipped checkpoint" if previous else "random",
+                     "optimizer": optimizer_description(),
+                     "final_loss": round(stats["final_loss"], 5), "seed": args.seed,
+                     **({"ema": args.ema} if args.ema else {}),
+                     **({"minutes": args.minutes} if args.minutes else {}),
+                     **({"cond_dropout": args.cond_dropout} if s.text_encoder else {})},
+        "wall_time_s": stats["train_seconds"] + (previous["wall_time_s"] if previous else 0),
+        "hardware": f"{device.type}: " + (torch.cuda.get_device_name(device) if device.type == "cuda"
+                                          else f"{platform.processor() or platform.machine()}, "
+                                               f"{torch.get_num_threads()} threads"),
+        "torch": torch.__version__,
+        "validation": metrics,
+        "headline": plan.headline,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    run_dir = Path(args.out) / args.name
+    save_checkpoint(model, card, run_dir)
+    encoder = generate.TextEncoder(device=device) if s.text_encoder else None
+    save_sample_grid(args.name, model, run_dir / f"{args.name}-samples.png", encoder=encoder,
+                     guidance=args.guidance)
+    print(json.dumps(card["validation"], indent=1))
+
+    ship_dir = Path(args.checkpoint_dir)
+    shipped = card_path(args.name, ship_dir)
+    key = plan.headline
+    old = json.loads(shipped.read_text())["validation"][key] if shipped.exists() else None
+    better = old is None or metrics[key] > old
+    print(f"{key}: this run {metrics[key]:.4f}, shipped {old}")
+    if args.no_install or not (better or args.force):
+        print(f"kept the shipped checkpoint; this run is in {run_dir}")
+        return
+    ship_dir.mkdir(parents=True, exist_ok=True)
+    for f in run_dir.iterdir():
+        shutil.copy2(f, ship_dir / f.name)
+    print(f"installed {args.name} into {ship_dir}")
+
+
+if __name__ == "__main__":
+    main()

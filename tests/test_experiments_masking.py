@@ -1,0 +1,35 @@
+"""Chapter 6's records (chains_lite.experiments.masking): per-image records merge to the curves."""
+
+import pytest
+import torch
+
+from chains_lite.core.layout import TokenLayout
+from chains_lite.experiments.masking import masking_records, merge_masking_records
+from chains_lite.methods.masking import masking_curves
+
+LAYOUT = TokenLayout(cls_index=0, register_indices=(1,), grid=(2, 2), patch_start=2)
+
+
+def test_masking_records_merge_to_the_curves_and_do_not_depend_on_the_batch(tiny_vit):
+    vit = tiny_vit(embed_dim=32, depth=4)
+    x, y = torch.rand(10, 3, 16, 16), torch.randint(0, 3, (10,))
+    fr = (0.0, 0.25, 0.5, 1.0)
+    det = ("tokenrank", "cls_row", "column_sum")
+    whole = masking_curves(vit, x, y, strategies=det, fractions=fr, batch_size=4, progress=False)
+    recs = [r for i in range(0, 10, 4)
+            for r in masking_records(vit, x[i:i + 4], y[i:i + 4], list(range(i, min(i + 4, 10))),
+                                     strategies=det, fractions=fr)]
+    assert merge_masking_records(recs, fr, whole["layers"]) == whole
+    # random scores: one generator per image, so an image's scores are the same in any batch
+    from chains_lite.methods.masking import _ranked
+    A = torch.rand(5, 2, 6, 6).softmax(-1)
+    lay = TokenLayout(cls_index=0, register_indices=(), grid=(1, 5), patch_start=1)
+    for s in ("random", "tokenrank_random"):
+        gens = lambda seeds: [torch.Generator().manual_seed(k) for k in seeds]  # noqa: E731
+        together = _ranked(A, s, lay, generators=gens(range(5)))
+        apart = torch.cat([_ranked(A[:2], s, lay, generators=gens(range(2))),
+                           _ranked(A[2:], s, lay, generators=gens(range(2, 5)))])
+        assert torch.allclose(together, apart)
+        assert not torch.allclose(together, _ranked(A, s, lay, generators=gens(range(10, 15))))
+    with pytest.raises(ValueError, match="one int per image"):
+        masking_records(vit, x, y, [1, 2, 3], strategies=("random",), fractions=fr)

