@@ -64,10 +64,10 @@ def wilcoxon_greater(a: Sequence[float] | torch.Tensor, b: Sequence[float] | tor
     fewer than ``min_pairs`` pairs differ.
     """
     from scipy.stats import wilcoxon
-    d = torch.as_tensor(a, dtype=torch.float64) - torch.as_tensor(b, dtype=torch.float64)
-    if d.shape != torch.as_tensor(a).shape or d.ndim != 1:
-        raise ValueError(f"a and b must be 1-D of the same length, got {tuple(torch.as_tensor(a).shape)} "
-                         f"and {tuple(torch.as_tensor(b).shape)}")
+    a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+    if a.ndim != 1 or a.shape != b.shape:
+        raise ValueError(f"a and b must be 1-D of the same length, got {tuple(a.shape)} and {tuple(b.shape)}")
+    d = a - b
     d = d[torch.isfinite(d)]
     if len(d) == 0 or torch.all(d == 0):
         return 1.0
