@@ -7,6 +7,7 @@ import torch
 from diffusers import DDIMScheduler
 from scipy import ndimage
 
+from chains_lite.core.seeding import item_noise
 from chains_lite.methods import sag
 from chains_lite.core.layout import TokenLayout
 from chains_lite.capture import attention_layers, capture
@@ -24,7 +25,7 @@ def test_layers_are_the_decoder_and_bottleneck_self_attentions(unet, cond_unet):
 
 
 def test_scale_zero_is_plain_ddim_bit_for_bit(unet, sched):
-    noise = sag.initial_noise(range(3), (3, 16, 16), seed=5)
+    noise = item_noise((3, 16, 16), range(3), seed=5)
     s = DDIMScheduler.from_config(sched.config)
     s.set_timesteps(6)
     x = noise.clone()
@@ -38,7 +39,7 @@ def test_scale_zero_is_plain_ddim_bit_for_bit(unet, sched):
 
 
 def test_guidance_changes_samples_and_repeats_exactly(unet, sched):
-    noise = sag.initial_noise([4, 9], (3, 16, 16), seed=1)
+    noise = item_noise((3, 16, 16), [4, 9], seed=1)
     g = sag.SAG(1.5, "tokenrank", cap=0.4)
     a, b = sag.sample(unet, sched, noise, g, steps=4), sag.sample(unet, sched, noise, g, steps=4)
     assert torch.equal(a.x, b.x) and torch.equal(a.masked_fraction, b.masked_fraction)
@@ -47,7 +48,7 @@ def test_guidance_changes_samples_and_repeats_exactly(unet, sched):
 
 
 def test_trajectory_masks_follow_the_plain_trajectory(unet, sched):
-    noise = sag.initial_noise([0, 1], (3, 16, 16), seed=2)
+    noise = item_noise((3, 16, 16), [0, 1], seed=2)
     masks, grid, x = sag.trajectory_masks(unet, sched, noise, ("column_sum", "tokenrank"), (None, 0.25), steps=3)
     assert torch.equal(x, sag.sample(unet, sched, noise, steps=3).x)
     assert grid == (8, 8) and masks["tokenrank"].shape == (3, 2, 8, 8)
@@ -58,15 +59,6 @@ def test_trajectory_masks_follow_the_plain_trajectory(unet, sched):
         unet(noise, s.timesteps[0])
     first = sag.token_mask(rec.attentions[0], rec.layouts[0], "column_sum").reshape(2, 8, 8)
     assert torch.equal(masks["column_sum"][0], first)
-
-
-def test_noise_of_an_index_does_not_depend_on_the_chunk():
-    whole = sag.initial_noise(range(5), (2, 3), seed=7)
-    parts = torch.cat([sag.initial_noise([0, 1], (2, 3), 7), sag.initial_noise([2, 3, 4], (2, 3), 7)])
-    assert torch.equal(whole, parts)
-    assert not torch.equal(whole, sag.initial_noise(range(5), (2, 3), seed=8))
-    with pytest.raises(ValueError, match="indices"):
-        sag.initial_noise([-1], (2,), 0)
 
 
 def _steady_state(P):

@@ -2,7 +2,7 @@
 
 A run is ``work(indices) -> records`` (one JSON-able record per sample index, every method's
 sample of that index in it) and ``summarize(records) -> table``; sample ``i`` starts from noise
-seeded by ``(seed, i)`` (:func:`chains_lite.methods.sag.initial_noise`), so records do not depend on how
+seeded by ``(seed, i)`` (:func:`chains_lite.core.seeding.item_noise`), so records do not depend on how
 the indices are chunked. Bind the settings with ``functools.partial``.
 
 * lite (:func:`lite_work`, :func:`summarize_lite`): ``shapes-unet`` samples scored in
@@ -23,7 +23,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..eval import quality
-from ..methods.sag import SAG, initial_noise, sample
+from ..core.seeding import item_noise
+from ..methods.sag import SAG, sample
 
 METHODS = ("none", "sag_column_sum", "sag_tokenrank")
 #: Paper Table 2 (SD1.5, 50K samples vs LAION-Aesthetics V2 > 6.65): IS, FID, KID.
@@ -63,7 +64,7 @@ def lite_images(indices, *, unet, scheduler, scales=(1.0,), steps: int = 20, see
     ``{(method, scale): (images (B, 3, H, W) in [0, 1], masked_fraction (B,))}``."""
     indices = list(indices)
     size = unet.config.sample_size
-    noise = initial_noise(indices, (unet.config.in_channels, size, size), seed)
+    noise = item_noise((unet.config.in_channels, size, size), indices, seed)
     noise = noise.to(next(unet.parameters()).device)
     out = {}
     for method, scale in runs(scales):
@@ -164,7 +165,7 @@ def full_work(indices, *, unet, scheduler, encode, decode, prompts: list[str], o
         raise ValueError(f"index {max(indices)} needs more than the {len(prompts)} prompts given")
     p0 = next(unet.parameters())
     size, ch = unet.config.sample_size, unet.config.in_channels
-    noise = initial_noise(indices, (ch, size, size), seed).to(p0.device, p0.dtype)
+    noise = item_noise((ch, size, size), indices, seed).to(p0.device, p0.dtype)
     texts = [prompts[i] for i in indices]
     cond, uncond = encode(texts), encode([""] * len(texts))
     records = [{"index": int(i), "prompt": t, "runs": []} for i, t in zip(indices, texts)]

@@ -111,18 +111,6 @@ def blur_in_mask(x0: torch.Tensor, mask: torch.Tensor, grid: tuple[int, int], ke
     return torch.where(m > 0, gaussian_blur(x0, kernel, sigma), x0)
 
 
-def initial_noise(indices, shape, seed: int = 0) -> torch.Tensor:
-    """``(len(indices), *shape)`` standard normal noise, sample ``i`` drawn from its own generator
-    seeded by ``(seed, i)``: a sample does not depend on the batch it is drawn in."""
-    out = []
-    for i in indices:
-        if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or i < 0:
-            raise ValueError(f"sample indices must be ints >= 0, got {i!r}")
-        state = int(np.random.SeedSequence([seed, int(i)]).generate_state(1, np.uint64)[0])
-        out.append(torch.randn(*shape, generator=torch.Generator().manual_seed(state)))
-    return torch.stack(out) if out else torch.empty(0, *shape)
-
-
 # ----------------------------------------------------------------------------- one step
 @dataclass(frozen=True)
 class SAG:
