@@ -38,3 +38,16 @@ def test_probe_learns_separable_data_and_not_noise():
     assert r["test_accuracy"] < 0.45
 
 
+
+
+def test_per_layer_is_each_layers_own_features(tiny_vit):
+    from chains_lite.methods.probing import per_layer
+    model, x = tiny_vit(depth=3), torch.rand(4, 3, 16, 16)
+    both = attention_features(model, x, methods=("tokenrank",), head_scheme="uniform", progress=False)["tokenrank"]
+    split = per_layer(both, 3)
+    for layer in range(3):
+        alone = attention_features(model, x, methods=("tokenrank",), layers=[layer], head_scheme="uniform",
+                                   progress=False)["tokenrank"]
+        torch.testing.assert_close(split[:, layer], alone)
+    with pytest.raises(ValueError, match="do not split into 5 layers"):
+        per_layer(both, 5)

@@ -43,3 +43,17 @@ def test_random_weights_switch(monkeypatch):
     monkeypatch.setenv(ENV, "zeros")
     with pytest.raises(ValueError, match=ENV):
         random_weights()
+
+
+def test_choose_mode_runs_full_only_with_everything_it_needs(monkeypatch, capsys):
+    monkeypatch.setenv(ENV, "random")                       # full mode can run here (a dry run)
+    monkeypatch.delenv("CHAINS_MODE", raising=False)
+    assert zoo.choose_mode("lite", CHAINS_IMAGENET=None) == "lite" and capsys.readouterr().out == ""
+    assert zoo.choose_mode("full", CHAINS_IMAGENET="/data") == "full"
+    assert zoo.choose_mode("auto", CHAINS_IMAGENET="/data") == "full"
+    assert zoo.choose_mode("full", CHAINS_IMAGENET=None, CHAINS_X="x") == "lite"
+    out = capsys.readouterr().out
+    assert "full mode needs CHAINS_IMAGENET" in out and "running lite mode" in out and "a GPU" not in out
+    monkeypatch.setenv(ENV, "hub")
+    if not can_run_full():                                  # no GPU here
+        assert zoo.choose_mode("full") == "lite" and "needs a GPU" in capsys.readouterr().out

@@ -3,6 +3,7 @@ packing and ids as diffusers' FluxPipeline makes them, guidance as a parameter, 
 encoding through the loaded model."""
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from diffusers import FluxPipeline
@@ -138,3 +139,24 @@ def test_coco_stuff_reads_centre_squares_and_maps_fine_to_coarse_labels(tmp_path
     assert len(data) == 1 and data.n_classes == 27
     assert images.shape == (1, 3, 20, 20) and 0 <= images.min() <= images.max() <= 1
     assert labels.dtype == torch.long and (labels[0, :, :10] == 1).all() and (labels[0, :, 10:] == 0).all()
+
+
+def test_pipeline_images_are_the_pipelines_pictures_as_tensors():
+    from PIL import Image
+    from chains_lite.zoo.inputs import image_tensor, pipeline_images
+    pixels = np.arange(4 * 4 * 3, dtype=np.uint8).reshape(4, 4, 3)
+    torch.testing.assert_close(image_tensor(Image.fromarray(pixels))[:, 1, 2],
+                               torch.tensor(pixels[1, 2], dtype=torch.float32) / 255)
+    calls = []
+
+    def pipe(prompt, **kw):
+        calls.append((prompt, kw["num_inference_steps"], kw["guidance_scale"], kw["height"],
+                      kw["generator"].initial_seed()))
+        return SimpleNamespace(images=[Image.fromarray(pixels)])
+    got = pipeline_images(SimpleNamespace(pipeline=pipe), ["a cat", "a dog"], seed=3, size=4)
+    assert got.shape == (2, 3, 4, 4) and got.max() <= 1
+    assert calls == [("a cat", 4, 0.0, 4, 3), ("a dog", 4, 0.0, 4, 3)]
+    with pytest.raises(ValueError, match="no pipeline"):
+        pipeline_images(SimpleNamespace(pipeline=None, name="shapes-flux"), ["a"])
+    with pytest.raises(ValueError, match="uint8"):
+        image_tensor(np.zeros((4, 4), dtype=np.uint8))

@@ -55,6 +55,14 @@ def attention_features(model, images: torch.Tensor, methods: Sequence[str] = PRO
     return {m: torch.cat(v).float() for m, v in feats.items()}
 
 
+def per_layer(features: torch.Tensor, n_layers: int) -> torch.Tensor:
+    """:func:`attention_features` of ``n_layers`` layers, ``(N, L * F)`` -> ``(N, L, F)``: row
+    ``[:, l]`` is layer ``l``'s part (the layers are concatenated in depth order)."""
+    if features.ndim != 2 or n_layers < 1 or features.shape[1] % n_layers:
+        raise ValueError(f"features of shape {tuple(features.shape)} do not split into {n_layers} layers")
+    return features.reshape(len(features), n_layers, -1)
+
+
 def _accuracy(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> float:
     with torch.no_grad():
         return (model(X).argmax(-1) == y).float().mean().item()

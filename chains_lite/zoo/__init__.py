@@ -12,11 +12,11 @@ NAME``), ``evaluate`` (card numbers), ``generate`` (MiniLM text encoder, sampler
 (checkpoint files and cards), ``dryrun`` (full mode with random weights and synthetic data, on a
 CPU: ``CHAINS_FULL_WEIGHTS=random``).
 """
-from .catalog import (BANNER, FULL_MODELS, LITE_NAMES, Loaded, can_run_full, full_spec, random_weights,
-                      resolve_mode)
+from .catalog import (BANNER, FULL_MODELS, LITE_NAMES, Loaded, can_run_full, choose_mode, full_spec,
+                      random_weights, resolve_mode)
 from .load import load, load_full
 from .preflight import FullModeUnavailable, preflight
 from .shapeworld import CLASS_NAMES, ShapeBatch, shapeworld
 
 __all__ = ["BANNER", "CLASS_NAMES", "FULL_MODELS", "FullModeUnavailable", "LITE_NAMES", "Loaded", "ShapeBatch",
-           "can_run_full", "full_spec", "load", "load_full", "preflight", "random_weights", "resolve_mode", "shapeworld"]
+           "can_run_full", "choose_mode", "full_spec", "load", "load_full", "preflight", "random_weights", "resolve_mode", "shapeworld"]

@@ -53,6 +53,22 @@ def can_run_full() -> bool:
 
 
 # ----------------------------------------------------------------------------- tokenizers
+def choose_mode(mode: str = "auto", **needs) -> str:
+    """``"full"`` or ``"lite"`` for a chapter: full when ``mode`` (after :func:`resolve_mode`) is not
+    lite, full mode can run here (:func:`can_run_full`) and every one of ``needs`` (what full mode
+    reads, by its environment variable's name, e.g. ``CHAINS_IMAGENET=path``) is given. When
+    full mode was asked for and cannot run, prints what it lacks."""
+    mode = resolve_mode(mode)
+    missing = [k for k, v in needs.items() if v is None]
+    if mode == "lite" or (can_run_full() and not missing):
+        return mode if mode == "lite" else "full"
+    lacks = (["a GPU"] if not can_run_full() else []) + missing
+    print(f"MODE={mode!r} but full mode needs {' and '.join(lacks)} "
+          f"(GPU: {torch.cuda.is_available()}" + "".join(f", {k}: {v}" for k, v in needs.items())
+          + "): running lite mode")
+    return "lite"
+
+
 @dataclass
 class Loaded:
     """What :func:`load` returns: the model in eval mode and what it needs around it."""

@@ -88,6 +88,25 @@ def photos(size: int = 224, paths=None) -> tuple[torch.Tensor, list[str]]:
     return torch.stack(imgs), names
 
 
+def image_tensor(image) -> torch.Tensor:
+    """A PIL image or an ``(H, W, 3)`` uint8 array (what diffusers pipelines return) ->
+    ``(3, H, W)`` float32 in [0, 1]."""
+    a = np.asarray(image)
+    if a.ndim != 3 or a.shape[-1] != 3 or a.dtype != np.uint8:
+        raise ValueError(f"expected an RGB image of (H, W, 3) uint8, got {a.shape} {a.dtype}")
+    return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).float() / 255
+
+
+def pipeline_images(loaded, prompts: list[str], seed: int = 0, size: int = 512, steps: int = 4) -> torch.Tensor:
+    """Images that a loaded FLUX.1-schnell pipeline draws for ``prompts`` (its own settings: ``steps``
+    steps, no guidance), each from a generator seeded ``seed``: ``(B, 3, size, size)`` in [0, 1]."""
+    if getattr(loaded, "pipeline", None) is None:
+        raise ValueError(f"{getattr(loaded, 'name', 'the model')} has no pipeline: load a full FLUX model")
+    return torch.stack([image_tensor(loaded.pipeline(
+        p, num_inference_steps=steps, guidance_scale=0.0, height=size, width=size,
+        generator=torch.Generator().manual_seed(seed)).images[0]) for p in prompts])
+
+
 # ----------------------------------------------------------------------------- FLUX inputs
 @dataclass
 class FluxInputs:
