@@ -5,12 +5,14 @@
     vit = zoo.load("shapes-vit")            # or a paper model: zoo.load("dino-vitb8", mode="full")
     logits = vit.model(batch.images)        # (16, 6), classes in zoo.CLASS_NAMES order
 
-Modules: ``shapeworld`` (data), ``models`` (one ``LiteSpec`` per lite model: config, builder,
-training objective and defaults, card metric), ``train`` (``python -m chains_lite.zoo.training
-NAME``), ``evaluate`` (card numbers), ``generate`` (MiniLM text encoder, samplers), ``load``
-(lite and full loading), ``preflight`` (what full mode needs, checked before loading), ``registry``
-(checkpoint files and cards), ``dryrun`` (full mode with random weights and synthetic data, on a
-CPU: ``CHAINS_FULL_WEIGHTS=random``).
+Modules: ``catalog`` (modes, the dry-run switch, the paper's models, :class:`Loaded`), ``load``
+(lite and full loading), ``models`` (one ``LiteSpec`` per lite model: config, builder, what the
+loader attaches), ``shapeworld`` (data), ``datasets`` (the paper's datasets), ``inputs`` (model
+inputs), ``generate`` (MiniLM text encoder, samplers), ``judge`` (shapes-vit judging samples),
+``registry`` (checkpoint files and cards), ``preflight`` (what full mode needs, checked before
+loading), ``dryrun`` (full mode with random weights and synthetic data, on a CPU:
+``CHAINS_FULL_WEIGHTS=random``). Training is apart: ``training`` (``python -m
+chains_lite.zoo.training NAME``).
 """
 from .catalog import (BANNER, FULL_MODELS, LITE_NAMES, Loaded, can_run_full, choose_mode, full_spec,
                       random_weights, resolve_mode)

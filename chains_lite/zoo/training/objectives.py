@@ -82,7 +82,7 @@ def unet_objective(args, device, make_model):
 
 @dataclass(frozen=True)
 class TrainingDefaults:
-    """What ``zoo.train`` uses when the command line does not say."""
+    """What ``python -m chains_lite.zoo.training`` uses when the command line does not say."""
 
     steps: int
     batch: int = 64
