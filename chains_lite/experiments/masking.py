@@ -23,10 +23,10 @@ def masking_records(model, images: torch.Tensor, labels: torch.Tensor, seeds: Se
                     classify: Callable[[torch.Tensor], torch.Tensor] | None = None,
                     strategies: Sequence[str] = STRATEGIES, fractions: Sequence[float] = FRACTIONS,
                     layers: Sequence[int] | None = None, fractions_per_pass: int | None = None) -> list[dict]:
-    """Per-image records of :func:`masking_curves` for :func:`chains_lite.experiments.runner.run`: one
+    """Per-image records of :func:`~chains_lite.methods.masking.masking_curves` for :func:`chains_lite.experiments.runner.run`: one
     ``{"clean": 0 or 1, "correct": {strategy: [0 or 1 per fraction]}}`` per image of ``images``
     ``(B, 3, H, W)`` (one batch). ``seeds``: one int per image (see
-    :func:`chains_lite.core.seeding.item_seed`); a :data:`RANDOMIZED` strategy scores image ``b`` with
+    :func:`chains_lite.core.seeding.item_seed`); a :data:`~chains_lite.methods.masking.RANDOMIZED` strategy scores image ``b`` with
     its own generator seeded ``seeds[b]``, so its record does not depend on the batch or on the
     other strategies. :func:`merge_masking_records` turns records into curves.
     """
@@ -41,7 +41,7 @@ def masking_records(model, images: torch.Tensor, labels: torch.Tensor, seeds: Se
 
 
 def merge_masking_records(records: list[dict], fractions: Sequence[float], layers: Sequence[int]) -> dict:
-    """:func:`masking_curves`'s dict from the :func:`masking_records` of a whole dataset: the
+    """:func:`~chains_lite.methods.masking.masking_curves`'s dict from the :func:`masking_records` of a whole dataset: the
     accuracies are correct counts summed over images, divided by their number."""
     if not records:
         raise ValueError("no images: records is empty")
@@ -54,7 +54,7 @@ def merge_masking_records(records: list[dict], fractions: Sequence[float], layer
 
 
 def auc_table(curves: dict) -> dict:
-    """``{strategy: normalized AUC}`` for the output of :func:`masking_curves`."""
+    """``{strategy: normalized AUC}`` for the output of :func:`~chains_lite.methods.masking.masking_curves`."""
     skip = {"clean_accuracy", "fractions", "layers", "n_images"}
     return {s: normalized_auc(curves["fractions"], acc, curves["clean_accuracy"])
             for s, acc in curves.items() if s not in skip}

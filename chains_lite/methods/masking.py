@@ -33,7 +33,7 @@ def _mixed(name: str, scheme: str) -> str:
 HEAD_WEIGHTING = tuple(_mixed("tokenrank", s) for s in scores.HEAD_SCHEMES)  # paper Fig. 9
 STRATEGIES = PER_HEAD + (_mixed("tokenrank", "lambda2"),)                  # paper Table 4
 #: The strategies whose scores are drawn from a generator (a new random score belongs here, so
-#: that :func:`masking_records` gives it one generator per image).
+#: that :func:`chains_lite.experiments.masking.masking_records` gives it one generator per image).
 RANDOMIZED = ("random", "random_row", _mixed("tokenrank", "random"))
 FRACTIONS = tuple(round(0.1 * i, 1) for i in range(10))
 
