@@ -18,7 +18,9 @@ done, and a run dir of another configuration is refused. Image i's random scores
 generator seeded ``item_seed(seed, i)`` (:mod:`chains_lite.core.seeding`).
 Prints accuracy per fraction and the normalised AUC (lower = the ranking found more important tokens),
 and writes JSON: per strategy the curve (correct counts of all images / n) and AUC, plus mode,
-model, n_images, seed, layers, time of this invocation.
+model, n_images, seed, layers, time of this invocation and ``identity`` (the weights' checkpoint
+digest, hub id or ``"random"``, and the data folder's size and time: a rerun with any of them
+changed is refused).
 """
 from __future__ import annotations
 
@@ -82,7 +84,8 @@ def main(argv=None):
     layers = masking.default_layers(loaded.model) if args.layers is None else sorted(args.layers)
     config = dict(mode=loaded.mode, model=model_name, n_images=n, seed=args.seed, layers=layers,
                   fractions=list(fractions), strategies=list(args.strategies),
-                  data=None if args.data is None else str(args.data))
+                  data=None if args.data is None else str(args.data),
+                  identity=cli.run_identity(loaded, {"--data": args.data}))
 
     def work(indices):
         idx = torch.tensor(indices)
@@ -104,7 +107,8 @@ def main(argv=None):
     cli.write(out_path, dict(mode=loaded.mode, model=model_name, n_images=n, seed=args.seed,
                              layers=curves["layers"], fractions=list(fractions),
                              clean_accuracy=curves["clean_accuracy"], seconds=round(seconds, 1),
-                             strategies={s: dict(curve=curves[s], auc=aucs[s]) for s in args.strategies}))
+                             strategies={s: dict(curve=curves[s], auc=aucs[s]) for s in args.strategies},
+                             identity=config["identity"]))
     return 0
 
 
