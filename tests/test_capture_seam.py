@@ -10,7 +10,7 @@ from torch import nn
 timm = pytest.importorskip("timm")
 
 import chains_lite as cl  # noqa: E402
-from chains_lite.capture import add_logit_bias, capture  # noqa: E402
+from chains_lite.capture import add_logit_bias, attention_layers, capture  # noqa: E402
 from references import n_hooks, small_vit, timm_eager_attention
 
 
@@ -102,3 +102,30 @@ def test_capture_warns_when_a_bias_masks_every_key_of_a_row():
             m(x)
 
 
+
+
+def _compiled_whole(m):
+    return torch.compile(m)
+
+
+def _compiled_in_place(m):
+    m.compile()
+    return m
+
+
+def _compiled_block(m):
+    m.blocks[1].compile()
+    return m
+
+
+@pytest.mark.parametrize("compile_", [_compiled_whole, _compiled_in_place, _compiled_block])
+def test_capture_and_logit_bias_refuse_a_compiled_model_up_front(compile_):
+    m = compile_(small_vit(2))
+    compiled = r"is compiled \(torch.compile or .compile\(\)\)"
+    for enter in (lambda: capture(m), lambda: add_logit_bias(m, torch.zeros(21))):
+        with pytest.raises(ValueError, match=compiled):
+            with enter():
+                pass
+    with pytest.raises(ValueError, match=compiled):
+        attention_layers(m)
+    assert n_hooks(m.modules()) == 0

@@ -22,8 +22,23 @@ def register_family(family: Family) -> None:
     FAMILIES.insert(0, family)
 
 
+def refuse_compiled(model: nn.Module) -> None:
+    """``ValueError`` if ``model`` or one of its modules is compiled (``torch.compile(model)``,
+    ``model.compile()``, or a compiled block): compiled code does not run hooks added after it was
+    traced, so a capture would record nothing and a logit bias would change nothing."""
+    for name, m in model.named_modules():
+        if hasattr(m, "_orig_mod") or getattr(m, "_compiled_call_impl", None) is not None:
+            where = f"its module {name!r}" if name else type(model).__name__
+            raise ValueError(f"{where} is compiled (torch.compile or .compile()): hooks added after "
+                             "compiling do not run in compiled code, so attention cannot be recorded "
+                             "or biased through it. Pass the uncompiled model (torch.compile(m)._orig_mod "
+                             "is m) and compile after the capture.")
+
+
 def family_of(model: nn.Module) -> Family:
-    """The :class:`Family` that knows ``model``; ``ValueError`` if none does."""
+    """The :class:`Family` that knows ``model``; ``ValueError`` if none does, or if it is compiled
+    (:func:`refuse_compiled`)."""
+    refuse_compiled(model)
     for fam in FAMILIES:
         if fam.matches(model):
             return fam
