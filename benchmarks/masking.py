@@ -7,7 +7,7 @@
 
 Lite: ShapeWorld test images (seeded), classified by shapes-vit / shapes-vit-reg. Full: an ImageNet
 validation folder in ImageFolder layout (``val/<wnid>/*.JPEG``, classes in sorted wnid order = the
-ImageNet-1k index of timm classifiers), ``--n-images`` drawn with the seed; ``vit-b16`` (timm's
+ImageNet-1k index of timm classifiers), ``--n-images`` (at most the folder's count) drawn with the seed; ``vit-b16`` (timm's
 classifier) or ``clip-vitb32`` (zero-shot, "A photo of a <class>."). The DINO models on the hub come
 without the linear heads the paper used, so they are not offered here.
 Runs on :func:`chains_lite.experiments.runner.run`: one process, or data-parallel under ``accelerate launch``
@@ -35,7 +35,7 @@ from chains_lite.core.seeding import item_seed
 from chains_lite.experiments import cli, runner
 from chains_lite.experiments.masking import auc_table, masking_records, merge_masking_records
 from chains_lite.methods import masking
-from chains_lite.zoo.datasets import imagenet_folder
+from chains_lite.zoo.datasets import IMAGENET_CLASSES, image_folder_files, imagenet_folder
 from chains_lite.zoo.inputs import model_input
 
 LITE_MODELS = ("shapes-vit", "shapes-vit-reg")
@@ -69,6 +69,16 @@ def main(argv=None):
         ap.error(str(e))
     out_path = cli.claim(ap, args)
     cli.preflight(ap, args, model_name, data={"--data": args.data})
+    if args.mode == "full":  # the folder's size, before any work
+        try:
+            available = len(image_folder_files(args.data, IMAGENET_CLASSES)[0])
+        except (ValueError, OSError) as e:
+            ap.error(str(e))
+        if available < 1:
+            ap.error(f"--data {args.data} holds no images")
+        if n > available:
+            print(f"--n-images {n}: {args.data} holds {available} images; using all of them")
+            n = available
     t0 = time.time()
     loaded = zoo.load(model_name, mode=args.mode, device=runner.state().device)
     classify = None

@@ -295,32 +295,46 @@ def class_words(wnids: Sequence[str], names: dict[str, str] | None = None) -> li
     return [words[w] for w in wnids]
 
 
+def image_folder_files(path, n_classes: int | None = None) -> tuple[list[tuple], list[str]]:
+    """The images of an ImageFolder-layout folder (``root/<class>/<image>``) without reading them:
+    ``([(file, label), ...], class_folders)``, labels in sorted class-folder order. ``n_classes``:
+    the number of class folders expected (a ``ValueError`` otherwise)."""
+    from pathlib import Path
+    path = Path(path)
+    if not path.is_dir():
+        raise ValueError(f"{path} is not a folder (an ImageFolder layout: root/<class>/<image>)")
+    classes = sorted(p.name for p in path.iterdir() if p.is_dir())
+    if n_classes is not None and len(classes) != n_classes:
+        raise ValueError(f"{path} should hold {n_classes} class folders, found {len(classes)}")
+    files = [(f, i) for i, c in enumerate(classes) for f in sorted((path / c).iterdir()) if f.is_file()]
+    return files, classes
+
+
 def image_folder(path, n: int, seed: int, loaded, n_classes: int | None = None):
     """``n`` images drawn with ``seed`` from an ImageFolder-layout folder (``root/<class>/<image>``;
     labels in sorted class-folder order), preprocessed by the model's own transform.
 
-    ``n_classes``: the number of class folders expected (a ``ValueError`` otherwise).
-    Returns ``(x, labels, class_folders)``.
+    ``n_classes``: the number of class folders expected (a ``ValueError`` otherwise); ``n`` at most
+    the folder's image count (a ``ValueError`` otherwise). Returns ``(x, labels, class_folders)``.
     """
-    from pathlib import Path
-
     from PIL import Image
     from timm.data import create_transform, resolve_data_config
-    path = Path(path)
-    classes = sorted(p.name for p in path.iterdir() if p.is_dir())
-    if n_classes is not None and len(classes) != n_classes:
-        raise ValueError(f"{path} should hold {n_classes} class folders, found {len(classes)}")
-    files = [(f, i) for i, c in enumerate(classes) for f in sorted((path / c).iterdir())]
+    files, classes = image_folder_files(path, n_classes)
+    if not 1 <= n <= len(files):
+        raise ValueError(f"asked for {n} images; {path} holds {len(files)}")
     pick = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed))[:n]
     tf = loaded.preprocess or create_transform(**resolve_data_config({}, model=loaded.model))
     x = torch.stack([tf(Image.open(files[j][0]).convert("RGB")) for j in pick.tolist()])
     return x, torch.tensor([files[j][1] for j in pick.tolist()]), classes
 
 
+IMAGENET_CLASSES = 1000
+
+
 def imagenet_folder(path, n: int, seed: int, loaded):
     """:func:`image_folder` on an ImageNet validation folder (``val/<wnid>/*.JPEG``, 1000 classes in
     sorted wnid order: the ImageNet-1k index of timm classifiers)."""
-    return image_folder(path, n, seed, loaded, n_classes=1000)
+    return image_folder(path, n, seed, loaded, n_classes=IMAGENET_CLASSES)
 
 
 class CocoStuff:
