@@ -140,7 +140,10 @@ def main(argv=None):
         n, n_classes, threshold = args.n_images or 200, LITE_CLASSES, args.threshold or ds.LITE_THRESHOLD
         load_batch = lambda idx: lite_batch(idx, args.seed)  # noqa: E731
     else:
-        data = CocoStuff(args.data, args.file_list, args.fine_to_coarse)
+        try:
+            data = CocoStuff(args.data, args.file_list, args.fine_to_coarse)
+        except ValueError as e:
+            ap.error(str(e))
         if data.n_classes != FULL_CLASSES:
             ap.error(f"--fine-to-coarse maps to {data.n_classes} classes; COCO-Stuff-27 has {FULL_CLASSES}")
         loaded = zoo.load("sd15", mode="full", device=runner.state().device)
