@@ -129,3 +129,24 @@ def test_capture_and_logit_bias_refuse_a_compiled_model_up_front(compile_):
     with pytest.raises(ValueError, match=compiled):
         attention_layers(m)
     assert n_hooks(m.modules()) == 0
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_capture_under_gradient_checkpointing_records_the_forward_once(reentrant):
+    from torch.utils.checkpoint import checkpoint
+    m, x = small_vit(), torch.rand(2, 3, 32, 32, requires_grad=True)
+    with torch.no_grad():
+        with capture(m) as plain:
+            m(x)
+
+    def forward(x):   # timm's set_grad_checkpointing, with either kind of checkpoint
+        h = m._pos_embed(m.patch_embed(x))
+        for block in m.blocks:
+            h = checkpoint(block, h, use_reentrant=reentrant)
+        return m.forward_head(m.norm(h))
+    with capture(m) as rec:
+        forward(x).sum().backward()
+    assert x.grad is not None and rec.calls == 3          # 3 layers x 1 call, not the recomputation
+    for a, b in zip(rec.attentions, plain.attentions):
+        assert a.shape == (2, 4, 17, 17)
+        torch.testing.assert_close(a, b)
