@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from chains_lite import zoo
+from chains_lite.capture import attention_layers, chosen_layers
 from chains_lite.core.seeding import item_seed
 from chains_lite.experiments import cli, runner
 from chains_lite.experiments.masking import auc_table, masking_records, merge_masking_records
@@ -91,7 +92,11 @@ def main(argv=None):
             from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
             classify = masking.clip_classifier(loaded, IMAGENET_CLASSNAMES)
     device = next(loaded.model.parameters()).device
-    layers = masking.default_layers(loaded.model) if args.layers is None else sorted(args.layers)
+    try:  # negative layers count from the last, as in capture
+        layers = masking.default_layers(loaded.model) if args.layers is None else \
+            chosen_layers(len(attention_layers(loaded.model)), args.layers)
+    except ValueError as e:
+        ap.error(f"--layers: {e}")
     config = dict(mode=loaded.mode, model=model_name, n_images=n, seed=args.seed, layers=layers,
                   fractions=list(fractions), strategies=list(args.strategies),
                   data=None if args.data is None else str(args.data),

@@ -32,12 +32,20 @@ def parser(doc: str, items: str = "images") -> argparse.ArgumentParser:
     (the JSON, never overwritten) and ``--run-dir`` (the per-``items`` records, for resuming)."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mode", choices=["lite", "full"], default="lite")
-    ap.add_argument("--seed", type=int, default=0, help="the data stream (lite) and the noise")
+    ap.add_argument("--seed", type=_seed, default=0, help="the data stream (lite) and the noise (an int >= 0)")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here (never overwritten)")
     ap.add_argument("--run-dir", type=Path, default=None,
                     help=f"the run's per-{items[:-1]} records, for resuming (default: --out with .run; "
                          "without either, a temporary folder)")
     return ap
+
+
+def _seed(text: str) -> int:
+    """``--seed``'s type: an int >= 0 (item seeds are derived from it, :func:`chains_lite.core.seeding.item_seed`)."""
+    v = int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {v}")
+    return v
 
 
 def at_least_one(ap: argparse.ArgumentParser, args, *names: str) -> None:

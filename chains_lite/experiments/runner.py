@@ -282,11 +282,17 @@ def run_dir(out=None, run_dir=None) -> Path | None:
 
 def claim_outputs(out=None, run_dir=None) -> Path | None:
     """A benchmark's output check, before any work: the result file ``out`` must not exist
-    (:func:`chains_lite.experiments.results.prepare_out`; ``FileExistsError``), and a run of several processes
+    (:func:`chains_lite.experiments.results.prepare_out`; ``FileExistsError``), the folders of
+    ``out`` and of the records (:func:`run_dir`) must be writable, and a run of several processes
     needs ``out`` or ``run_dir`` for the folder they share (``ValueError``). Returns ``out`` as a
     ``Path`` (``None`` without one)."""
-    from .results import prepare_out
+    from .results import check_writable, prepare_out
     out_path = prepare_out(out) if out else None
     if run_dir is None and out is None and state().num_processes > 1:
         raise ValueError("a run of several processes needs --out or --run-dir (the folder they share)")
+    folder = Path(run_dir) if run_dir is not None else None if out is None else Path(out).with_suffix(".run")
+    if folder is not None:
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"{folder} is a file; give a folder for the run's records")
+        check_writable(folder)
     return out_path
