@@ -64,7 +64,11 @@ def of_kind(fam: Family, model: nn.Module, kind: str | None) -> list:
     kind = next(iter(fam.kinds)) if kind is None else kind
     if kind not in fam.kinds:
         raise ValueError(f"kind must be one of {tuple(fam.kinds)} for {fam.name}, got {kind!r}")
-    return [m for m in modules if fam.kinds[kind](m)]
+    chosen = [m for m in modules if fam.kinds[kind](m)]
+    if not chosen:
+        present = [k for k, is_kind in fam.kinds.items() if any(is_kind(m) for m in modules)]
+        raise ValueError(f"this {fam.name} model has no {kind!r} attention layers (it has: {present})")
+    return chosen
 
 
 def chosen_layers(n: int, layers) -> list[int]:
