@@ -30,7 +30,9 @@ resamples for every strategy; the difference row is paired.
   read one batch at a time, centre-cropped and resized to 512.
 
 Prints a table beside the paper's and writes JSON: per strategy ``acc``, ``miou`` (fractions) and
-their intervals, the paired difference, the settings, mode, model and time. Never overwrites ``--out``.
+their intervals, the paired difference, the settings, mode, model, time and ``identity`` (the
+weights' checkpoint digest, hub id or ``"random"``, and the data files' size and time: a rerun
+with any of them changed is refused). Never overwrites ``--out``.
 """
 from __future__ import annotations
 
@@ -138,7 +140,10 @@ def main(argv=None):
         n, n_classes, threshold = args.n_images or 200, LITE_CLASSES, args.threshold or ds.LITE_THRESHOLD
         load_batch = lambda idx: lite_batch(idx, args.seed)  # noqa: E731
     else:
-        data = CocoStuff(args.data, args.file_list, args.fine_to_coarse)
+        try:
+            data = CocoStuff(args.data, args.file_list, args.fine_to_coarse)
+        except ValueError as e:
+            ap.error(str(e))
         if data.n_classes != FULL_CLASSES:
             ap.error(f"--fine-to-coarse maps to {data.n_classes} classes; COCO-Stuff-27 has {FULL_CLASSES}")
         loaded = zoo.load("sd15", mode="full", device=runner.state().device)
@@ -147,7 +152,10 @@ def main(argv=None):
         load_batch = data.batch
     config = dict(mode=args.mode, model=loaded.name, n_images=n, seed=args.seed, threshold=threshold,
                   timestep=args.timestep, per_side=args.per_side, min_distance=args.min_distance,
-                  distance=args.distance, strategies=args.strategies, data=args.data, file_list=args.file_list)
+                  distance=args.distance, strategies=args.strategies, data=args.data, file_list=args.file_list,
+                  fine_to_coarse=args.fine_to_coarse, sweep=args.sweep,
+                  identity=cli.run_identity(loaded, {"--data": args.data, "--file-list": args.file_list,
+                                                     "--fine-to-coarse": args.fine_to_coarse}))
     sweep = {}
     with tempfile.TemporaryDirectory() as tmp:
         if args.mode == "lite" and args.sweep:
@@ -174,7 +182,7 @@ def main(argv=None):
     cli.write(out_path, dict(mode=args.mode, model=loaded.name, n_images=n, seed=args.seed, threshold=threshold,
                              timestep=args.timestep, per_side=args.per_side, min_distance=args.min_distance,
                              distance=args.distance, n_classes=n_classes, time_s=elapsed, results=res,
-                             val_sweep={str(k): v for k, v in sweep.items()}))
+                             val_sweep={str(k): v for k, v in sweep.items()}, identity=config["identity"]))
 
 
 if __name__ == "__main__":

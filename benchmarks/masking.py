@@ -7,7 +7,7 @@
 
 Lite: ShapeWorld test images (seeded), classified by shapes-vit / shapes-vit-reg. Full: an ImageNet
 validation folder in ImageFolder layout (``val/<wnid>/*.JPEG``, classes in sorted wnid order = the
-ImageNet-1k index of timm classifiers), ``--n-images`` drawn with the seed; ``vit-b16`` (timm's
+ImageNet-1k index of timm classifiers), ``--n-images`` (at most the folder's count) drawn with the seed; ``vit-b16`` (timm's
 classifier) or ``clip-vitb32`` (zero-shot, "A photo of a <class>."). The DINO models on the hub come
 without the linear heads the paper used, so they are not offered here.
 Runs on :func:`chains_lite.experiments.runner.run`: one process, or data-parallel under ``accelerate launch``
@@ -18,7 +18,9 @@ done, and a run dir of another configuration is refused. Image i's random scores
 generator seeded ``item_seed(seed, i)`` (:mod:`chains_lite.core.seeding`).
 Prints accuracy per fraction and the normalised AUC (lower = the ranking found more important tokens),
 and writes JSON: per strategy the curve (correct counts of all images / n) and AUC, plus mode,
-model, n_images, seed, layers, time of this invocation.
+model, n_images, seed, layers, time of this invocation and ``identity`` (the weights' checkpoint
+digest, hub id or ``"random"``, and the data folder's size and time: a rerun with any of them
+changed is refused).
 """
 from __future__ import annotations
 
@@ -29,11 +31,12 @@ from pathlib import Path
 import torch
 
 from chains_lite import zoo
+from chains_lite.capture import attention_layers, chosen_layers
 from chains_lite.core.seeding import item_seed
 from chains_lite.experiments import cli, runner
 from chains_lite.experiments.masking import auc_table, masking_records, merge_masking_records
 from chains_lite.methods import masking
-from chains_lite.zoo.datasets import imagenet_folder
+from chains_lite.zoo.datasets import IMAGENET_CLASSES, image_folder_files, imagenet_folder
 from chains_lite.zoo.inputs import model_input
 
 LITE_MODELS = ("shapes-vit", "shapes-vit-reg")
@@ -67,6 +70,16 @@ def main(argv=None):
         ap.error(str(e))
     out_path = cli.claim(ap, args)
     cli.preflight(ap, args, model_name, data={"--data": args.data})
+    if args.mode == "full":  # the folder's size, before any work
+        try:
+            available = len(image_folder_files(args.data, IMAGENET_CLASSES)[0])
+        except (ValueError, OSError) as e:
+            ap.error(str(e))
+        if available < 1:
+            ap.error(f"--data {args.data} holds no images")
+        if n > available:
+            print(f"--n-images {n}: {args.data} holds {available} images; using all of them")
+            n = available
     t0 = time.time()
     loaded = zoo.load(model_name, mode=args.mode, device=runner.state().device)
     classify = None
@@ -79,10 +92,15 @@ def main(argv=None):
             from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
             classify = masking.clip_classifier(loaded, IMAGENET_CLASSNAMES)
     device = next(loaded.model.parameters()).device
-    layers = masking.default_layers(loaded.model) if args.layers is None else sorted(args.layers)
+    try:  # negative layers count from the last, as in capture
+        layers = masking.default_layers(loaded.model) if args.layers is None else \
+            chosen_layers(len(attention_layers(loaded.model)), args.layers)
+    except ValueError as e:
+        ap.error(f"--layers: {e}")
     config = dict(mode=loaded.mode, model=model_name, n_images=n, seed=args.seed, layers=layers,
                   fractions=list(fractions), strategies=list(args.strategies),
-                  data=None if args.data is None else str(args.data))
+                  data=None if args.data is None else str(args.data),
+                  identity=cli.run_identity(loaded, {"--data": args.data}))
 
     def work(indices):
         idx = torch.tensor(indices)
@@ -104,7 +122,8 @@ def main(argv=None):
     cli.write(out_path, dict(mode=loaded.mode, model=model_name, n_images=n, seed=args.seed,
                              layers=curves["layers"], fractions=list(fractions),
                              clean_accuracy=curves["clean_accuracy"], seconds=round(seconds, 1),
-                             strategies={s: dict(curve=curves[s], auc=aucs[s]) for s in args.strategies}))
+                             strategies={s: dict(curve=curves[s], auc=aucs[s]) for s in args.strategies},
+                             identity=config["identity"]))
     return 0
 
 

@@ -17,7 +17,9 @@ ShapeWorld val images: Fréchet distance, KID, an IS analogue, the share classif
 Inception network against a folder of reference images (torchmetrics, downloads at first use).
 Methods ``none``, ``sag_column_sum``, ``sag_tokenrank`` run on the same seeds at every
 ``--scales``; the table prints each metric with its 95 % bootstrap interval beside Table 2, and
-the JSON holds per method the metrics and intervals, the sweep and the paired differences.
+the JSON holds per method the metrics and intervals, the sweep and the paired differences, and
+``identity`` (the weights' checkpoint digests, hub id or ``"random"``, and the prompts' and
+reference images' size and time: a rerun with any of them changed is refused).
 """
 from __future__ import annotations
 
@@ -85,17 +87,23 @@ def main(argv=None):
         work = functools.partial(exp.full_work, unet=loaded.model, scheduler=_ddim(loaded.scheduler),
                                  encode=encode, decode=decode, prompts=prompts, cfg=args.cfg,
                                  out_dir=out_path.with_suffix(""), **common)
-        records = cli.run(work, args.n_samples, args, dict(common, mode="full", cfg=args.cfg, prompts=str(args.prompts)),
+        identity = cli.run_identity(loaded, {"--prompts": args.prompts, "--reference": args.reference})
+        records = cli.run(work, args.n_samples, args,
+                          dict(common, mode="full", model=loaded.name, cfg=args.cfg, prompts=str(args.prompts),
+                               reference=str(args.reference), identity=identity),
                           batch=batch, desc="sag samples")
         if records is None:  # not the main process: it has written its share
             return 0
         table = exp.summarize_full(records, refs, headline=args.headline, n_boot=args.n_boot, seed=args.seed)
     else:
         loaded = zoo.load("shapes-unet", mode="lite", device="cpu")
-        judge = zoo.load("shapes-vit", mode="lite", device="cpu", verbose=False).model
+        judge_loaded = zoo.load("shapes-vit", mode="lite", device="cpu", verbose=False)
+        judge = judge_loaded.model
         work = functools.partial(exp.lite_work, unet=loaded.model, scheduler=_ddim(loaded.scheduler),
                                  judge=judge, **common)
-        records = cli.run(work, args.n_samples, args, dict(common, mode="lite"), batch=batch, desc="sag samples")
+        identity = cli.run_identity(loaded, judge=judge_loaded)
+        records = cli.run(work, args.n_samples, args, dict(common, mode="lite", model=loaded.name, identity=identity),
+                          batch=batch, desc="sag samples")
         if records is None:
             return 0
         ref = exp.lite_reference(judge, max(500, args.n_samples), args.n_samples, seed=args.seed,
@@ -107,7 +115,8 @@ def main(argv=None):
     settings = dict(mode=loaded.mode, model=loaded.name, seed=args.seed, steps=steps, sampler="DDIM (eta=0)",
                     scales=scales, layer=args.layer, tokenrank_cap=args.cap, blur="gaussian 9 taps, sigma 1",
                     cfg=args.cfg if full else None, seconds=round(seconds, 1),
-                    paper_table2=exp.PAPER_TABLE2, metric_space="inception" if full else "shapes-vit")
+                    paper_table2=exp.PAPER_TABLE2, metric_space="inception" if full else "shapes-vit",
+                    identity=identity)
     cli.write(out_path, {**settings, **table})
     return 0
 

@@ -33,7 +33,9 @@ another configuration is refused. Image i's noise is seeded with ``item_seed(see
 (:mod:`chains_lite.core.seeding`).
 Prints a table (measured beside the paper's numbers, labelled by mode) and writes JSON: per
 setting acc / miou / map / miou_acc_2_minus_acc (from the merged counts of all images), plus
-mode, model, n_images, seed, time of this invocation.
+mode, model, n_images, seed, time of this invocation and ``identity`` (the weights' checkpoint
+digest, hub id or ``"random"``, and the data files' size and time: a rerun with any of them
+changed is refused).
 """
 from __future__ import annotations
 
@@ -148,7 +150,9 @@ def main(argv=None):
                   steps=args.steps, store=args.store, size=args.size, resize=args.resize,
                   settings=[s.name for s in settings], data=args.data, classes=args.classes,
                   class_map=args.class_map,
-                  caption=args.caption, image_size=args.image_size)
+                  caption=args.caption, image_size=args.image_size,
+                  identity=cli.run_identity(loaded, {"--data": args.data, "--classes": args.classes,
+                                                     "--class-map": args.class_map}))
 
     def work(indices):
         images, masks, captions, words = load(indices)
@@ -169,7 +173,8 @@ def main(argv=None):
     print("paper: FLUX.1-schnell on ImageNet-Segmentation (4,276 images). A/(2-A): ConceptAttention's "
           "mIoU formula, beside the standard mIoU.")
     cli.write(out_path, dict(mode=args.mode, model=loaded.name, n_images=n, seed=args.seed, t=args.t,
-                             steps=args.steps, size=args.size, resize=args.resize, time_s=elapsed, results=res))
+                             steps=args.steps, size=args.size, resize=args.resize, time_s=elapsed, results=res,
+                             identity=config["identity"]))
 
 
 if __name__ == "__main__":

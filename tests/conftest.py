@@ -60,3 +60,57 @@ def sched():
     """A DDIM scheduler over a cosine DDPM schedule."""
     from diffusers import DDIMScheduler, DDPMScheduler
     return DDIMScheduler.from_config(DDPMScheduler(beta_schedule="squaredcos_cap_v2").config)
+
+
+# the benchmarks' run identity: a first run stopped after its first item, then changed reruns
+class StopRun(Exception):
+    """Raised by a stand-in for a benchmark's work after its first item is on disk."""
+
+
+@pytest.fixture
+def refused_on_resume(monkeypatch):
+    """``check(bench, argv, changes, load=None)``: ``bench.main(argv)`` records its first item (the
+    work is a stand-in: item 0 gets an empty record, item 1 stops the run; give ``--batch-size 1``
+    or the like and at least 2 items), then ``bench.main(argv + change)`` must be refused by the
+    runner for every ``change`` in ``changes`` (a ``ValueError`` naming another configuration),
+    before any work. ``change`` is an argv list, or a callable run before ``bench.main(argv)``
+    (it changes a file, the loaded weights, ...) that returns the argv to add."""
+    from chains_lite.experiments import cli
+    real = cli.run
+
+    def first_item_only(work, n, args, config, **kw):
+        def stand_in(indices):
+            if indices[0] == 0:
+                return [{} for _ in indices]
+            raise StopRun
+        return real(stand_in, n, args, config, **kw)
+    monkeypatch.setattr(cli, "run", first_item_only)
+
+    def check(bench, argv, changes):
+        with pytest.raises(StopRun):
+            bench.main(argv)
+        for change in changes:
+            extra = change() if callable(change) else change
+            with pytest.raises(ValueError, match="another configuration") as e:
+                bench.main(argv + extra)
+            yield change, str(e.value)
+    return lambda *a: list(check(*a))
+
+
+@pytest.fixture
+def other_checkpoint(monkeypatch):
+    """A callable for ``refused_on_resume``'s changes: from then on ``zoo.load`` gives every model
+    another checkpoint digest (a retrained lite model of the same name)."""
+    from chains_lite import zoo
+
+    def change():
+        real = zoo.load
+
+        def load(*a, **k):
+            out = real(*a, **k)
+            if "checkpoint" in out.extra:
+                out.extra["checkpoint"] = "sha256:retrained"
+            return out
+        monkeypatch.setattr(zoo, "load", load)
+        return []
+    return change

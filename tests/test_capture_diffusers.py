@@ -187,3 +187,11 @@ def test_diffusers_version_floor_is_declared_and_enforced(monkeypatch):
     with pytest.raises(ImportError, match=f"diffusers>={DIFFUSERS_MIN}"):
         with capture(model):
             pass
+
+
+def test_cross_attention_of_a_unet_without_it_is_refused_by_name(unet, cond_unet):
+    from chains_lite.capture import attention_layers, capture
+    with pytest.raises(ValueError, match=r"has no 'cross' attention layers \(it has: \['self'\]\)"):
+        with capture(unet, kind="cross"):
+            pass
+    assert len(attention_layers(cond_unet, kind="cross")) == len(attention_layers(cond_unet, kind="self")) > 0

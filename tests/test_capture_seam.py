@@ -10,7 +10,7 @@ from torch import nn
 timm = pytest.importorskip("timm")
 
 import chains_lite as cl  # noqa: E402
-from chains_lite.capture import add_logit_bias, capture  # noqa: E402
+from chains_lite.capture import add_logit_bias, attention_layers, capture  # noqa: E402
 from references import n_hooks, small_vit, timm_eager_attention
 
 
@@ -102,3 +102,51 @@ def test_capture_warns_when_a_bias_masks_every_key_of_a_row():
             m(x)
 
 
+
+
+def _compiled_whole(m):
+    return torch.compile(m)
+
+
+def _compiled_in_place(m):
+    m.compile()
+    return m
+
+
+def _compiled_block(m):
+    m.blocks[1].compile()
+    return m
+
+
+@pytest.mark.parametrize("compile_", [_compiled_whole, _compiled_in_place, _compiled_block])
+def test_capture_and_logit_bias_refuse_a_compiled_model_up_front(compile_):
+    m = compile_(small_vit(2))
+    compiled = r"is compiled \(torch.compile or .compile\(\)\)"
+    for enter in (lambda: capture(m), lambda: add_logit_bias(m, torch.zeros(21))):
+        with pytest.raises(ValueError, match=compiled):
+            with enter():
+                pass
+    with pytest.raises(ValueError, match=compiled):
+        attention_layers(m)
+    assert n_hooks(m.modules()) == 0
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_capture_under_gradient_checkpointing_records_the_forward_once(reentrant):
+    from torch.utils.checkpoint import checkpoint
+    m, x = small_vit(), torch.rand(2, 3, 32, 32, requires_grad=True)
+    with torch.no_grad():
+        with capture(m) as plain:
+            m(x)
+
+    def forward(x):   # timm's set_grad_checkpointing, with either kind of checkpoint
+        h = m._pos_embed(m.patch_embed(x))
+        for block in m.blocks:
+            h = checkpoint(block, h, use_reentrant=reentrant)
+        return m.forward_head(m.norm(h))
+    with capture(m) as rec:
+        forward(x).sum().backward()
+    assert x.grad is not None and rec.calls == 3          # 3 layers x 1 call, not the recomputation
+    for a, b in zip(rec.attentions, plain.attentions):
+        assert a.shape == (2, 4, 17, 17)
+        torch.testing.assert_close(a, b)

@@ -445,3 +445,17 @@ def test_tokenrank_without_teleport_warns_on_a_periodic_chain(method):
         warnings.simplefilter("error")        # an irreducible aperiodic chain: no warning
         g = torch.Generator().manual_seed(0)
         cl.tokenrank(torch.softmax(torch.randn(3, 9, 9, generator=g), -1), alpha=1.0, method=method)
+
+
+def test_krylov_paths_refuse_a_chain_that_requires_grad_and_auto_takes_dense():
+    A = attention_like(2, 300, seed=0).requires_grad_()
+    for call in (lambda: cl.lambda2(A), lambda: cl.head_weights(A[None], "lambda2"),
+                 lambda: cl.tokenrank(A, method="krylov")):
+        with pytest.raises(ValueError, match="do not support autograd, and A requires grad"):
+            call()
+    pi = cl.tokenrank(A)                                     # n > 256: dense, with gradients
+    pi[:, 0].sum().backward()
+    assert A.grad is not None and torch.isfinite(A.grad).all() and A.grad.abs().sum() > 0
+    torch.testing.assert_close(pi.detach(), cl.tokenrank(A.detach()), atol=1e-5, rtol=1e-4)
+    with torch.no_grad():                                    # no autograd: Krylov runs
+        assert cl.lambda2(A).shape == (2,)

@@ -278,3 +278,12 @@ def test_hungarian_segmentation_rejects_bad_input():
         hungarian_segmentation(gt, gt, 0)
     with pytest.raises(ValueError, match="no labelled pixel"):
         hungarian_segmentation(gt, gt - 1, 2)
+
+
+def test_average_precision_refuses_nan_scores_and_unequal_lengths():
+    from chains_lite.eval.metrics import average_precision
+    with pytest.raises(ValueError, match="scores contain NaN"):
+        average_precision(torch.tensor([0.9, float("nan"), 0.1]), torch.tensor([1, 0, 1]))
+    with pytest.raises(ValueError, match="one entry each, got 3 and 2"):
+        average_precision(torch.tensor([0.9, 0.5, 0.1]), torch.tensor([1, 0]))
+    assert average_precision(torch.tensor([0.9, 0.5, 0.1]), torch.tensor([1, 0, 1])) == pytest.approx((1 + 2 / 3) / 2)

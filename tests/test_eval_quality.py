@@ -82,3 +82,22 @@ def test_reference_gives_the_metrics_of_its_features():
         quality.Reference(real[:1])
     with pytest.raises(ValueError, match="frechet_distance needs"):
         quality.frechet_distance(f[:, :5], ref)
+
+
+def test_nan_is_named_and_a_distance_of_a_set_with_itself_is_zero():
+    g = torch.Generator().manual_seed(0)
+    a, probs = torch.randn(40, 8, generator=g), torch.softmax(torch.randn(40, 5, generator=g), -1)
+    bad = a.clone()
+    bad[3, 2] = float("nan")
+    bad_p = probs.clone()
+    bad_p[0] = float("nan")
+    for call in (lambda: quality.Reference(bad), lambda: quality.kid(bad, a), lambda: quality.kid(a, bad),
+                 lambda: quality.frechet_distance(bad, a), lambda: quality.inception_score(bad_p),
+                 lambda: quality.confident_share(bad_p)):
+        with pytest.raises(ValueError, match="contain NaN or inf"):
+            call()
+    # the unclamped value of a set with itself is rounding around 0, e.g. -7e-8
+    assert quality.frechet_distance(a, a) == 0.0 or 0 < quality.frechet_distance(a, a) < 1e-6
+    for seed in range(20):
+        x = torch.randn(30, 64, generator=torch.Generator().manual_seed(seed)) * 10
+        assert quality.frechet_distance(x, x) >= 0

@@ -49,3 +49,29 @@ def test_run_keeps_records_beside_out_and_write_writes_json(tmp_path):
     assert cli.run(work, 3, no_out, {"w": 1}, batch=2, desc="t") == [{"i": i} for i in range(3)]
     cli.write(tmp_path / "r.json", {"a": 1})
     assert json.loads((tmp_path / "r.json").read_text()) == {"a": 1}
+
+
+def test_run_identity_names_the_weights_and_the_files(tmp_path):
+    import os
+
+    import torch
+    from chains_lite.zoo import Loaded
+    m = torch.nn.Linear(1, 1)
+    assert cli.weights_identity(Loaded(m, "sd15", "full", "", extra={"hub_id": "sd/x", "weights": "random"})) == "random"
+    assert cli.weights_identity(Loaded(m, "sd15", "full", "", extra={"hub_id": "sd/x"})) == "sd/x"
+    assert cli.weights_identity(Loaded(m, "shapes-vit", "lite", "", extra={"checkpoint": "sha256:ab"})) == "sha256:ab"
+    with pytest.raises(ValueError, match="no checkpoint digest"):
+        cli.weights_identity(Loaded(m, "x", "lite", ""))
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    (tmp_path / "d" / "a.txt").write_text("abc")
+    (tmp_path / "d" / "sub" / "b.txt").write_text("defg")
+    os.utime(tmp_path / "d" / "sub" / "b.txt", ns=(1, 5 * 10 ** 9))
+    os.utime(tmp_path / "d" / "a.txt", ns=(1, 7 * 10 ** 9))
+    ident = cli.run_identity(Loaded(m, "x", "full", "", extra={"hub_id": "h"}),
+                             {"--data": tmp_path / "d", "--list": tmp_path / "d" / "a.txt", "--none": None},
+                             judge=Loaded(m, "j", "lite", "", extra={"checkpoint": "sha256:cd"}))
+    assert ident == {"weights": "h", "judge_weights": "sha256:cd", "files": {
+        "--data": {"path": str((tmp_path / "d").resolve()), "files": 2, "bytes": 7, "mtime_ns": 7 * 10 ** 9},
+        "--list": {"path": str((tmp_path / "d" / "a.txt").resolve()), "bytes": 3, "mtime_ns": 7 * 10 ** 9}}}
+    with pytest.raises(ValueError, match="no such file or folder"):
+        cli.file_identity(tmp_path / "missing")

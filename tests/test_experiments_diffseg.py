@@ -70,3 +70,64 @@ def test_diffseg_runner_resumes_from_its_run_dir(tmp_path):
     assert a["results"] == b["results"]
     with pytest.raises(ValueError, match="threshold"):  # another configuration into the same folder
         _runner().main(argv + ["--threshold", "0.2"])
+
+
+def test_diffseg_run_is_refused_when_an_argument_or_the_weights_change(tmp_path, refused_on_resume,
+                                                                        other_checkpoint):
+    argv = ["--n-images", "2", "--batch-size", "1", "--n-boot", "5", "--run-dir", str(tmp_path / "run")]
+    changes = [["--threshold", "0.3"], ["--sweep", "0.5"], ["--per-side", "2"], ["--min-distance", "2"],
+               ["--distance", "chebyshev"], ["--timestep", "200"], ["--strategies", "uniform"],
+               ["--seed", "1"], ["--n-images", "3"], ["--batch-size", "2"], other_checkpoint]
+    refusals = refused_on_resume(_runner(), argv, changes)
+    assert "sweep: None -> [0.5]" in refusals[1][1]
+    assert "identity.weights: 'sha256:" in refusals[-1][1] and "-> 'sha256:retrained'" in refusals[-1][1]
+
+
+def test_diffseg_full_run_is_refused_when_a_data_file_or_the_weights_change(tmp_path, monkeypatch,
+                                                                             refused_on_resume):
+    import json
+    from chains_lite import zoo
+    from chains_lite.zoo import dryrun
+    monkeypatch.setenv("CHAINS_FULL_WEIGHTS", "random")
+    env = dryrun.write_data(tmp_path / "data", n=2)
+    f2c = tmp_path / "data" / "fine_to_coarse.json"
+    argv = ["--mode", "full", "--data", env["COCO_STUFF_ROOT"], "--file-list", env["COCO_STUFF_LIST"],
+            "--fine-to-coarse", str(f2c), "--n-images", "2", "--batch-size", "1", "--run-dir", str(tmp_path / "run")]
+
+    def other_label_map():   # the same path, another map (27 classes still)
+        m = json.loads(f2c.read_text())
+        m.pop(next(iter(m)))
+        f2c.write_text(json.dumps(m))
+        return []
+
+    def other_list():
+        p = tmp_path / "data" / "coco_stuff_ids.txt"
+        p.write_text(p.read_text() + "\n")
+        return []
+
+    def an_image_added():
+        (tmp_path / "data" / "coco_stuff" / "val2017" / "extra.jpg").write_bytes(b"x")
+        return []
+
+    def hub_weights():       # a real run must not resume a dry run's records
+        real = zoo.load
+
+        def load(*a, **k):
+            out = real(*a, **k)
+            out.extra.pop("weights", None)
+            return out
+        monkeypatch.setattr(zoo, "load", load)
+        return []
+    refusals = refused_on_resume(_runner(), argv, [other_label_map, other_list, an_image_added, hub_weights])
+    assert "identity.files.--fine-to-coarse.bytes" in refusals[0][1]
+    assert "identity.files.--data.files" in refusals[2][1]
+    assert "identity.weights: 'random' -> 'stable-diffusion-v1-5/stable-diffusion-v1-5'" in refusals[3][1]
+
+
+def test_diffseg_json_names_the_weights_and_files(tmp_path):
+    import json
+    out = tmp_path / "r.json"
+    _runner().main(["--n-images", "2", "--n-boot", "5", "--out", str(out)])
+    identity = json.loads(out.read_text())["identity"]
+    assert identity["weights"].startswith("sha256:") and len(identity["weights"]) == 7 + 64
+    assert identity["files"] == {}

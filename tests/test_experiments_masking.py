@@ -33,3 +33,79 @@ def test_masking_records_merge_to_the_curves_and_do_not_depend_on_the_batch(tiny
         assert not torch.allclose(together, _ranked(A, s, lay, generators=gens(range(10, 15))))
     with pytest.raises(ValueError, match="one int per image"):
         masking_records(vit, x, y, [1, 2, 3], strategies=("random",), fractions=fr)
+
+
+def _bench():
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location("bench_masking", Path(__file__).parent.parent / "benchmarks" / "masking.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_masking_run_is_refused_when_an_argument_or_the_weights_change(tmp_path, refused_on_resume,
+                                                                        other_checkpoint):
+    argv = ["--n-images", "2", "--batch-size", "1", "--strategies", "random", "cls_row",
+            "--fractions", "0", "0.5", "--run-dir", str(tmp_path / "run")]
+    changes = [["--model", "shapes-vit-reg"], ["--seed", "1"], ["--layers", "0"], ["--fractions", "0", "0.3"],
+               ["--strategies", "random"], ["--n-images", "3"], ["--batch-size", "2"], other_checkpoint]
+    refusals = refused_on_resume(_bench(), argv, changes)
+    assert "identity.weights" in refusals[-1][1]
+
+
+def test_masking_full_run_is_refused_when_its_folder_or_the_weights_change(tmp_path, monkeypatch,
+                                                                           refused_on_resume):
+    from chains_lite import zoo
+    from chains_lite.zoo import dryrun
+    monkeypatch.setenv("CHAINS_FULL_WEIGHTS", "random")
+    env = dryrun.write_data(tmp_path / "data", n=2)
+    argv = ["--mode", "full", "--data", env["CHAINS_IMAGENET"], "--n-images", "2", "--batch-size", "1",
+            "--strategies", "random", "--fractions", "0", "0.5", "--run-dir", str(tmp_path / "run")]
+
+    def an_image_added():
+        from pathlib import Path
+        first = sorted(Path(env["CHAINS_IMAGENET"]).iterdir())[0]
+        (first / "more.JPEG").write_bytes((next(first.iterdir())).read_bytes())
+        return []
+
+    def hub_weights():
+        real = zoo.load
+
+        def load(*a, **k):
+            out = real(*a, **k)
+            out.extra.pop("weights", None)
+            return out
+        monkeypatch.setattr(zoo, "load", load)
+        return []
+    refusals = refused_on_resume(_bench(), argv, [an_image_added, hub_weights])
+    assert "identity.files.--data.files: 2 -> 3" in refusals[0][1]
+    assert "identity.weights: 'random' -> 'vit_base_patch16_224" in refusals[1][1]
+
+
+def test_masking_benchmark_counts_negative_layers_from_the_last_and_refuses_others(tmp_path, capsys,
+                                                                                 refused_on_resume):
+    argv = ["--n-images", "2", "--batch-size", "1", "--strategies", "random", "--fractions", "0", "0.5",
+            "--run-dir", str(tmp_path / "run")]
+    # shapes-vit has 6 attention layers: -1 is layer 5, the same run as --layers 5
+    refusal = refused_on_resume(_bench(), argv + ["--layers", "-1"], [["--layers", "4"]])[0][1]
+    assert "layers: [5] -> [4]" in refusal
+    for bad in ("6", "-7"):
+        with pytest.raises(SystemExit):
+            _bench().main(argv + ["--layers", bad, "--run-dir", str(tmp_path / "other")])
+        assert f"--layers: layer {bad} out of range for a model with 6 attention layers" in capsys.readouterr().err
+
+
+def test_benchmarks_refuse_a_negative_seed_before_loading(monkeypatch, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    from chains_lite import zoo
+    monkeypatch.setattr(zoo, "load", lambda *a, **k: pytest.fail("the model loaded before the checks"))
+    for name in ("masking", "segmentation", "diffseg", "sag"):
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", Path(__file__).parent.parent / "benchmarks" / f"{name}.py")
+        bench = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bench)
+        with pytest.raises(SystemExit):
+            bench.main(["--seed", "-1", "--out", "/tmp/never-written.json"])
+        assert "--seed: must be an int >= 0, got -1" in capsys.readouterr().err

@@ -84,3 +84,31 @@ def test_runner_creates_a_missing_out_folder_before_work(tmp_path, no_work):
     with pytest.raises(AssertionError, match="started work"):  # past the checks: the folder exists
         _script("masking").main(["--out", str(out), "--n-images", "2"])
     assert out.parent.is_dir() and not out.exists()
+
+
+def test_write_json_writes_nan_as_null_and_prepare_out_refuses_an_unwritable_folder(tmp_path):
+    import json
+    import os
+
+    from chains_lite.experiments import results, runner
+    path = results.write_json(tmp_path / "r.json", {"acc": float("nan"), "curve": [1.0, float("inf")], "n": 3})
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"acc": None, "curve": [1.0, None], "n": 3}
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ValueError, match="cannot write in .*a-file"):     # a folder that cannot be made
+        results.prepare_out(tmp_path / "a-file" / "r.json")
+    with pytest.raises(ValueError, match="cannot write in .*a-file"):
+        runner.claim_outputs(tmp_path / "ok.json", run_dir=tmp_path / "a-file" / "run")
+    if os.geteuid() == 0:
+        pytest.skip("root writes in read-only folders")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        with pytest.raises(ValueError, match="cannot write in .*locked"):
+            results.prepare_out(locked / "r.json")
+        with pytest.raises(ValueError, match="cannot write in .*locked"):
+            runner.claim_outputs(tmp_path / "ok.json", run_dir=locked / "run")
+    finally:
+        locked.chmod(0o700)

@@ -246,3 +246,41 @@ def test_claim_outputs_refuses_an_existing_result_before_any_work(tmp_path):
         claim_outputs(tmp_path / "r.json")
     assert claim_outputs(tmp_path / "new" / "r.json") == tmp_path / "new" / "r.json"
     assert claim_outputs() is None and claim_outputs(run_dir=tmp_path) is None
+
+
+def test_a_start_that_failed_before_its_first_record_does_not_block_the_corrected_command(tmp_path):
+    with pytest.raises(RuntimeError, match="crash at 0"):
+        runner.run(lambda idx: cheap(idx, fail_at=0), 9, tmp_path, {"n_images": 9}, batch=3, progress=False)
+    assert (tmp_path / "run.json").exists() and not runner.read_records(tmp_path, 9)
+    assert runner.run(cheap, 4, tmp_path, {"n_images": 4}, batch=2, progress=False) == expected(4, 2)
+    assert json.loads((tmp_path / "run.json").read_text()) == {"config": {"n_images": 4}, "n": 4, "batch": 2}
+    # once a record is on disk, another configuration is refused again
+    with pytest.raises(ValueError, match="n_images: 4 -> 9"):
+        runner.run(cheap, 9, tmp_path, {"n_images": 9}, batch=3, progress=False)
+
+
+def test_an_emptied_run_json_is_named(tmp_path):
+    runner.run(cheap, 4, tmp_path / "done", {"seed": 7}, batch=2, progress=False)
+    (tmp_path / "done" / "run.json").write_text("")
+    with pytest.raises(ValueError, match=r"done/run.json is not a run's settings .*damaged"):
+        runner.run(cheap, 4, tmp_path / "done", {"seed": 7}, batch=2, progress=False)
+    (tmp_path / "fresh").mkdir()
+    (tmp_path / "fresh" / "run.json").write_text("")     # no records: the run starts over
+    assert runner.run(cheap, 4, tmp_path / "fresh", {"seed": 7}, batch=2, progress=False) == expected(4, 2)
+
+
+def test_masking_full_caps_n_images_at_the_folder_before_any_work(tmp_path, monkeypatch):
+    from chains_lite.zoo import dryrun
+    monkeypatch.setenv("CHAINS_FULL_WEIGHTS", "random")
+    env = dryrun.write_data(tmp_path / "data", n=2)
+    spec = importlib.util.spec_from_file_location("bench_masking", ROOT / "benchmarks" / "masking.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--mode", "full", "--data", env["CHAINS_IMAGENET"], "--n-images", "5", "--strategies", "random",
+                "--fractions", "0", "0.5", "--out", str(tmp_path / "r.json")])
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["n_images"] == 2 and len(r["strategies"]["random"]["curve"]) == 2
+    with pytest.raises(SystemExit):   # a folder that is not ImageNet's: refused before the model loads
+        monkeypatch.setattr(bench.zoo, "load", lambda *a, **k: pytest.fail("loaded before the check"))
+        bench.main(["--mode", "full", "--data", str(tmp_path / "data" / "imagenette" / "val"),
+                    "--out", str(tmp_path / "s.json")])

@@ -97,3 +97,57 @@ class _Judge(torch.nn.Module):
 
     def forward(self, x):
         return self.forward_head(self.forward_features(x))
+
+
+def _bench():
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location("bench_sag", Path(__file__).parent.parent / "benchmarks" / "sag.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sag_run_is_refused_when_an_argument_or_the_weights_change(tmp_path, refused_on_resume, other_checkpoint):
+    argv = ["--n-samples", "2", "--batch", "1", "--steps", "2", "--scales", "1", "--n-boot", "5",
+            "--out", str(tmp_path / "r.json")]
+    changes = [["--scales", "2"], ["--steps", "3"], ["--layer", "bottleneck"], ["--cap", "0.3"], ["--seed", "1"],
+               ["--n-samples", "3"], ["--batch", "2"], other_checkpoint]
+    refusals = refused_on_resume(_bench(), argv, changes)
+    assert "identity.weights" in refusals[-1][1] and "identity.judge_weights" in refusals[-1][1]
+
+
+def test_sag_full_run_is_refused_when_its_prompts_reference_or_weights_change(tmp_path, monkeypatch,
+                                                                              refused_on_resume):
+    from chains_lite import zoo
+    from chains_lite.zoo import dryrun
+    monkeypatch.setenv("CHAINS_FULL_WEIGHTS", "random")
+    env = dryrun.write_data(tmp_path / "data", n=2)
+    argv = ["--mode", "full", "--prompts", env["CHAINS_SAG_PROMPTS"], "--reference", env["CHAINS_SAG_REFERENCE"],
+            "--n-samples", "2", "--batch", "1", "--steps", "2", "--n-boot", "5", "--out", str(tmp_path / "r.json")]
+
+    def other_prompts():
+        from pathlib import Path
+        p = Path(env["CHAINS_SAG_PROMPTS"])
+        p.write_text("a red square\n" + p.read_text())
+        return []
+
+    def a_reference_added():
+        from pathlib import Path
+        ref = Path(env["CHAINS_SAG_REFERENCE"])
+        (ref / "more.png").write_bytes(next(ref.iterdir()).read_bytes())
+        return []
+
+    def hub_weights():
+        real = zoo.load
+
+        def load(*a, **k):
+            out = real(*a, **k)
+            out.extra.pop("weights", None)
+            return out
+        monkeypatch.setattr(zoo, "load", load)
+        return []
+    refusals = refused_on_resume(_bench(), argv, [other_prompts, a_reference_added, ["--cfg", "5"], hub_weights])
+    assert "identity.files.--prompts.bytes" in refusals[0][1]
+    assert "identity.files.--reference.files" in refusals[1][1]
+    assert "identity.weights: 'random' ->" in refusals[3][1]

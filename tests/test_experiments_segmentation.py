@@ -89,3 +89,50 @@ def test_evaluate_batches_scores_a_stream_as_evaluate_scores_the_whole_set():
         for m in ("acc", "miou", "map"):
             assert got[k][m] == pytest.approx(whole[k][m], abs=1e-9)
     assert got["time_s"] > 0
+
+
+def _bench():
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location("bench_segmentation",
+                                                  Path(__file__).parent.parent / "benchmarks" / "segmentation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_segmentation_run_is_refused_when_an_argument_or_the_weights_change(tmp_path, refused_on_resume,
+                                                                             other_checkpoint):
+    argv = ["--n-images", "2", "--batch-size", "1", "--methods", "outgoing_2:uniform", "--steps", "1",
+            "--size", "32", "--run-dir", str(tmp_path / "run")]
+    changes = [["--t", "0.3"], ["--steps", "2"], ["--store", "qk"], ["--size", "16"], ["--resize", "bilinear"],
+               ["--methods", "row_select:uniform"], ["--seed", "1"], ["--n-images", "3"], ["--batch-size", "2"],
+               other_checkpoint]
+    refusals = refused_on_resume(_bench(), argv, changes)
+    assert "identity.weights" in refusals[-1][1]
+
+
+def test_segmentation_full_run_is_refused_when_a_data_file_changes(tmp_path, monkeypatch, refused_on_resume):
+    import os
+    from chains_lite.zoo import dryrun
+    pytest.importorskip("h5py")
+    monkeypatch.setenv("CHAINS_FULL_WEIGHTS", "random")
+    env = dryrun.write_data(tmp_path / "data", n=2)
+    classes = tmp_path / "classes.txt"
+    classes.write_text("cat\ndog\n")
+    argv = ["--mode", "full", "--data", env["IMAGENET_SEG"], "--classes", str(classes), "--n-images", "2",
+            "--batch-size", "1", "--methods", "outgoing_2:uniform", "--steps", "1", "--size", "32",
+            "--image-size", "64", "--run-dir", str(tmp_path / "run")]
+
+    def data_rewritten():    # the same size, written later
+        st = os.stat(env["IMAGENET_SEG"])
+        os.utime(env["IMAGENET_SEG"], ns=(st.st_atime_ns, st.st_mtime_ns + 10 ** 9))
+        return []
+
+    def other_classes():
+        classes.write_text("cat\nbird\n")
+        return []
+    refusals = refused_on_resume(_bench(), argv, [data_rewritten, other_classes, ["--caption", "the {}"],
+                                                   ["--image-size", "32"]])
+    assert "identity.files.--data.mtime_ns" in refusals[0][1]
+    assert "identity.files.--classes.bytes: 8 -> 9" in refusals[1][1]

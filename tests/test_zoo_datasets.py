@@ -172,3 +172,66 @@ def test_imagenet_segmentation_without_h5py_says_how_to_install_it(monkeypatch, 
     monkeypatch.setitem(sys.modules, "h5py", None)             # as if not installed
     with pytest.raises(ImportError, match="pip install h5py"):
         load_imagenet_segmentation(tmp_path / "gtsegs_ijcv.mat")
+
+
+def raw_file(path, images, masks):
+    """A gtsegs_ijcv.mat layout with the arrays stored as given (images ``(C, W, H)`` or ``(W, H)``,
+    masks ``(W, H)``), unchecked: the files a reader must refuse."""
+    ref = h5py.special_dtype(ref=h5py.Reference)
+    with h5py.File(path, "w") as f:
+        refs = f.create_group("#refs#")
+        img, gt = np.empty((len(images), 1), dtype=object), np.empty((len(masks), 1), dtype=object)
+        for i, a in enumerate(images):
+            img[i, 0] = refs.create_dataset(f"i{i}", data=a).ref
+        for i, m in enumerate(masks):
+            inner = np.array([[refs.create_dataset(f"m{i}", data=m).ref]], dtype=object)
+            gt[i, 0] = refs.create_dataset(f"c{i}", data=inner, dtype=ref).ref
+        f.create_dataset("value/img", data=img, dtype=ref)
+        f.create_dataset("value/gt", data=gt, dtype=ref)
+    return path
+
+
+def test_imagenet_segmentation_reader_refuses_what_it_cannot_read_right(tmp_path):
+    ok_img, ok_mask = np.zeros((3, 8, 6), np.uint8), np.ones((8, 6), np.uint8)
+    cases = {"other size": ([ok_img], [np.ones((8, 7), np.uint8)], r"mask 0 is \(7, 8\), its image \(6, 8\)"),
+             "16-bit": ([np.zeros((3, 8, 6), np.uint16)], [ok_mask], "image 0 is uint16; .* are uint8"),
+             "float": ([np.zeros((3, 8, 6), np.float32)], [ok_mask], "image 0 is float32"),
+             "RGBA": ([np.zeros((4, 8, 6), np.uint8)], [ok_mask], r"image 0 has shape \(4, 8, 6\).*channels")}
+    for name, (images, masks, msg) in cases.items():
+        data = ImageNetSegmentation(raw_file(tmp_path / f"{name}.mat", images, masks), size=4)
+        with pytest.raises(ValueError, match=msg):
+            data.batch([0])
+    grey = ImageNetSegmentation(raw_file(tmp_path / "grey.mat", [np.full((8, 6), 255, np.uint8)], [ok_mask]), size=4)
+    assert grey.batch([0])[0].eq(1).all()                        # one channel becomes three, in [0, 1]
+    with pytest.raises(ValueError, match=r"holds \{'img': 2, 'gt': 1\} entries"):
+        ImageNetSegmentation(raw_file(tmp_path / "counts.mat", [ok_img, ok_img], [ok_mask]))
+    (tmp_path / "not.mat").write_bytes(b"MATLAB 5.0 MAT-file, not HDF5")
+    with pytest.raises(ValueError, match="not.mat is not an HDF5 file"):
+        ImageNetSegmentation(tmp_path / "not.mat")
+    with pytest.raises(FileNotFoundError, match="missing.mat: no such file"):
+        ImageNetSegmentation(tmp_path / "missing.mat")
+
+
+def test_coco_stuff_reader_refuses_16_bit_labels_a_list_map_and_an_empty_list(tmp_path):
+    import json
+
+    from PIL import Image
+
+    from chains_lite.zoo.datasets import CocoStuff
+    for sub in ("val2017", "annotation_val2017"):
+        (tmp_path / sub).mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "val2017" / "1.jpg")
+    Image.fromarray(np.full((8, 8), 300, np.uint16)).save(tmp_path / "annotation_val2017" / "1.png")
+    (tmp_path / "ids.txt").write_text("1\n")
+    (tmp_path / "map.json").write_text(json.dumps({"0": 0, "1": 1}))
+    data = CocoStuff(tmp_path, tmp_path / "ids.txt", tmp_path / "map.json", size=4)
+    with pytest.raises(ValueError, match="1: label map of mode 'I;16'"):
+        data.batch([0])
+    Image.fromarray(np.ones((8, 8), np.uint8)).save(tmp_path / "annotation_val2017" / "1.png")
+    assert data.batch([0])[1].eq(1).all()                         # an 8-bit map reads
+    (tmp_path / "list.json").write_text(json.dumps([0, 1]))
+    with pytest.raises(ValueError, match=r"list.json must hold a JSON object .* got list"):
+        CocoStuff(tmp_path, tmp_path / "ids.txt", tmp_path / "list.json")
+    (tmp_path / "empty.txt").write_text("\n \n")
+    with pytest.raises(ValueError, match="empty.txt lists no image ids"):
+        CocoStuff(tmp_path, tmp_path / "empty.txt", tmp_path / "map.json")

@@ -22,8 +22,23 @@ def register_family(family: Family) -> None:
     FAMILIES.insert(0, family)
 
 
+def refuse_compiled(model: nn.Module) -> None:
+    """``ValueError`` if ``model`` or one of its modules is compiled (``torch.compile(model)``,
+    ``model.compile()``, or a compiled block): compiled code does not run hooks added after it was
+    traced, so a capture would record nothing and a logit bias would change nothing."""
+    for name, m in model.named_modules():
+        if hasattr(m, "_orig_mod") or getattr(m, "_compiled_call_impl", None) is not None:
+            where = f"its module {name!r}" if name else type(model).__name__
+            raise ValueError(f"{where} is compiled (torch.compile or .compile()): hooks added after "
+                             "compiling do not run in compiled code, so attention cannot be recorded "
+                             "or biased through it. Pass the uncompiled model (torch.compile(m)._orig_mod "
+                             "is m) and compile after the capture.")
+
+
 def family_of(model: nn.Module) -> Family:
-    """The :class:`Family` that knows ``model``; ``ValueError`` if none does."""
+    """The :class:`Family` that knows ``model``; ``ValueError`` if none does, or if it is compiled
+    (:func:`refuse_compiled`)."""
+    refuse_compiled(model)
     for fam in FAMILIES:
         if fam.matches(model):
             return fam
@@ -49,7 +64,11 @@ def of_kind(fam: Family, model: nn.Module, kind: str | None) -> list:
     kind = next(iter(fam.kinds)) if kind is None else kind
     if kind not in fam.kinds:
         raise ValueError(f"kind must be one of {tuple(fam.kinds)} for {fam.name}, got {kind!r}")
-    return [m for m in modules if fam.kinds[kind](m)]
+    chosen = [m for m in modules if fam.kinds[kind](m)]
+    if not chosen:
+        present = [k for k, is_kind in fam.kinds.items() if any(is_kind(m) for m in modules)]
+        raise ValueError(f"this {fam.name} model has no {kind!r} attention layers (it has: {present})")
+    return chosen
 
 
 def chosen_layers(n: int, layers) -> list[int]:

@@ -204,6 +204,12 @@ def _record(qk: QK, heads: str, store: str, device):
     return item if device is None else item.to(device)
 
 
+def _in_backward() -> bool:
+    """Whether autograd's backward pass is running this code (gradient checkpointing's
+    recomputation of a forward, reentrant or not)."""
+    return torch._C._current_graph_task_id() != -1
+
+
 def _check_options(heads: str, store: str) -> None:
     if heads not in HEADS:
         raise ValueError(f"heads must be one of {HEADS}, got {heads!r}")
@@ -228,7 +234,8 @@ def capture(model: nn.Module, layers: int | Sequence[int] | None = None, heads: 
     (default: double then single blocks), ``"double"`` or ``"single"``).
 
     Yields a :class:`Recorder`. The model and its outputs are untouched; hooks are removed on exit.
-    Hook-time work runs without autograd.
+    Hook-time work runs without autograd. Under gradient checkpointing, the forward that the
+    backward pass recomputes is not recorded again (one record per layer and model call).
     """
     _check_options(heads, store)
     fam = family_of(model)
@@ -246,6 +253,8 @@ def capture(model: nn.Module, layers: int | Sequence[int] | None = None, heads: 
     def hook_for(pos, i):
         @torch.no_grad()
         def hook(module, args, kwargs):
+            if _in_backward():   # gradient checkpointing recomputes a forward already recorded
+                return
             qk = fam.qk(module, args, kwargs)
             if fam.call_layout is not None:
                 rec._set_layout(pos, fam.call_layout(call or None, module, args, kwargs, qk))

@@ -95,6 +95,25 @@ def _checked_rows(A, name: str = "A"):
     return A, rows.double()
 
 
+def _carries_grad(A) -> bool:
+    """Whether autograd would track a computation on ``A`` (a tensor, or a lazy chain's tensors)."""
+    if not torch.is_grad_enabled():
+        return False
+    if isinstance(A, torch.Tensor):
+        return A.requires_grad
+    parts = list(vars(A).values()) if is_lazy(A) else []
+    parts += [c for v in parts if isinstance(v, (list, tuple)) for c in v]
+    return any(_carries_grad(v) for v in parts if isinstance(v, torch.Tensor) or is_lazy(v))
+
+
+def _refuse_grad(A, what: str, instead: str) -> None:
+    """``ValueError`` if gradients would flow into Krylov iterations (they update their arrays in
+    place, so ``backward()`` fails with torch's in-place error)."""
+    if _carries_grad(A):
+        raise ValueError(f"{what} runs Krylov (Arnoldi / GMRES) iterations, which do not support "
+                         f"autograd, and A requires grad: {instead}")
+
+
 def _check_direction(direction: str) -> None:
     if direction not in DIRECTIONS:
         raise ValueError(f"unknown direction {direction!r}; expected one of {DIRECTIONS}")
@@ -256,6 +275,9 @@ def tokenrank(A, alpha: float = DEFAULT_ALPHA, direction: str = "incoming",
     A ``LazyAttention`` is solved on dense chunks of heads when they fit its ``max_bytes``,
     matrix-free otherwise; ``"dense"`` then raises ``ValueError`` and ``"auto"`` takes
     ``"krylov"`` (on dense chunks it chooses as for a tensor).
+
+    Gradients: ``"dense"`` and ``"power"`` support autograd; ``"krylov"`` refuses an ``A`` that
+    requires grad (``ValueError``), and ``"auto"`` then takes ``"dense"`` above ``n = 256``.
     """
     alpha = _check_alpha(alpha)
     _check_direction(direction)
@@ -274,8 +296,14 @@ def tokenrank(A, alpha: float = DEFAULT_ALPHA, direction: str = "incoming",
         method = "dense" if small else "auto"
     if method not in solvers:
         raise ValueError(f"unknown method {method!r}; expected 'auto' or one of {tuple(solvers)}")
+    if method == "krylov":
+        _refuse_grad(A, "tokenrank(method='krylov')", "use method='dense' or 'power' for gradients, "
+                     "or pass A.detach()")
+    elif method == "auto" and _carries_grad(A) and not is_lazy(A):  # gradients flow through dense
+        method = "dense"
     if alpha == 1.0:
-        _check_unique(A, direction)
+        with torch.no_grad():  # a warning's check: no gradient needed
+            _check_unique(A, direction)
     out = []
     for s, A_s in pieces(A, dense=method == "dense"):
         known = {"rows": rows[s]} if method == "auto" and rows is not None else {}
@@ -349,6 +377,8 @@ def lambda2(A, direction: str = "incoming", tol: float = 1e-4, max_iter: int = 4
         raise ValueError(f"max_iter must be an int >= 1, got {max_iter!r}")
     if not (_is_int(krylov_dim) and krylov_dim >= 2):
         raise ValueError(f"krylov_dim must be an int >= 2, got {krylov_dim!r}")
+    _refuse_grad(A, "lambda2 (and head_weights' 'lambda2' scheme)",
+                 "pass A.detach() (|lambda_2| is computed, not differentiated)")
     A, rows = _checked_rows(A)
     n = A.shape[-1]
     batch = A.shape[:-2]

@@ -82,7 +82,14 @@ def average_precision(scores: torch.Tensor, labels: torch.Tensor) -> float:
     scikit-learn's ``average_precision_score`` computes. NaN when there is no positive.
     """
     s = torch.as_tensor(scores).double().flatten()
-    y = torch.as_tensor(labels).bool().flatten()
+    labels = torch.as_tensor(labels)
+    if not torch.isfinite(s).all():
+        raise ValueError("scores contain NaN or inf")
+    if labels.numel() != s.numel():
+        raise ValueError(f"scores and labels must have one entry each, got {s.numel()} and {labels.numel()}")
+    if labels.is_floating_point() and not torch.isfinite(labels).all():
+        raise ValueError("labels contain NaN or inf")
+    y = labels.bool().flatten()
     n_pos = int(y.sum())
     if n_pos == 0:
         return float("nan")

@@ -26,6 +26,12 @@ METRICS = ("frechet", "kid", "is", "confident")
 HIGHER_IS_BETTER = {"frechet": False, "kid": False, "is": True, "confident": True}
 
 
+def _finite(x: torch.Tensor, what: str) -> torch.Tensor:
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{what} contain NaN or inf")
+    return x
+
+
 class Reference:
     """Real features ``(M, D)`` with the statistics every comparison against them reuses: their
     mean, covariance and KID self-kernel term, computed once (a bootstrap compares hundreds of
@@ -35,6 +41,7 @@ class Reference:
         x = torch.as_tensor(features).double()
         if x.ndim != 2 or len(x) < 2:
             raise ValueError(f"reference features must be (M, D) with M >= 2, got {tuple(x.shape)}")
+        _finite(x, "reference features")
         self.features, self.mean, self.cov = x, x.mean(0), torch.cov(x.T)
         self.kid_self = _off_diagonal_mean(_kid_kernel(x, x))
 
@@ -51,7 +58,7 @@ def _check_pair(a: torch.Tensor, b: Reference, what: str) -> torch.Tensor:
     if a.ndim != 2 or a.shape[1] != b.features.shape[1] or len(a) < 2:
         raise ValueError(f"{what} needs (N, D) and (M, D) features with N, M >= 2, got "
                          f"{tuple(a.shape)} and {tuple(b.features.shape)}")
-    return a
+    return _finite(a, f"{what}'s features")
 
 
 def frechet_distance(a: torch.Tensor, b) -> float:
@@ -63,6 +70,7 @@ def frechet_distance(a: torch.Tensor, b) -> float:
     ``X = (a - mu_a) / sqrt(N - 1)`` ``(N, D)``, and ``S_a S_b`` has the nonzero eigenvalues of the
     symmetric ``X S_b X^T`` ``(N, N)``: one ``N x N`` eigen-decomposition instead of two
     ``D x D`` ones. Otherwise the symmetric ``S_a^(1/2) S_b S_a^(1/2)`` ``(D, D)``, same spectrum.
+    A distance, so clamped at 0 (rounding makes that of a set with itself about -1e-7).
     """
     b = _as_reference(b)
     a = _check_pair(a, b, "frechet_distance")
@@ -77,7 +85,7 @@ def frechet_distance(a: torch.Tensor, b) -> float:
         root = (v * w.clamp_min(0).sqrt()) @ v.T
         cross = torch.linalg.eigvalsh(root @ b.cov @ root).clamp_min(0).sqrt().sum()
         trace_a = sa.trace()
-    return float(((a.mean(0) - b.mean) ** 2).sum() + trace_a + b.cov.trace() - 2 * cross)
+    return max(0.0, float(((a.mean(0) - b.mean) ** 2).sum() + trace_a + b.cov.trace() - 2 * cross))
 
 
 def _kid_kernel(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -101,7 +109,7 @@ def kid(a: torch.Tensor, b) -> float:
 def inception_score(probs: torch.Tensor) -> float:
     """``exp(mean_x KL(p(y|x) || p(y)))`` of class probabilities ``(N, C)``: from 1 (every
     sample has the same class distribution) to C (confident and uniformly spread over classes)."""
-    p = probs.double()
+    p = _finite(torch.as_tensor(probs).double(), "probs")
     if p.ndim != 2 or (p < 0).any() or not torch.allclose(p.sum(-1), torch.ones(len(p), dtype=p.dtype), atol=1e-4):
         raise ValueError("probs must be (N, C) rows of probabilities")
     marginal = p.mean(0, keepdim=True)
@@ -111,7 +119,10 @@ def inception_score(probs: torch.Tensor) -> float:
 
 def confident_share(probs: torch.Tensor, threshold: float = 0.9) -> float:
     """Share of rows of ``probs`` ``(N, C)`` whose largest probability is >= ``threshold``."""
-    return float((probs.max(-1).values >= threshold).double().mean())
+    p = _finite(torch.as_tensor(probs), "probs")   # compared in its own dtype: float32 0.9 >= 0.9
+    if p.ndim != 2 or len(p) == 0:
+        raise ValueError(f"probs must be (N, C) with N >= 1, got {tuple(p.shape)}")
+    return float((p.max(-1).values >= threshold).double().mean())
 
 
 def metrics(features: torch.Tensor, probs: torch.Tensor, real) -> dict:

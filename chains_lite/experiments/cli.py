@@ -7,14 +7,16 @@
     cli.at_least_one(ap, args, "n_images", ...)    # every check before any work (ap.error exits)
     out_path = cli.claim(ap, args)                 # --out must not exist yet
     cli.preflight(ap, args, "sd15", data={...})    # full mode: GPU, packages, hub, data paths
+    config = dict(..., identity=cli.run_identity(loaded, {"--data": args.data}))  # weights and files
     records = cli.run(work, n, args, config, batch=..., desc=...)   # resumable, data-parallel
     if records is None: return                     # not the main process
     ... the table ...
-    cli.write(out_path, result)
+    cli.write(out_path, result)                    # result carries config["identity"]
 """
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 from pathlib import Path
 
@@ -30,12 +32,20 @@ def parser(doc: str, items: str = "images") -> argparse.ArgumentParser:
     (the JSON, never overwritten) and ``--run-dir`` (the per-``items`` records, for resuming)."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mode", choices=["lite", "full"], default="lite")
-    ap.add_argument("--seed", type=int, default=0, help="the data stream (lite) and the noise")
+    ap.add_argument("--seed", type=_seed, default=0, help="the data stream (lite) and the noise (an int >= 0)")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here (never overwritten)")
     ap.add_argument("--run-dir", type=Path, default=None,
                     help=f"the run's per-{items[:-1]} records, for resuming (default: --out with .run; "
                          "without either, a temporary folder)")
     return ap
+
+
+def _seed(text: str) -> int:
+    """``--seed``'s type: an int >= 0 (item seeds are derived from it, :func:`chains_lite.core.seeding.item_seed`)."""
+    v = int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {v}")
+    return v
 
 
 def at_least_one(ap: argparse.ArgumentParser, args, *names: str) -> None:
@@ -63,6 +73,49 @@ def preflight(ap: argparse.ArgumentParser, args, model: str, data: dict | None =
         zoo.preflight(model, data=data, packages=list(packages), fix=FULL_MODE_FIX)
     except zoo.FullModeUnavailable as e:
         ap.error(str(e))
+
+
+def weights_identity(loaded) -> str:
+    """What identifies the weights of a :class:`~chains_lite.zoo.Loaded`: ``"random"`` for a dry
+    run's random weights (``CHAINS_FULL_WEIGHTS=random``), the checkpoint's ``"sha256:..."`` for a
+    lite model, the hub id for a full one. ``ValueError`` if it carries none of these."""
+    if loaded.extra.get("weights") == "random":
+        return "random"
+    for key in ("checkpoint", "hub_id"):
+        if loaded.extra.get(key):
+            return loaded.extra[key]
+    raise ValueError(f"{loaded.name}: its weights carry no identity (no checkpoint digest, hub id "
+                     "or random weights in loaded.extra)")
+
+
+def file_identity(path) -> dict:
+    """What identifies a data file or folder: its absolute path, size in bytes and modification
+    time (ns); for a folder, its file count, total size and latest modification time over every
+    file below it. ``ValueError`` if ``path`` does not exist."""
+    p = Path(path)
+    if p.is_file():
+        st = p.stat()
+        return {"path": str(p.resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+    if not p.is_dir():
+        raise ValueError(f"{path}: no such file or folder")
+    files = size = mtime = 0
+    for folder, _, names in os.walk(p):
+        for name in names:
+            st = os.stat(os.path.join(folder, name))
+            files, size, mtime = files + 1, size + st.st_size, max(mtime, st.st_mtime_ns)
+    return {"path": str(p.resolve()), "files": files, "bytes": size, "mtime_ns": mtime}
+
+
+def run_identity(loaded, files: dict | None = None, **models) -> dict:
+    """What identifies a run beyond its arguments, for its ``config`` and its JSON:
+    ``{"weights": ..., "files": {flag: ...}}`` (:func:`weights_identity` of ``loaded``, and of each
+    further model in ``models`` under its own key; :func:`file_identity` of each path in ``files``
+    that is not ``None``). A rerun with other weights or changed data is then refused by the
+    runner, and a dry run's JSON says ``"weights": "random"``."""
+    out = {"weights": weights_identity(loaded)}
+    out.update({f"{k}_weights": weights_identity(m) for k, m in models.items()})
+    out["files"] = {flag: file_identity(path) for flag, path in (files or {}).items() if path is not None}
+    return out
 
 
 def run(work, n: int, args, config: dict, *, batch: int, desc: str) -> list[dict] | None:

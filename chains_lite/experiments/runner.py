@@ -17,8 +17,10 @@ that the metric computed from the merged records is the one a single process wou
   the chunks with a missing item (the whole chunk, so its batch is the same; only the missing
   records are written). A torn last line after a crash is ignored, cut off and recomputed.
 * **Never mixed**: ``out_dir/run.json`` holds the run's ``config`` with ``n`` and ``batch``; a
-  rerun with anything different is refused (``ValueError`` naming the differences). Nothing in
-  ``out_dir`` is rewritten or deleted except a torn last line. Each process locks its file: a
+  rerun with anything different is refused (``ValueError`` naming the differences), unless no
+  record has been written yet (a start that failed before its first item does not block the
+  corrected command). Nothing in ``out_dir`` is rewritten or deleted except a torn last line and
+  such a record-less ``run.json``. Each process locks its file: a
   second run into a folder that a live run writes is refused (``RuntimeError``).
 * **Merged on the main process**: after a barrier, it reads all records back (so a fresh,
   a resumed and a many-process run return the same JSON-decoded records) and returns them in
@@ -74,14 +76,28 @@ def _differences(old, new, prefix: str = "") -> list[str]:
     return [f"{prefix[:-1]}: {old!r} -> {new!r}"]
 
 
-def _check_spec(out_dir: Path, spec: dict) -> bool:
+def _has_records(out_dir: Path) -> bool:
+    """Whether any ``rank*.jsonl`` in ``out_dir`` holds a whole line (a record)."""
+    return any(b"\n" in p.read_bytes() for p in out_dir.glob("rank*.jsonl"))
+
+
+def _check_spec(out_dir: Path, spec: dict, take_over: bool = False) -> bool:
     """``True`` if ``out_dir`` holds the same spec, ``False`` if it holds none; ``ValueError`` if
-    it holds another one."""
+    it holds another one (an unreadable one included). ``take_over``: a spec without any record
+    (a start that failed before its first item) counts as none."""
     path = out_dir / SPEC
     if not path.exists():
         return False
-    old = json.loads(path.read_text())
+    try:
+        old = json.loads(path.read_text())
+    except ValueError as e:
+        if take_over and not _has_records(out_dir):
+            return False
+        raise ValueError(f"{path} is not a run's settings ({e}): the file is damaged. Delete {out_dir} "
+                         "to start over.") from None
     if old != spec:
+        if take_over and not _has_records(out_dir):
+            return False
         raise ValueError(f"{out_dir} holds a run with another configuration ("
                          + "; ".join(_differences(old, spec)) + "): its records are not mixed with "
                          "this run's. Pass another output folder, or delete that one to start over.")
@@ -90,7 +106,8 @@ def _check_spec(out_dir: Path, spec: dict) -> bool:
 
 def _write_spec(out_dir: Path, spec: dict) -> None:
     """Create ``out_dir/run.json`` whole or not at all (a temporary file, then a link that fails
-    if a concurrent run created it first; then :func:`_check_spec` decides)."""
+    if a concurrent run created it first; then :func:`_check_spec` decides), or replace one that
+    has no records yet."""
     out_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{SPEC}.", dir=out_dir)
     try:
@@ -101,9 +118,12 @@ def _write_spec(out_dir: Path, spec: dict) -> None:
         try:
             os.link(tmp, out_dir / SPEC)
         except FileExistsError:
-            pass
+            if not _has_records(out_dir):  # a failed start's settings: replaced whole
+                os.replace(tmp, out_dir / SPEC)
+                return
     finally:
-        os.unlink(tmp)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def read_records(out_dir, n: int) -> dict[int, dict]:
@@ -219,7 +239,7 @@ def run(work: Callable[[list[int]], list[dict]], n: int, out_dir=None, config: d
     # every process checks before any barrier, so a refusal stops all of them, not only the main one
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"{out_dir} is a file; give a folder for the run's records")
-    if not _check_spec(out_dir, spec) and st.is_main_process:
+    if not _check_spec(out_dir, spec, take_over=True) and st.is_main_process:
         _write_spec(out_dir, spec)
     st.wait_for_everyone()
     _check_spec(out_dir, spec)
@@ -262,11 +282,17 @@ def run_dir(out=None, run_dir=None) -> Path | None:
 
 def claim_outputs(out=None, run_dir=None) -> Path | None:
     """A benchmark's output check, before any work: the result file ``out`` must not exist
-    (:func:`chains_lite.experiments.results.prepare_out`; ``FileExistsError``), and a run of several processes
+    (:func:`chains_lite.experiments.results.prepare_out`; ``FileExistsError``), the folders of
+    ``out`` and of the records (:func:`run_dir`) must be writable, and a run of several processes
     needs ``out`` or ``run_dir`` for the folder they share (``ValueError``). Returns ``out`` as a
     ``Path`` (``None`` without one)."""
-    from .results import prepare_out
+    from .results import check_writable, prepare_out
     out_path = prepare_out(out) if out else None
     if run_dir is None and out is None and state().num_processes > 1:
         raise ValueError("a run of several processes needs --out or --run-dir (the folder they share)")
+    folder = Path(run_dir) if run_dir is not None else None if out is None else Path(out).with_suffix(".run")
+    if folder is not None:
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"{folder} is a file; give a folder for the run's records")
+        check_writable(folder)
     return out_path

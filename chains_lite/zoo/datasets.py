@@ -47,10 +47,16 @@ def _h5py():
 
 # ----------------------------------------------------------------------------- reading
 def _image(f, i: int) -> np.ndarray:
-    """Image ``i`` as uint8 ``(3, H, W)`` (a grey image gets three equal channels)."""
+    """Image ``i`` as uint8 ``(3, H, W)`` (a grey image gets three equal channels); ``ValueError``
+    for another type or channel count."""
     img = np.asarray(f[f["/value/img"][i, 0]])
+    if img.dtype != np.uint8:
+        raise ValueError(f"image {i} is {img.dtype}; ImageNet-Segmentation's images are uint8")
     if img.ndim == 2:                       # MATLAB H x W
         img = img[None]
+    if img.ndim != 3 or img.shape[0] not in (1, 3):
+        raise ValueError(f"image {i} has shape {img.shape} (stored (C, W, H)); expected 1 (grey) or 3 "
+                         "(RGB) channels")
     img = img.transpose(0, 2, 1)            # (C, W, H) -> (C, H, W)
     return np.repeat(img, 3, 0) if img.shape[0] == 1 else img
 
@@ -58,7 +64,10 @@ def _image(f, i: int) -> np.ndarray:
 def _mask(f, i: int) -> np.ndarray:
     """Mask ``i`` as bool ``(H, W)``, nonzero = foreground."""
     cell = f[f["/value/gt"][i, 0]]
-    return np.asarray(f[cell[0, 0]]).T > 0
+    m = np.asarray(f[cell[0, 0]])
+    if m.ndim != 2:
+        raise ValueError(f"mask {i} has shape {m.shape}; expected a 2-D mask")
+    return m.T > 0
 
 
 def _id(f, i: int) -> str:
@@ -88,12 +97,21 @@ class ImageNetSegmentation:
         self.path, self.size = path, int(size)
         if self.size < 1:
             raise ValueError(f"size must be >= 1, got {size}")
+        from pathlib import Path
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: no such file (ImageNet-Segmentation's gtsegs_ijcv.mat)")
+        if not h5py.is_hdf5(path):
+            raise ValueError(f"{path} is not an HDF5 file: not ImageNet-Segmentation's gtsegs_ijcv.mat "
+                             "(MATLAB v7.3)")
         with h5py.File(path, "r") as f:
             missing = [k for k in ("/value/img", "/value/gt") if k not in f]
             if missing:
                 raise ValueError(f"{path} has no {', '.join(missing)}: not ImageNet-Segmentation's "
                                  "gtsegs_ijcv.mat")
-            self.n = len(f["/value/img"])
+            counts = {k: len(f[f"/value/{k}"]) for k in ("img", "gt", "id") if f"/value/{k}" in f}
+            if len(set(counts.values())) > 1:
+                raise ValueError(f"{path} holds {counts} entries: every image needs one mask (and one id)")
+            self.n = counts["img"]
         self._ids = None
 
     def __len__(self) -> int:
@@ -115,9 +133,12 @@ class ImageNetSegmentation:
         return [wnid_of(s) for s in self.ids]
 
     def _resized(self, f, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.from_numpy(np.ascontiguousarray(_image(f, i))).float()[None] / 255
+        img, mask = _image(f, i), _mask(f, i)
+        if mask.shape != img.shape[1:]:
+            raise ValueError(f"{self.path}: mask {i} is {mask.shape}, its image {img.shape[1:]} (H, W)")
+        x = torch.from_numpy(np.ascontiguousarray(img)).float()[None] / 255
         x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)[0]
-        m = torch.from_numpy(np.ascontiguousarray(_mask(f, i))).float()[None, None]
+        m = torch.from_numpy(np.ascontiguousarray(mask)).float()[None, None]
         return x, F.interpolate(m, size=(self.size, self.size), mode="nearest")[0, 0] > 0.5
 
     def batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -295,32 +316,46 @@ def class_words(wnids: Sequence[str], names: dict[str, str] | None = None) -> li
     return [words[w] for w in wnids]
 
 
+def image_folder_files(path, n_classes: int | None = None) -> tuple[list[tuple], list[str]]:
+    """The images of an ImageFolder-layout folder (``root/<class>/<image>``) without reading them:
+    ``([(file, label), ...], class_folders)``, labels in sorted class-folder order. ``n_classes``:
+    the number of class folders expected (a ``ValueError`` otherwise)."""
+    from pathlib import Path
+    path = Path(path)
+    if not path.is_dir():
+        raise ValueError(f"{path} is not a folder (an ImageFolder layout: root/<class>/<image>)")
+    classes = sorted(p.name for p in path.iterdir() if p.is_dir())
+    if n_classes is not None and len(classes) != n_classes:
+        raise ValueError(f"{path} should hold {n_classes} class folders, found {len(classes)}")
+    files = [(f, i) for i, c in enumerate(classes) for f in sorted((path / c).iterdir()) if f.is_file()]
+    return files, classes
+
+
 def image_folder(path, n: int, seed: int, loaded, n_classes: int | None = None):
     """``n`` images drawn with ``seed`` from an ImageFolder-layout folder (``root/<class>/<image>``;
     labels in sorted class-folder order), preprocessed by the model's own transform.
 
-    ``n_classes``: the number of class folders expected (a ``ValueError`` otherwise).
-    Returns ``(x, labels, class_folders)``.
+    ``n_classes``: the number of class folders expected (a ``ValueError`` otherwise); ``n`` at most
+    the folder's image count (a ``ValueError`` otherwise). Returns ``(x, labels, class_folders)``.
     """
-    from pathlib import Path
-
     from PIL import Image
     from timm.data import create_transform, resolve_data_config
-    path = Path(path)
-    classes = sorted(p.name for p in path.iterdir() if p.is_dir())
-    if n_classes is not None and len(classes) != n_classes:
-        raise ValueError(f"{path} should hold {n_classes} class folders, found {len(classes)}")
-    files = [(f, i) for i, c in enumerate(classes) for f in sorted((path / c).iterdir())]
+    files, classes = image_folder_files(path, n_classes)
+    if not 1 <= n <= len(files):
+        raise ValueError(f"asked for {n} images; {path} holds {len(files)}")
     pick = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed))[:n]
     tf = loaded.preprocess or create_transform(**resolve_data_config({}, model=loaded.model))
     x = torch.stack([tf(Image.open(files[j][0]).convert("RGB")) for j in pick.tolist()])
     return x, torch.tensor([files[j][1] for j in pick.tolist()]), classes
 
 
+IMAGENET_CLASSES = 1000
+
+
 def imagenet_folder(path, n: int, seed: int, loaded):
     """:func:`image_folder` on an ImageNet validation folder (``val/<wnid>/*.JPEG``, 1000 classes in
     sorted wnid order: the ImageNet-1k index of timm classifiers)."""
-    return image_folder(path, n, seed, loaded, n_classes=1000)
+    return image_folder(path, n, seed, loaded, n_classes=IMAGENET_CLASSES)
 
 
 class CocoStuff:
@@ -338,11 +373,23 @@ class CocoStuff:
         from pathlib import Path
         self.root, self.size = Path(root), int(size)
         self.ids = [x.strip() for x in Path(file_list).read_text().splitlines() if x.strip()]
+        if not self.ids:
+            raise ValueError(f"{file_list} lists no image ids (one per line)")
+        mapping = json.loads(Path(fine_to_coarse).read_text())
+        if not isinstance(mapping, dict) or not mapping:
+            raise ValueError(f"{fine_to_coarse} must hold a JSON object {{fine label: coarse label}}, "
+                             f"got {type(mapping).__name__}" + (" (empty)" if not mapping else ""))
         self.lut = np.full(256, -1, dtype=np.int64)
-        for fine, coarse in json.loads(Path(fine_to_coarse).read_text()).items():
-            if not 0 <= int(fine) < 256:
+        for fine, coarse in mapping.items():
+            try:
+                fine_i, coarse_i = int(fine), int(coarse)
+            except (TypeError, ValueError):
+                raise ValueError(f"{fine_to_coarse}: {fine!r}: {coarse!r} is not a pair of integer labels") from None
+            if not 0 <= fine_i < 256:
                 raise ValueError(f"{fine_to_coarse}: fine label {fine} is outside [0, 256)")
-            self.lut[int(fine)] = int(coarse)
+            if coarse_i < 0:
+                raise ValueError(f"{fine_to_coarse}: coarse label {coarse} of fine label {fine} is negative")
+            self.lut[fine_i] = coarse_i
         self.n_classes = int(self.lut.max()) + 1
 
     def __len__(self) -> int:
@@ -355,6 +402,9 @@ class CocoStuff:
         for i in indices:
             img = Image.open(self.root / "val2017" / f"{self.ids[i]}.jpg").convert("RGB")
             lab = Image.open(self.root / "annotation_val2017" / f"{self.ids[i]}.png")
+            if lab.mode not in ("L", "P", "RGB"):
+                raise ValueError(f"{self.ids[i]}: label map of mode {lab.mode!r}; COCO-Stuff's are 8-bit "
+                                 "(labels 0..255)")
             if lab.size != img.size:
                 raise ValueError(f"{self.ids[i]}: label map {lab.size} and image {img.size} differ in size")
             s = min(img.size)

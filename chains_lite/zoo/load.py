@@ -29,7 +29,7 @@ from .catalog import BANNER, ENV, FULL_MODELS, LITE_NAMES, FullSpec, Loaded, ful
 from .dryrun import build as dryrun_build
 from .models import LITE_SPECS, build
 from .preflight import preflight
-from .registry import load_weights, read_card
+from .registry import checkpoint_digest, load_weights, read_card
 from .shapeworld import CLASS_NAMES
 
 def _load_lite(name: str, device) -> Loaded:
@@ -39,7 +39,7 @@ def _load_lite(name: str, device) -> Loaded:
         return Loaded(enc.model, name, "lite", "", tokenizer=enc.tokenizer, text_encoder=enc)
     spec = LITE_SPECS[name]
     model = load_weights(build(name), name).to(device).eval()
-    out = Loaded(model, name, "lite", "", card=read_card(name))
+    out = Loaded(model, name, "lite", "", card=read_card(name), extra={"checkpoint": checkpoint_digest(name)})
     if spec.class_names:
         out.class_names = list(CLASS_NAMES)
     if spec.text_encoder:

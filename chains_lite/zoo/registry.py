@@ -1,6 +1,8 @@
 """Where the lite checkpoints live, and how they are written and read (safetensors + a JSON card)."""
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 from pathlib import Path
 
@@ -41,6 +43,24 @@ def load_weights(model: nn.Module, name: str, folder: Path = CHECKPOINT_DIR) -> 
     state = load_file(str(path))
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
     return model
+
+
+def checkpoint_digest(name: str, folder: Path = CHECKPOINT_DIR) -> str:
+    """``"sha256:<hex>"`` of ``NAME.safetensors``: what identifies a lite model's weights (a
+    retrained checkpoint keeps its name, not its digest)."""
+    path = weights_path(name, folder)
+    st = path.stat()
+    return _digest(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    # cached by size and mtime: a rewritten file is hashed again
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return f"sha256:{h.hexdigest()}"
 
 
 def read_card(name: str, folder: Path = CHECKPOINT_DIR) -> dict:
