@@ -13,8 +13,12 @@ Requests that leave the site are refused: the book must work offline. A page fai
 * a page of the table of contents missing from its navigation sidebar,
 * a Colab link that does not point at the repository set in book/_config.yml;
 
-and the search page fails when a search for a term does not list the expected page. One
-screenshot per page (the first screen) is saved in the screenshots folder.
+* a code cell, printed output, display equation or table that needs a horizontal scroll or reaches
+  past the article's right edge at a 1280 px window (at 390 px, a phone, such blocks and a
+  page-wide sideways scroll are reported, not failed);
+
+and the search page fails when a search for a term does not list the expected page. A full-page
+screenshot per page and width is saved in the screenshots folder.
 
 Usage (from the repository root, after the book is built):
     python book/check_site.py book/_build/html
@@ -112,21 +116,70 @@ INSPECT = """async ([rawMath, errorSel, navSel]) => {
 }"""
 
 
+# Which blocks of the article need a horizontal scroll, or reach past the article's right edge, at the
+# current window width: code cells, printed outputs, display equations and tables (figures may scroll).
+BLOCKS = {
+    "code": "div.cell_input div.highlight pre",
+    "output": "div.cell_output div.output pre, div.cell_output div.output table",
+    "equation": "mjx-container[display='true']",
+    "table": "article.bd-article > section table, article.bd-article table.table",
+}
+MEASURE = """(blocks) => {
+  const article = document.querySelector("article.bd-article") || document.querySelector("main");
+  const edge = article.getBoundingClientRect().right;
+  const out = {};
+  for (const [kind, sel] of Object.entries(blocks)) {
+    const seen = new Set(), over = [];
+    for (const el of document.querySelectorAll(sel)) {
+      if (seen.has(el) || !el.getClientRects().length) continue;
+      seen.add(el);
+      // an equation's box is its container's: MathJax draws it in mjx-math, which may be wider
+      const inner = kind === "equation" ? (el.querySelector("mjx-math") || el) : el;
+      const scroll = el.scrollWidth - el.clientWidth;
+      const past = inner.getBoundingClientRect().right - Math.min(edge, el.getBoundingClientRect().right);
+      const cut = kind === "equation" ? past : 0;
+      const excess = Math.max(scroll, el.getBoundingClientRect().right - edge, cut);
+      if (excess > 1) over.push(Math.round(excess));
+    }
+    out[kind] = {n: seen.size, over};
+  }
+  out.page = document.documentElement.scrollWidth - window.innerWidth;
+  return out;
+}"""
+
+#: Window widths measured: the first must fit (a failure), the others are reported.
+WIDTHS = (1280, 390)
+
+
+def overflow_lines(rel: str, width: int, found: dict) -> list[str]:
+    """The blocks of one page that do not fit at ``width``, one line per kind, and a page-wide
+    horizontal scroll if any."""
+    lines = [f"{rel} at {width} px: {len(found[k]['over'])} of {found[k]['n']} {k} block(s) do not fit "
+             f"(by up to {max(found[k]['over'])} px)" for k in BLOCKS if found[k]["over"]]
+    if found["page"] > 1:
+        lines.append(f"{rel} at {width} px: the whole page scrolls sideways by {found['page']} px")
+    return lines
+
+
 def check_pages(html_dir: Path, pages: list[str], search: tuple[str, str] | None = None,
                 screenshots: Path | None = None, colab: str | None = None,
-                chromium: str | None = None) -> list[str]:
+                chromium: str | None = None, widths: tuple[int, ...] = WIDTHS,
+                report: list[str] | None = None) -> list[str]:
     """Every problem found on `pages` (paths relative to `html_dir`); empty when all is well.
 
     search: (term, page) -- searching the site's search.html for term must list page.
     colab: the prefix every Colab link must start with (None: not checked).
+    widths: window widths at which the blocks must fit: at the first, a block that does not fit is a
+    problem; at the others it goes to `report` (a list the caller reads), as do page-wide scrolls.
     """
+    report = [] if report is None else report
     from playwright.sync_api import sync_playwright
     problems: list[str] = []
     if screenshots:
         screenshots.mkdir(parents=True, exist_ok=True)
     with serve(html_dir) as base, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium or find_chromium())
-        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        context = browser.new_context(viewport={"width": widths[0], "height": 900})
         outside: list[str] = []
 
         def route(r):
@@ -159,8 +212,17 @@ def check_pages(html_dir: Path, pages: list[str], search: tuple[str, str] | None
                 problems.append(f"{rel}: does not load (HTTP {response.status if response else 'no answer'})")
                 continue
             found = page.evaluate(INSPECT, [RAW_MATH, ERRORS, NAV])
+            name = rel.replace("/", "__").removesuffix(".html")
             if screenshots:
-                page.screenshot(path=str(screenshots / (rel.replace("/", "__").removesuffix(".html") + ".png")))
+                page.screenshot(path=str(screenshots / f"{name}.png"), full_page=True)
+            for i, width in enumerate(widths):
+                page.set_viewport_size({"width": width, "height": 900})
+                page.wait_for_timeout(300)   # the theme's layout settles after a resize
+                lines = overflow_lines(rel, width, page.evaluate(MEASURE, BLOCKS))
+                (problems if i == 0 else report).extend(lines)
+                if screenshots and i > 0:
+                    page.screenshot(path=str(screenshots / f"{name}@{width}.png"), full_page=True)
+            page.set_viewport_size({"width": widths[0], "height": 900})
             problems += [f"{rel}: {e}" for e in dict.fromkeys(events)]
             problems += [f"{rel}: image with no pixels: {src}" for src in found["broken"]]
             if found["unrendered"]:
@@ -207,8 +269,11 @@ def main(argv: list[str] | None = None) -> int:
     pages = toc_pages()
     shots = args.screenshots or args.html.parent / "site-check"
     term, expected = args.search.split("=", 1)
+    report: list[str] = []
     problems = check_pages(args.html, pages, search=(term, expected), screenshots=shots,
-                           colab=colab_prefix())
+                           colab=colab_prefix(), report=report)
+    for line in report:
+        print(f"  (report) {line}")
     for p in problems:
         print(p)
     print(f"checked {len(pages)} pages and the search page in Chromium: "

@@ -26,15 +26,22 @@ PIXEL = bytes.fromhex("89504e470d0a1a0a0000000d494844520000000100000001080600000
                       "1f15c4890000000d49444154789c6360f8cfc0f01f0005000201a5f4"
                       "5f6c0000000049454e44ae426082")
 PAGES = ["index.html", "good.html", "image.html", "math.html", "error.html", "console.html",
-         "asset.html", "orphan.html", "gone.html", "colab.html"]
+         "asset.html", "orphan.html", "gone.html", "colab.html", "wide.html", "phone.html"]
 IN_NAV = [p for p in PAGES if p != "orphan.html"]
 COLAB = "https://colab.research.google.com/github/owner/repo/blob/main/"
 
 
 def _page(body: str, head: str = "") -> str:
     nav = "".join(f'<a href="{p}">{p}</a>' for p in IN_NAV)
-    return (f"<!doctype html><html><head><meta charset='utf-8'>{head}</head><body>"
-            f"<div class='bd-sidebar-primary'>{nav}</div><main>{body}</main></body></html>")
+    return (f"<!doctype html><html><head><meta charset='utf-8'>"
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+            f"{head}</head><body><div class='bd-sidebar-primary'>{nav}</div>"
+            f"<article class='bd-article' style='max-width: 700px'>{body}</article></body></html>")
+
+
+def _code(chars: int) -> str:
+    return ("<div class='cell_input'><div class='highlight'><pre style='overflow-x: auto; margin: 0'>"
+            + "x" * chars + "</pre></div></div>")
 
 
 @pytest.fixture(scope="module")
@@ -56,15 +63,22 @@ def site(tmp_path_factory):
         "orphan.html": _page("<p>not in the navigation</p>"),
         "colab.html": _page("<a href='https://colab.research.google.com/github/someone/else/blob/main/x.ipynb'>"
                             "Colab</a>"),
+        # a code line of 200 characters, and an equation drawn wider than its box, at any width
+        "wide.html": _page(_code(200) + "<mjx-container display='true' style='display: block; overflow: hidden'>"
+                           "<mjx-math style='display: inline-block; width: 1000px'>x</mjx-math></mjx-container>"
+                           "<div style='height: 2000px'></div>"),
+        # 60 characters fit 700 px, not a 390 px phone
+        "phone.html": _page(_code(60)),
         "search.html": _page("<div id='search-results'><p class='search-summary'>"
                              "Your search did not match any documents.</p></div>"),
     }
     for name, html in pages.items():  # gone.html is listed but never written
         (root / name).write_text(html)
     shots = root.parent / "shots"
+    report = []
     problems = check_site.check_pages(root, PAGES, search=("TokenRank", "good.html"),
-                                      screenshots=shots, colab=COLAB, chromium=CHROMIUM)
-    return problems, shots
+                                      screenshots=shots, colab=COLAB, chromium=CHROMIUM, report=report)
+    return problems, shots, report
 
 
 def _found(problems, page, pattern):
@@ -81,14 +95,16 @@ def _found(problems, page, pattern):
     ("asset.html", r"asset missing \(HTTP 404\).*missing\.css"),
     ("colab.html", r"Colab link .*someone/else"),
     ("search for 'TokenRank'", r"does not list good\.html"),
+    ("wide.html", r"at 1280 px: 1 of 1 code block\(s\) do not fit \(by up to \d+ px\)"),
+    ("wide.html", r"at 1280 px: 1 of 1 equation block\(s\) do not fit"),
 ])
 def test_each_fault_is_reported(site, page, pattern):
-    problems, _ = site
+    problems, *_ = site
     assert _found(problems, page, pattern), problems
 
 
 def test_a_page_missing_from_the_navigation_is_reported(site):
-    problems, _ = site
+    problems, *_ = site
     # every page that loads says so, and only orphan.html is missing
     missing = {p.split(": ")[0] for p in problems if p.endswith("navigation does not list orphan.html")}
     assert missing == set(PAGES) - {"gone.html"}
@@ -96,9 +112,13 @@ def test_a_page_missing_from_the_navigation_is_reported(site):
 
 
 def test_good_pages_pass_and_every_page_has_a_screenshot(site):
-    problems, shots = site
+    problems, shots, _ = site
     assert not [p for p in problems if p.startswith(("good.html", "index.html")) and "orphan" not in p]
-    assert {p.name for p in shots.glob("*.png")} == {p.replace(".html", ".png") for p in PAGES} - {"gone.png"}
+    loaded = [p.removesuffix(".html") for p in PAGES if p != "gone.html"]
+    assert {p.name for p in shots.glob("*.png")} == {f"{p}{w}.png" for p in loaded for w in ("", "@390")}
+    # full-page screenshots: a page taller than the window is taken whole
+    from PIL import Image
+    assert Image.open(shots / "wide.png").size[1] > 2000 > Image.open(shots / "good.png").size[1]
 
 
 def test_the_static_player_switches_frames_in_the_browser(tmp_path):
@@ -119,3 +139,10 @@ def test_the_static_player_switches_frames_in_the_browser(tmp_path):
         assert frame.inner_text() == "y2"
         assert page.locator("output").inner_text() == "2"
         browser.close()
+
+
+def test_what_fits_a_desktop_but_not_a_phone_is_reported_not_failed(site):
+    problems, _, report = site
+    assert not [p for p in problems if p.startswith("phone.html") and "do not fit" in p]
+    assert _found(report, "phone.html", r"at 390 px: 1 of 1 code block\(s\) do not fit")
+    assert _found(report, "wide.html", r"at 390 px")
