@@ -100,3 +100,28 @@ def test_markdown_does_not_report_earlier_runs():
     found = [f"{p.name} cell {i}: {w!r}" for p in NOTEBOOKS for i, s in _cells(p, "markdown")
              for w in stale if w in s.lower()]
     assert not found, f"render these statements from the results instead: {found}"
+
+
+def _code_cells():
+    for path in NOTEBOOKS:
+        for i, cell in enumerate(json.loads(path.read_text())["cells"]):
+            if cell["cell_type"] == "code":
+                yield path.name, i, "".join(cell["source"]), cell["metadata"].get("tags", [])
+
+
+def test_the_book_shows_lessons_not_plumbing():
+    """The built book hides what a reader need not read: the Colab install cell is removed, the
+    parameters and import cells and full-mode branches are folded, and a cell that renders prose
+    (IPython's Markdown) shows its prose without the code that builds it."""
+    wrong = []
+    for name, i, src, tags in _code_cells():
+        last = src.strip().split("\n")[-1]
+        if "google.colab" in src and "remove-cell" not in tags:
+            wrong.append(f"{name} cell {i}: the Colab install cell needs the remove-cell tag")
+        if 'os.environ.get("CHAINS_MODE"' in src and "hide-input" not in tags:
+            wrong.append(f"{name} cell {i}: the parameters cell needs the hide-input tag")
+        if ("Markdown(" in last or "display(Markdown" in src) and "remove-input" not in tags:
+            wrong.append(f"{name} cell {i}: a cell that renders prose needs the remove-input tag")
+        if src.startswith(("if FULL", "if not FULL")) and not {"hide-input", "remove-input"} & set(tags):
+            wrong.append(f"{name} cell {i}: a full-mode branch needs the hide-input tag")
+    assert not wrong, "\n".join(wrong)
