@@ -114,3 +114,21 @@ def other_checkpoint(monkeypatch):
         monkeypatch.setattr(zoo, "load", load)
         return []
     return change
+
+
+@pytest.fixture
+def hub_weights(monkeypatch):
+    """A change for ``refused_on_resume``: from then on ``zoo.load``'s models carry no dry-run mark
+    (``extra["weights"] == "random"``), as the hub's real weights would: a real run must not
+    resume a dry run's records."""
+    def change():
+        from chains_lite import zoo
+        real = zoo.load
+
+        def load(*a, **k):
+            out = real(*a, **k)
+            out.extra.pop("weights", None)
+            return out
+        monkeypatch.setattr(zoo, "load", load)
+        return []
+    return change

@@ -84,9 +84,8 @@ def test_diffseg_run_is_refused_when_an_argument_or_the_weights_change(tmp_path,
 
 
 def test_diffseg_full_run_is_refused_when_a_data_file_or_the_weights_change(tmp_path, monkeypatch,
-                                                                             refused_on_resume):
+                                                                             refused_on_resume, hub_weights):
     import json
-    from chains_lite import zoo
     from chains_lite.zoo import dryrun
     monkeypatch.setenv("CHAINS_FULL_WEIGHTS", "random")
     env = dryrun.write_data(tmp_path / "data", n=2)
@@ -109,15 +108,6 @@ def test_diffseg_full_run_is_refused_when_a_data_file_or_the_weights_change(tmp_
         (tmp_path / "data" / "coco_stuff" / "val2017" / "extra.jpg").write_bytes(b"x")
         return []
 
-    def hub_weights():       # a real run must not resume a dry run's records
-        real = zoo.load
-
-        def load(*a, **k):
-            out = real(*a, **k)
-            out.extra.pop("weights", None)
-            return out
-        monkeypatch.setattr(zoo, "load", load)
-        return []
     refusals = refused_on_resume(_runner(), argv, [other_label_map, other_list, an_image_added, hub_weights])
     assert "identity.files.--fine-to-coarse.bytes" in refusals[0][1]
     assert "identity.files.--data.files" in refusals[2][1]

@@ -55,8 +55,7 @@ def test_masking_run_is_refused_when_an_argument_or_the_weights_change(tmp_path,
 
 
 def test_masking_full_run_is_refused_when_its_folder_or_the_weights_change(tmp_path, monkeypatch,
-                                                                           refused_on_resume):
-    from chains_lite import zoo
+                                                                           refused_on_resume, hub_weights):
     from chains_lite.zoo import dryrun
     monkeypatch.setenv("CHAINS_FULL_WEIGHTS", "random")
     env = dryrun.write_data(tmp_path / "data", n=2)
@@ -69,15 +68,6 @@ def test_masking_full_run_is_refused_when_its_folder_or_the_weights_change(tmp_p
         (first / "more.JPEG").write_bytes((next(first.iterdir())).read_bytes())
         return []
 
-    def hub_weights():
-        real = zoo.load
-
-        def load(*a, **k):
-            out = real(*a, **k)
-            out.extra.pop("weights", None)
-            return out
-        monkeypatch.setattr(zoo, "load", load)
-        return []
     refusals = refused_on_resume(_bench(), argv, [an_image_added, hub_weights])
     assert "identity.files.--data.files: 2 -> 3" in refusals[0][1]
     assert "identity.weights: 'random' -> 'vit_base_patch16_224" in refusals[1][1]

@@ -118,8 +118,7 @@ def test_sag_run_is_refused_when_an_argument_or_the_weights_change(tmp_path, ref
 
 
 def test_sag_full_run_is_refused_when_its_prompts_reference_or_weights_change(tmp_path, monkeypatch,
-                                                                              refused_on_resume):
-    from chains_lite import zoo
+                                                                              refused_on_resume, hub_weights):
     from chains_lite.zoo import dryrun
     monkeypatch.setenv("CHAINS_FULL_WEIGHTS", "random")
     env = dryrun.write_data(tmp_path / "data", n=2)
@@ -138,15 +137,6 @@ def test_sag_full_run_is_refused_when_its_prompts_reference_or_weights_change(tm
         (ref / "more.png").write_bytes(next(ref.iterdir()).read_bytes())
         return []
 
-    def hub_weights():
-        real = zoo.load
-
-        def load(*a, **k):
-            out = real(*a, **k)
-            out.extra.pop("weights", None)
-            return out
-        monkeypatch.setattr(zoo, "load", load)
-        return []
     refusals = refused_on_resume(_bench(), argv, [other_prompts, a_reference_added, ["--cfg", "5"], hub_weights])
     assert "identity.files.--prompts.bytes" in refusals[0][1]
     assert "identity.files.--reference.files" in refusals[1][1]
