@@ -42,7 +42,7 @@ def test_a_full_crop_without_jitter_is_the_image_or_its_mirror(monkeypatch):
         draws = [torch.tensor([[1.0, 0.5, 0.5, 0.5, flip_draw, 0.5, 0.5]] * 2),   # area, aspect, x, y, flip, c, b
                  torch.tensor([[0.1, 0.2, 0.3]] * 2)]                              # channel order: identity
         with monkeypatch.context() as m:
-            m.setattr(torch, "rand", lambda *a, **k: draws.pop(0))
+            m.setattr(torch, "rand", lambda *a, draws=draws, **k: draws.pop(0))
             out = augment(images, _gen(), scale=(0.35, 1.0))
         assert torch.allclose(out, expected, atol=1e-5)
 
