@@ -52,6 +52,11 @@ def learned(card: dict) -> str:
         return (f"It names the largest shape of {pct(v['test_accuracy'])} of fresh test images "
                 f"({pct(v['accuracy'])} of {v['n_images']} validation images; chance "
                 f"{pct(1 / c['num_classes'])} with {c['num_classes']} classes).")
+    if card["headline"] == "probe_accuracy":
+        return (f"Its objective: {card['training']['objective']} A linear classification head fitted "
+                f"afterwards on its frozen CLS features names the largest shape of "
+                f"{pct(v['probe_test_accuracy'])} of fresh test images ({pct(v['probe_accuracy'])} of "
+                f"{v['n_images']} validation images; chance {pct(1 / c['num_classes'])}).")
     if card["headline"] == "caption_match":
         return (f"Sampled with guidance {v['guidance_scale']:g} from {v['n_samples']} validation captions, "
                 f"{pct(v['caption_match'])} of its images show the captioned (largest) shape to "

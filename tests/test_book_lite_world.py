@@ -34,6 +34,7 @@ def test_page_shows_each_card_and_its_numbers(cards):
     ckpt, book = cards
     _edit(ckpt / "shapes-vit.json", test_accuracy=0.4321)
     _edit(ckpt / "shapes-unet.json", confident_fraction=0.1234, frechet_distance_vit=12.5)
+    _edit(ckpt / "shapes-vit-ssl.json", probe_test_accuracy=0.5678)
     page = lite_world.render(ckpt, book).read_text()
     names = sorted(p.stem for p in ckpt.glob("*.json"))
     for name in names:
@@ -42,6 +43,8 @@ def test_page_shows_each_card_and_its_numbers(cards):
         assert (book / lite_world.ASSETS / f"{name}-samples.png").exists()
     assert "43.2 % of fresh test images" in page      # the edited cards, as they now read
     assert "12.3 % of 500 samples" in page and "distance of 12.5 from real" in page
+    # the self-supervised ViT: its objective from the card, its linear probe's accuracy
+    assert "Its objective: Contrastive CLS tokens" in page and "names the largest shape of 56.8 %" in page
     # the vit stands in for the paper's DINO and CLIP models (from chains_lite.zoo.load)
     assert "`dino-vitb8` (DINOv1 ViT-B/8)" in page
     # the ViT's chain: 64 patches and the CLS token

@@ -23,7 +23,8 @@ def test_modes_and_names_are_validated(monkeypatch):
 
 
 def test_lite_names_cover_the_issue():
-    assert set(LITE_NAMES) == {"shapes-vit", "shapes-vit-reg", "shapes-flux", "shapes-unet", "minilm"}
+    assert set(LITE_NAMES) == {"shapes-vit", "shapes-vit-reg", "shapes-vit-ssl", "shapes-flux", "shapes-unet",
+                                "minilm"}
     assert all(spec.lite in LITE_NAMES for spec in FULL_MODELS.values())
 
 

@@ -12,6 +12,7 @@ from chains_lite.zoo.training import evaluate  # noqa: E402
 from chains_lite.zoo.load import load_full
 from chains_lite.zoo.models import LITE_CONFIGS, build  # noqa: E402
 from chains_lite.zoo.registry import CHECKPOINT_DIR, read_card, weights_path  # noqa: E402
+from chains_lite.zoo.shapeworld import CLASS_NAMES  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -35,16 +36,28 @@ def test_every_lite_model_is_shipped_with_a_card(name):
     assert (CHECKPOINT_DIR / f"{name}.md").exists()
 
 
-@pytest.mark.parametrize("name", ["shapes-vit", "shapes-vit-reg"])
-def test_classifier_meets_its_card_on_fresh_images(name):
-    """Accuracy on test-split images no card number was computed on (seed 1), within 4 points
-    (the binomial standard error at n = 600 and 92% accuracy is 1.1 points)."""
+@pytest.mark.parametrize("name, test_key", [("shapes-vit", "test_accuracy"), ("shapes-vit-reg", "test_accuracy"),
+                                            ("shapes-vit-ssl", "probe_test_accuracy")])
+def test_classifier_meets_its_card_on_fresh_images(name, test_key):
+    """Accuracy (shapes-vit-ssl: of its linear-probe head) on test-split images no card number was
+    computed on (seed 1), within 4 points (the binomial standard error at n = 600 and 92% accuracy
+    is 1.1 points)."""
     loaded = load(name, mode="lite", device="cpu")
     assert loaded.mode == "lite" and not loaded.model.training
+    assert loaded.class_names == CLASS_NAMES
     card = read_card(name)["validation"]
     acc = evaluate.vit_metrics(loaded.model, split="test", n=600, seed=1)["accuracy"]
-    assert acc >= card["test_accuracy"] - 0.04, (acc, card)
-    assert acc >= 0.9, "the issue's target: >= 90% on a fresh test split"
+    assert acc >= card[test_key] - 0.04, (acc, card)
+    if name != "shapes-vit-ssl":  # its target is test_self_supervised_probe_meets_the_target
+        assert acc >= 0.9, "the issue's target: >= 90% on a fresh test split"
+
+
+@pytest.mark.xfail(strict=True, reason="the shipped shapes-vit-ssl misses the issue's target: its CLS "
+                                       "features learned in a CPU-sized run do not separate the shapes "
+                                       "(see its card); strict, so a model that meets it shows up here")
+def test_self_supervised_probe_meets_the_target():
+    loaded = load("shapes-vit-ssl", mode="lite", device="cpu", verbose=False)
+    assert evaluate.vit_metrics(loaded.model, split="test", n=600, seed=1)["accuracy"] >= 0.9
 
 
 def test_vit_reg_has_registers_and_cls():

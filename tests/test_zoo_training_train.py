@@ -1,4 +1,5 @@
-"""The training CLI: a tiny run end to end, checkpoints round-trip, a worse run never overwrites."""
+"""The training CLI: a tiny run end to end, checkpoints round-trip, a worse run never overwrites,
+an interrupted run resumes where it stopped."""
 import json
 
 import pytest
@@ -108,3 +109,71 @@ def test_flux_training_with_caption_dropout_writes_it_on_the_card(tmp_path, monk
     assert card["validation"]["guidance_scale"] == 2 and "caption_match_unguided" in card["validation"]
 
 
+
+
+def _interrupt_at(monkeypatch, name, k):
+    """Make ``name``'s objective raise KeyboardInterrupt when step ``k`` (0-based) starts."""
+    import dataclasses
+    from chains_lite.zoo.training.objectives import TRAINING
+    plan = TRAINING[name]
+
+    def objective(*a):
+        model, loss_fn, encoder = plan.objective(*a)
+        calls = []
+
+        def interrupted(idx, gen):
+            if len(calls) == k:
+                raise KeyboardInterrupt
+            calls.append(1)
+            return loss_fn(idx, gen)
+
+        return model, interrupted, encoder
+
+    monkeypatch.setitem(TRAINING, name, dataclasses.replace(plan, objective=objective))
+
+
+@pytest.mark.parametrize("name", ["shapes-vit", "shapes-vit-ssl"])
+def test_a_resumed_run_takes_the_steps_of_an_uninterrupted_one(name, tmp_path, monkeypatch):
+    """A run of 2k steps stopped after step k (its state saved at every step) and resumed ends
+    with the same weights, optimiser moments and losses as a run that never stopped; shapes-vit-ssl
+    carries its objective's heads through the state too. --ema is on, to include the average."""
+    from chains_lite.zoo.training.resume import load_state
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    k = 3
+    common = [name, "--steps", str(2 * k), "--batch", "4", "--pool", "8", "--eval-n", "8", "--ema", "0.5",
+              "--no-install", "--checkpoint-dir", str(tmp_path / "ship")]
+    train.main([*common, "--out", str(tmp_path / "straight")])
+    with monkeypatch.context() as m:
+        _interrupt_at(m, name, k)
+        with pytest.raises(KeyboardInterrupt):
+            train.main([*common, "--out", str(tmp_path / "cut"), "--save-minutes", "0"])
+    assert load_state(tmp_path / "cut" / name / "state")["step"] == k
+    train.main([name, "--resume", "--eval-n", "8", "--no-install", "--out", str(tmp_path / "cut"),
+                "--checkpoint-dir", str(tmp_path / "ship")])
+    a, b = (load_state(tmp_path / run / name / "state") for run in ("straight", "cut"))
+    assert a["step"] == b["step"] == 2 * k and a["losses"] == b["losses"]
+    for key, t in a["model"].items():
+        assert torch.equal(t, b["model"][key]), key
+    for i, st in a["optimizer"]["state"].items():
+        assert all(torch.equal(v, b["optimizer"]["state"][i][s]) for s, v in st.items())
+    for x, y in zip(a["ema"], b["ema"]):
+        assert torch.equal(x, y)
+    if name == "shapes-vit-ssl":  # the objective's heads are part of the state
+        assert {"projector.0.weight", "decoder.weight"} <= set(b["model"])
+    ca, cb = (read_card(name, tmp_path / run / name) for run in ("straight", "cut"))
+    assert ca["validation"] == cb["validation"] and ca["training"]["loss_curve"] == cb["training"]["loss_curve"]
+    assert (tmp_path / "straight" / name / f"{name}.safetensors").read_bytes() == \
+        (tmp_path / "cut" / name / f"{name}.safetensors").read_bytes()
+
+
+def test_resume_keeps_the_runs_options_and_needs_a_state(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = ["--out", str(tmp_path), "--no-install", "--eval-n", "8", "--checkpoint-dir", str(tmp_path / "ship")]
+    with pytest.raises(FileNotFoundError, match="no resumable state"):
+        train.main(["shapes-vit", "--resume", *out])
+    train.main(["shapes-vit", *TINY[:-2], *out])
+    with pytest.raises(ValueError, match="it used --lr 0.001, the command line says 0.5"):
+        train.main(["shapes-vit", "--resume", "--lr", "0.5", *out])
+    train.main(["shapes-vit", "--resume", "--steps", "2", *out])  # the same value is no change
+    card = read_card("shapes-vit", tmp_path / "shapes-vit")
+    assert card["training"]["steps"] == 2 and card["training"]["batch"] == 4  # the run's options

@@ -4,6 +4,8 @@ Lite names (trained here on ShapeWorld, shipped in the package, load offline on 
 
 * ``shapes-vit``, ``shapes-vit-reg`` — classifiers; ``loaded.model(batch.images)`` gives logits in
   ``CLASS_NAMES`` order for images in [0, 1] (no normalisation).
+* ``shapes-vit-ssl`` — ``shapes-vit``'s architecture trained without labels; its head is a linear
+  probe on frozen CLS features, so ``loaded.model(batch.images)`` gives logits the same way.
 * ``shapes-flux`` — FLUX-architecture rectified-flow transformer; ``loaded.text_encoder`` is MiniLM.
 * ``shapes-unet`` — unconditional DDPM UNet; ``loaded.scheduler`` is its noise schedule.
 * ``minilm`` — the pretrained all-MiniLM-L6-v2 BERT (6 layers x 12 heads) with its tokenizer.

@@ -8,10 +8,14 @@ name               class                                        input
 =================  ===========================================  ============================
 shapes-vit         timm ``VisionTransformer``, CLS token        (B, 3, 64, 64) in [0, 1]
 shapes-vit-reg     the same with 4 register tokens              (B, 3, 64, 64) in [0, 1]
+shapes-vit-ssl     the same as shapes-vit, self-supervised      (B, 3, 64, 64) in [0, 1]
 shapes-flux        diffusers ``FluxTransformer2DModel``          packed 2x2 pixels of 32x32
 shapes-unet        diffusers ``UNet2DModel`` (attn at 16, 8)     (B, 3, 32, 32) in [-1, 1]
 =================  ===========================================  ============================
 
+``shapes-vit`` and ``shapes-vit-reg`` are trained as classifiers; ``shapes-vit-ssl`` has the
+config of ``shapes-vit`` and is trained without labels (contrastive views and masked patches),
+then given a linear-probe head, so the two differ only in their training objective.
 The ViTs take images in [0, 1] as they come from :func:`shapeworld` (no normalisation: the
 patch embedding learned it). The generative models work at 32 x 32 so that they train on a
 2-core CPU; :func:`shapeworld` renders that size exactly (``size=32``).
@@ -127,6 +131,8 @@ LITE_SPECS = {
     "shapes-vit": LiteSpec(config={"class": "timm.VisionTransformer", **VIT_CONFIG, "reg_tokens": 0,
                                    "stem": "conv"}, **_VIT),
     "shapes-vit-reg": LiteSpec(config={"class": "timm.VisionTransformer", **VIT_CONFIG, "reg_tokens": 4,
+                                       "stem": "conv"}, **_VIT),
+    "shapes-vit-ssl": LiteSpec(config={"class": "timm.VisionTransformer", **VIT_CONFIG, "reg_tokens": 0,
                                        "stem": "conv"}, **_VIT),
     "shapes-flux": LiteSpec(config={"class": "diffusers.FluxTransformer2DModel", **FLUX_CONFIG},
                             builder=_flux, text_encoder=True),

@@ -1,6 +1,6 @@
 """The numbers on the model cards, computed on fresh ShapeWorld images.
 
-* classifiers: accuracy on the largest shape;
+* classifiers: accuracy on the largest shape (``shapes-vit-ssl``: of its linear-probe head);
 * ``shapes-flux``: the share of generated images that ``shapes-vit`` classifies as the captioned
   (largest) shape, and the share whose dominant object colour is the captioned (largest) one;
 * ``shapes-unet``: the share of samples ``shapes-vit`` classifies with confidence >= 0.9, and a
@@ -98,6 +98,15 @@ def vit_card(model, n: int, encoder=None, guidance: float = 1.0) -> dict:
     metrics = vit_metrics(model, split="val", n=n)
     metrics["test_accuracy"] = vit_metrics(model, split="test", n=n)["accuracy"]
     return metrics
+
+
+def ssl_card(model, n: int, encoder=None, guidance: float = 1.0) -> dict:
+    """A self-supervised ViT with a linear-probe head: the probe's accuracy on ``n`` val images
+    (``probe_accuracy``), and on ``n`` test images beside it."""
+    val = vit_metrics(model, split="val", n=n)
+    return {"probe_accuracy": val["accuracy"],
+            "probe_test_accuracy": vit_metrics(model, split="test", n=n)["accuracy"],
+            **{k: val[k] for k in ("n_images", "split", "seed", "per_class_accuracy")}}
 
 
 def flux_card(model, n: int, encoder=None, guidance: float = 1.0) -> dict:

@@ -4,7 +4,9 @@ number a new run must beat, the card's evaluator and its sample grid (:data:`TRA
 Each objective is ``(args, device, make_model) -> (model, loss_fn, encoder)``: the training pool
 prepared, the model from ``make_model()`` (built after the data, so the seeded draws keep their
 order), ``loss_fn(idx, gen)`` the loss on the pool images ``idx`` with noise drawn from ``gen``,
-and the text encoder the model was trained with (or None).
+and the text encoder the model was trained with (or None). The returned ``model`` is the module
+the optimiser trains and a resumed run restores; a spec's ``finish`` turns it into the model that
+is shipped (``shapes-vit-ssl``: the ViT with a linear-probe head).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from ..generate import TextEncoder, unet_scheduler
 from ..models import FLUX_PACK, GEN_SIZE, LITE_SPECS, image_ids, pack
 from ..shapeworld import shapeworld
 from . import evaluate
+from .self_supervised import ContrastiveMIM, fit_linear_head
 
 
 def vit_objective(args, device, make_model):
@@ -33,6 +36,30 @@ def vit_objective(args, device, make_model):
         return F.cross_entropy(model(x), labels[idx])
 
     return model, loss_fn, None
+
+
+def ssl_objective(args, device, make_model):
+    """Contrastive CLS tokens of two views (SimCLR) + pixels of masked patches from their tokens (SimMIM), no labels."""
+    images = shapeworld(args.pool, seed=args.seed, split="train", size=args.size).images.to(device)
+    model = ContrastiveMIM(make_model()).to(device)
+
+    def loss_fn(idx, gen):
+        return model.loss(images[idx], gen)["loss"]
+
+    return model, loss_fn, None
+
+
+PROBE_IMAGES = 5000  # training images of the linear probe (the first of the training pool)
+
+
+def ssl_finish(trained: ContrastiveMIM, args, device):
+    """``(the ViT in eval mode, its head's record)``: the ViT's ``head`` fitted as a linear
+    probe on frozen CLS features of the first ``min(pool, PROBE_IMAGES)`` training-pool images and
+    their labels."""
+    data = shapeworld(min(args.pool, PROBE_IMAGES), seed=args.seed, split="train", size=args.size)
+    vit = trained.vit.eval()
+    probe = fit_linear_head(vit, data.images.to(device), data.labels)
+    return vit, {"fit": "linear probe on frozen CLS features (L-BFGS logistic regression)", **probe}
 
 
 def flux_objective(args, device, make_model):
@@ -100,6 +127,7 @@ class TrainingSpec:
     headline: str                      # the card number a new run must beat (higher is better)
     evaluator: Callable[..., dict]     # (model, n, encoder=None, guidance=1.0) -> card numbers
     samples: str                       # sample grid: "classify", "captions" or "unconditional"
+    finish: Callable | None = None     # (trained, args, device) -> (model to ship, card's "head" record)
 
 
 _VIT = TrainingSpec(vit_objective, TrainingDefaults(steps=1500, size=64), "accuracy", evaluate.vit_card, "classify")
@@ -107,6 +135,8 @@ _VIT = TrainingSpec(vit_objective, TrainingDefaults(steps=1500, size=64), "accur
 TRAINING = {
     "shapes-vit": _VIT,
     "shapes-vit-reg": _VIT,
+    "shapes-vit-ssl": TrainingSpec(ssl_objective, TrainingDefaults(steps=1500, lr=5e-4, size=64), "probe_accuracy",
+                                   evaluate.ssl_card, "classify", finish=ssl_finish),
     "shapes-flux": TrainingSpec(flux_objective, TrainingDefaults(steps=600), "caption_match", evaluate.flux_card,
                                 "captions"),
     "shapes-unet": TrainingSpec(unet_objective, TrainingDefaults(steps=700), "confident_fraction",

@@ -7,6 +7,12 @@ so a worse run never overwrites a better model.
 
     python -m chains_lite.zoo.training shapes-vit --steps 1500
     python -m chains_lite.zoo.training shapes-flux --init --steps 1000   # train the shipped model further
+    python -m chains_lite.zoo.training shapes-vit-ssl --resume           # continue runs/shapes-vit-ssl/
+
+Every few minutes (``--save-minutes``) and after the last step the run saves its resumable state
+in ``runs/NAME/state/`` (weights, optimiser moments, generator states, step, losses; files under
+16 MB); ``--resume`` continues from there with the options the run was started with, taking the
+same steps a run that never stopped would have taken.
 """
 from __future__ import annotations
 
@@ -29,11 +35,13 @@ from ..models import LITE_SPECS, build, spec
 from ..registry import CHECKPOINT_DIR, card_path, load_weights, read_card, render_card, save_checkpoint
 from ..shapeworld import shapeworld
 from .objectives import TRAINING
+from .resume import load_state, save_state
 
 WEIGHT_DECAY = 0.05  # AdamW's
 CLIP_NORM = 1.0      # the gradient norm is clipped to this
 WARMUP = 100         # steps of linear learning-rate warm-up
 LR_FLOOR = 0.05      # the cosine ends at this share of the learning rate
+STATE_DIR = "state"  # the resumable state's folder in the run folder
 
 
 def optimizer_description() -> str:
@@ -51,13 +59,31 @@ def _lr(step, steps, lr, warmup=WARMUP, done=0.0):
     return lr * (LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
 
 
-def _loop(model, loss_fn, pool_size, args, device):
+# Options that set a run's trajectory: a resumed run takes them from its state.
+TRAJECTORY = ("steps", "batch", "lr", "pool", "size", "seed", "ema", "minutes", "cond_dropout", "config", "init")
+
+
+def _run_state(model, opt, ema, gen, dgen, step, elapsed, losses, args) -> dict:
+    """Everything a resumed run needs to go on as if it had never stopped."""
+    return {"model": model.state_dict(), "optimizer": opt.state_dict(), "ema": ema,
+            "gen": gen.get_state(), "dgen": dgen.get_state() if dgen is not gen else None,
+            "step": step, "elapsed": elapsed, "losses": [float(x) for x in losses],
+            "args": {k: getattr(args, k) for k in ("name", *TRAJECTORY)}, "device": args.device_type}
+
+
+def _loop(model, loss_fn, pool_size, args, device, state_dir=None, resume=None):
     """The shared training loop: AdamW, warm-up + cosine, an optional EMA of the weights, a progress bar.
 
     The run lasts ``args.steps`` steps, or ``args.minutes`` of wall time if that comes first;
     with a time budget the cosine follows the larger of the two shares done, so a run cut by
     the clock still ends at the low learning rate. With ``args.ema`` > 0 the returned model
     holds the exponential moving average of the weights (decay ``args.ema``, warmed up).
+
+    With ``state_dir`` the resumable state (:mod:`.resume`) is saved there every
+    ``args.save_minutes`` minutes (at a step boundary; 0: every step) and after the last step;
+    ``resume`` (a state loaded from there) continues that run: weights, optimiser moments,
+    generators, step, EMA and losses, so it takes the same steps as a run that never stopped
+    (with ``--minutes``, the clock's share depends on the time each part took).
     """
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=WEIGHT_DECAY)
     params = [p for p in model.parameters()]
@@ -66,10 +92,32 @@ def _loop(model, loss_fn, pool_size, args, device):
     # Noise and timesteps are drawn where the model runs (no host copy per step on a GPU); on
     # the CPU one generator draws everything.
     dgen = gen if device.type == "cpu" else torch.Generator(device).manual_seed(args.seed + 1)
-    start, losses, step = time.time(), [], 0
-    bar = tqdm(total=args.steps, desc=f"train {args.name}")
+    step, elapsed, losses = 0, 0.0, []
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        if ema is not None:
+            for e, r in zip(ema, resume["ema"]):
+                e.copy_(r)
+        gen.set_state(resume["gen"])
+        if dgen is not gen:
+            dgen.set_state(resume["dgen"])
+        step, elapsed = resume["step"], resume["elapsed"]
+        losses = [torch.tensor(x, device=device) for x in resume["losses"]]
+        print(f"resumed {args.name} at step {step} of {args.steps}")
+
+    def save():
+        save_state(_run_state(model, opt, ema, gen, dgen, step, elapsed + time.time() - start, losses, args),
+                   state_dir, tag=step)
+
+    start = time.time()
+    last_save = start if resume is not None else -math.inf  # a new run replaces an old state at once
+    bar = tqdm(total=args.steps, initial=step, desc=f"train {args.name}")
     while step < args.steps:
-        used = (time.time() - start) / (60 * args.minutes) if args.minutes else 0.0
+        if state_dir is not None and time.time() - last_save >= 60 * args.save_minutes:
+            save()
+            last_save = time.time()
+        used = (elapsed + time.time() - start) / (60 * args.minutes) if args.minutes else 0.0
         if used >= 1:
             break
         for group in opt.param_groups:
@@ -92,14 +140,22 @@ def _loop(model, loss_fn, pool_size, args, device):
         bar.update(1)
         step += 1
     bar.close()
+    if state_dir is not None:
+        save()
     if args.minutes and step < args.steps:
         print(f"time budget of {args.minutes} min used at step {step}")
     if ema is not None:
         with torch.no_grad():
             for p, e in zip(params, ema):
                 p.copy_(e)
-    return dict(steps_done=step, final_loss=torch.stack(losses[-50:]).mean().item(),
-                train_seconds=round(time.time() - start, 1))
+    losses = torch.stack(losses).float() if losses else torch.zeros(1)
+    return dict(steps_done=step, final_loss=losses[-50:].mean().item(),
+                loss_curve=loss_curve(losses), train_seconds=round(elapsed + time.time() - start, 1))
+
+
+def loss_curve(losses: torch.Tensor, points: int = 10) -> list:
+    """``(steps,)`` losses -> the mean loss of each of ``points`` consecutive equal parts of the run."""
+    return [round(part.mean().item(), 4) for part in losses.tensor_split(min(points, len(losses)))]
 
 
 def _initial_model(args):
@@ -110,13 +166,36 @@ def _initial_model(args):
     return model
 
 
-def train_lite(args, device):
-    """Train ``args.name`` by its spec's objective; returns the model (eval mode), the loop's
-    stats and the card's validation numbers."""
-    model, loss_fn, encoder = TRAINING[args.name].objective(args, device, lambda: _initial_model(args).to(device).train())
-    stats = _loop(model, loss_fn, args.pool, args, device)
+def train_lite(args, device, state_dir=None, resume=None):
+    """Train ``args.name`` by its spec's objective (``state_dir``, ``resume``: see :func:`_loop`);
+    returns the model to ship (eval mode, after the spec's ``finish``), the loop's stats (with
+    the ``finish`` record as ``head``) and the card's validation numbers."""
+    plan = TRAINING[args.name]
+    model, loss_fn, encoder = plan.objective(args, device, lambda: _initial_model(args).to(device).train())
+    stats = _loop(model, loss_fn, args.pool, args, device, state_dir=state_dir, resume=resume)
     model.eval()
+    if plan.finish is not None:
+        model, stats["head"] = plan.finish(model, args, device)
     return model, stats, evaluate_model(args.name, model, args.eval_n, encoder, args.guidance)
+
+
+def _resumed_args(args, parser) -> dict:
+    """The saved state of ``args``' run folder, after taking its trajectory options into ``args``;
+    ``ValueError`` if the command line sets one of them to another value than the run used."""
+    state = load_state(Path(args.out) / args.name / STATE_DIR)
+    saved = state["args"]
+    if saved["name"] != args.name:
+        raise ValueError(f"the state in {args.out}/{args.name} is of {saved['name']}, not {args.name}")
+    for k in TRAJECTORY:
+        given = getattr(args, k, None)  # ``size`` has no option: it is the spec's
+        if given != parser.get_default(k) and given != saved[k]:
+            raise ValueError(f"--resume continues the run as it was started: it used --{k.replace('_', '-')} "
+                             f"{saved[k]!r}, the command line says {given!r}")
+        setattr(args, k, saved[k])
+    if state["device"] != args.device_type:
+        raise ValueError(f"the run was on {state['device']}; it resumes on the same kind of device, "
+                         f"not {args.device_type} (its random generators are that device's)")
+    return state
 
 
 def save_sample_grid(name, model, path, encoder=None, n=16, seed=0, guidance=1.0):
@@ -202,6 +281,12 @@ def main(argv=None):
                    help="JSON object of model-config entries that replace the lite config's, e.g. "
                         "'{\"num_layers\": 3}' (the card records the config used; `zoo.load` builds "
                         "from LITE_CONFIGS, so a checkpoint with another config ships with that edit)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in OUT/NAME from its last saved state (weights, optimiser, "
+                        "schedule, generators), with the options it was started with")
+    p.add_argument("--save-minutes", type=float, default=5.0,
+                   help="save the resumable state to OUT/NAME/state/ this often, and after the last step "
+                        "(0: after every step)")
     p.add_argument("--eval-n", type=int, default=500, help="validation images for the card")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
@@ -221,15 +306,18 @@ def main(argv=None):
         return refresh_card(args.name, reevaluate=args.reevaluate, n=args.eval_n,
                             guidance=args.guidance if args.guidance != 1 else None)
     s, plan = spec(args.name), TRAINING[args.name]
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    args.device_type = device.type
+    run_dir = Path(args.out) / args.name
+    resume = _resumed_args(args, p) if args.resume else None
     for k, v in asdict(plan.training).items():
         if getattr(args, k, None) is None:
             setattr(args, k, v)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(args.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
 
     previous = read_card(args.name, Path(args.checkpoint_dir)) if args.init else None
-    model, stats, metrics = train_lite(args, device)
+    model, stats, metrics = train_lite(args, device, state_dir=run_dir / STATE_DIR, resume=resume)
     card = {
         "name": args.name,
         "config": {k: (list(v) if isinstance(v, tuple) else v)
@@ -242,7 +330,10 @@ def main(argv=None):
                          "training"]["steps"]) if previous else 0),
                      "init": "the shipped checkpoint" if previous else "random",
                      "optimizer": optimizer_description(),
-                     "final_loss": round(stats["final_loss"], 5), "seed": args.seed,
+                     "objective": plan.objective.__doc__.splitlines()[0],
+                     "final_loss": round(stats["final_loss"], 5), "loss_curve": stats["loss_curve"],
+                     "seed": args.seed,
+                     **({"head": stats["head"]} if "head" in stats else {}),
                      **({"ema": args.ema} if args.ema else {}),
                      **({"minutes": args.minutes} if args.minutes else {}),
                      **({"cond_dropout": args.cond_dropout} if s.text_encoder else {})},
@@ -255,7 +346,6 @@ def main(argv=None):
         "headline": plan.headline,
         "date": time.strftime("%Y-%m-%d"),
     }
-    run_dir = Path(args.out) / args.name
     save_checkpoint(model, card, run_dir)
     encoder = generate.TextEncoder(device=device) if s.text_encoder else None
     save_sample_grid(args.name, model, run_dir / f"{args.name}-samples.png", encoder=encoder,
@@ -273,7 +363,8 @@ def main(argv=None):
         return
     ship_dir.mkdir(parents=True, exist_ok=True)
     for f in run_dir.iterdir():
-        shutil.copy2(f, ship_dir / f.name)
+        if f.is_file():  # not the resumable state
+            shutil.copy2(f, ship_dir / f.name)
     print(f"installed {args.name} into {ship_dir}")
 
 
