@@ -197,17 +197,17 @@ def arpack_lambda2_matvecs(A, dtype, tol) -> int:
 def ours_lambda2_bounces(A, tol) -> int:
     """Head-bounces ``chains_lite.lambda2`` spends (heads in the batch, summed over its Arnoldi
     steps; an untimed run)."""
-    from chains_lite.core import chain
-    extend, sizes = chain.extend, []
+    from chains_lite.core import solvers
+    extend, sizes = solvers.extend, []
 
     def counting(V, H, j, w):
         sizes.append(V.shape[0])
         return extend(V, H, j, w)
-    chain.extend = counting
+    solvers.extend = counting
     try:
         cl.lambda2(A, tol=tol)
     finally:
-        chain.extend = extend
+        solvers.extend = extend
     return sum(sizes)
 
 

@@ -202,7 +202,8 @@ def inception_extractor(device=None):
     Inception network (torchmetrics / torch-fidelity weights, downloaded at first use; in a dry
     run, ``CHAINS_FULL_WEIGHTS=random``, a random-weight stand-in: :func:`zoo.dryrun.inception_stand_in`)."""
     from ..zoo import dryrun
-    if dryrun.random_weights():
+    from ..zoo.catalog import random_weights
+    if random_weights():
         net = dryrun.inception_stand_in()
     else:
         from torchmetrics.image.fid import NoTrainInceptionV3
