@@ -38,14 +38,16 @@ chromium:
 	  apt-get update -qq >/dev/null && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 
-# One pytest run: the unit tests, and nbmake executing every notebook once in lite mode on the
-# CPU, into copies under $(EXECUTED) (--overwrite keeps their outputs). The site is then built
+# Two pytest runs: the unit tests, then nbmake executing every notebook once in lite mode on the
+# CPU, into copies under $(EXECUTED) (--overwrite keeps their outputs), in a process of its own (run
+# after the unit tests in one process, chapter 1's kernel and nbclient waited on each other). The site is then built
 # from those copies without executing anything again (book/build_site.py) and opened page by page in
 # Chromium (book/check_site.py; screenshots in book/_build/site-check); last, the full-mode dry
 # run. Plain `pytest` runs the unit tests only.
 test: venv chromium
 	rm -rf $(EXECUTED) && mkdir -p $(EXECUTED) && cp notebooks/*.ipynb $(EXECUTED)/
-	CHAINS_MODE=lite $(PYTHON) -m pytest --nbmake --nbmake-timeout=1200 --overwrite tests $(EXECUTED)
+	CHAINS_MODE=lite $(PYTHON) -m pytest tests
+	CHAINS_MODE=lite $(PYTHON) -m pytest --nbmake --nbmake-timeout=1200 --overwrite $(EXECUTED)
 	$(PYTHON) book/build_site.py $(EXECUTED)
 	$(PYTHON) book/check_site.py book/_build/html
 	$(MAKE) dry-run
