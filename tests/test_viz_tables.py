@@ -51,3 +51,20 @@ def test_markdown_table_rejects_ragged_rows_and_bad_align():
         markdown_table(["a"], [[1]], align=["c"])
     with pytest.raises(ValueError, match="column"):
         markdown_table([], [])
+
+
+def test_glue_text_stores_the_text_under_its_key(monkeypatch):
+    import sys
+    import types
+
+    stored = {}
+    fake = types.ModuleType("myst_nb")
+    fake.glue = lambda key, value, display=True: stored.update({key: (value, display)})
+    monkeypatch.setitem(sys.modules, "myst_nb", fake)
+    from chains_lite.viz.tables import glue_text
+    assert glue_text("lite_result", "TokenRank wins") is True
+    assert stored == {"lite_result": ("TokenRank wins", False)}
+    with pytest.raises(ValueError, match="identifier"):
+        glue_text("not a key", "x")
+    monkeypatch.setitem(sys.modules, "myst_nb", None)   # import fails: nothing stored
+    assert glue_text("other", "y") is False

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-__all__ = ["sig", "interval", "markdown_table"]
+__all__ = ["sig", "interval", "markdown_table", "glue_text"]
 
 
 def sig(x: float, digits: int = 3) -> str:
@@ -71,3 +71,18 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence], digits: int 
              "|" + "|".join(":---" if a == "l" else "---:" for a in align) + "|"]
     lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in cells]
     return "\n".join(lines)
+
+
+def glue_text(key: str, text: str) -> bool:
+    """Store ``text`` under ``key`` for other pages of the built book (MyST-NB's ``glue``: another
+    page shows it with ``{glue:text}`path/to/notebook.ipynb::key```), without displaying it here.
+    Outside the book's build environment (no ``myst_nb``, e.g. Colab) nothing happens. Returns
+    whether the text was stored."""
+    if not isinstance(key, str) or not key.isidentifier():
+        raise ValueError(f"key must be a Python identifier, got {key!r}")
+    try:
+        from myst_nb import glue
+    except ImportError:
+        return False
+    glue(key, str(text), display=False)
+    return True
