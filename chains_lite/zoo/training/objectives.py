@@ -124,10 +124,19 @@ class TrainingSpec:
 
     objective: Callable                # (args, device, make_model) -> (model, loss_fn, encoder)
     training: TrainingDefaults
-    headline: str                      # the card number a new run must beat (higher is better)
+    headline: str                      # the card's main number (higher is better)
     evaluator: Callable[..., dict]     # (model, n, encoder=None, guidance=1.0) -> card numbers
     samples: str                       # sample grid: "classify", "captions" or "unconditional"
     finish: Callable | None = None     # (trained, args, device) -> (model to ship, card's "head" record)
+    # the card numbers a new run is judged on, each "higher" or "lower" is better (default: the headline)
+    ship_on: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self):
+        if not self.ship_on:
+            object.__setattr__(self, "ship_on", ((self.headline, "higher"),))
+        for key, better in self.ship_on:
+            if better not in ("higher", "lower"):
+                raise ValueError(f"ship_on: {key!r} must be 'higher' or 'lower' is better, got {better!r}")
 
 
 _VIT = TrainingSpec(vit_objective, TrainingDefaults(steps=1500, size=64), "accuracy", evaluate.vit_card, "classify")
@@ -138,11 +147,36 @@ TRAINING = {
     "shapes-vit-ssl": TrainingSpec(ssl_objective, TrainingDefaults(steps=1500, lr=5e-4, size=64), "probe_accuracy",
                                    evaluate.ssl_card, "classify", finish=ssl_finish),
     "shapes-flux": TrainingSpec(flux_objective, TrainingDefaults(steps=600), "caption_match", evaluate.flux_card,
-                                "captions"),
+                                "captions", ship_on=(("caption_match", "higher"), ("color_match", "higher"),
+                                                     ("frechet_distance_vit", "lower"))),
     "shapes-unet": TrainingSpec(unet_objective, TrainingDefaults(steps=700), "confident_fraction",
-                                evaluate.unet_card, "unconditional"),
+                                evaluate.unet_card, "unconditional",
+                                ship_on=(("confident_fraction", "higher"), ("frechet_distance_vit", "lower"))),
 }
 assert set(TRAINING) == set(LITE_SPECS)
 
-# The card number a new run must beat to replace the shipped checkpoint (higher is better).
+# Each card's main number (higher is better).
 HEADLINE = {name: t.headline for name, t in TRAINING.items()}
+
+
+def improves(new: dict, old: dict | None, ship_on) -> tuple[bool, str]:
+    """Whether a run's card numbers ``new`` improve on the shipped card's ``old`` under ``ship_on``
+    (pairs of card key and "higher" / "lower" is better): no number worse and at least one better
+    (Pareto). A run that improves one number and worsens another does not improve. A number the
+    shipped card lacks is not compared; with no shipped card every run improves. Returns the verdict
+    and one line that says number by number why."""
+    if old is None:
+        return True, "no shipped card"
+    better, worse, parts = [], [], []
+    for key, direction in ship_on:
+        if key not in new:
+            raise KeyError(f"the run's card has no {key!r}")
+        if key not in old:
+            parts.append(f"{key} {new[key]:.4g} (shipped card has none)")
+            continue
+        sign = 1 if direction == "higher" else -1
+        diff = sign * (new[key] - old[key])
+        (better if diff > 0 else worse if diff < 0 else []).append(key)
+        parts.append(f"{key} {new[key]:.4g} vs shipped {old[key]:.4g} ({direction} is better)")
+    ok = bool(better) and not worse
+    return ok, "; ".join(parts) + (f" -> worse: {', '.join(worse)}" if worse else "")

@@ -2,8 +2,8 @@
 
 Deterministic for a given seed and device (CPU runs repeat bit for bit). Uses the GPU when
 present. The run is written to ``runs/NAME/`` (weights, card); it replaces the checkpoint shipped
-in the package only when its card's headline number beats the shipped card's (or ``--force``),
-so a worse run never overwrites a better model.
+in the package only when it improves on the shipped card (``objectives.improves``: no number of
+its ``ship_on`` list worse, one better; or ``--force``), so a worse run never overwrites a better model.
 
     python -m chains_lite.zoo.training shapes-vit --steps 1500
     python -m chains_lite.zoo.training shapes-flux --init --steps 1000   # train the shipped model further
@@ -34,7 +34,7 @@ from ..load import load
 from ..models import LITE_SPECS, build, spec
 from ..registry import CHECKPOINT_DIR, card_path, load_weights, read_card, render_card, save_checkpoint
 from ..shapeworld import shapeworld
-from .objectives import TRAINING
+from .objectives import TRAINING, improves
 from .resume import load_state, save_state
 
 WEIGHT_DECAY = 0.05  # AdamW's
@@ -354,10 +354,9 @@ def main(argv=None):
 
     ship_dir = Path(args.checkpoint_dir)
     shipped = card_path(args.name, ship_dir)
-    key = plan.headline
-    old = json.loads(shipped.read_text())["validation"][key] if shipped.exists() else None
-    better = old is None or metrics[key] > old
-    print(f"{key}: this run {metrics[key]:.4f}, shipped {old}")
+    old = json.loads(shipped.read_text())["validation"] if shipped.exists() else None
+    better, why = improves(metrics, old, plan.ship_on)
+    print(f"{'improves on' if better else 'does not improve on'} the shipped card: {why}")
     if args.no_install or not (better or args.force):
         print(f"kept the shipped checkpoint; this run is in {run_dir}")
         return
