@@ -57,7 +57,10 @@ def test_heads_are_seeded_chains_with_the_planted_ground_truth(P):
 
 def test_lambda2_separates_planted_from_noise_heads(P):
     moduli = [np.sort(np.abs(np.linalg.eigvals(a)))[-2] for a in P.A.double().numpy()]
-    assert min(moduli[:4]) > 0.85 and max(moduli[4:]) < 0.1
+    # a planted head keeps 1 - leak - hub_mass of an object token's mass in its object: the
+    # difference between two objects' shares decays by exactly that factor per bounce
+    assert np.allclose(moduli[:4], 1 - 0.04 - 0.04, atol=1e-8) and max(moduli[4:]) < 0.1
+    assert np.allclose(cl.lambda2(P.A[:4]).numpy(), 0.92, atol=1e-4)
     w = cl.head_weights(P.A, "lambda2")
     assert w[:4].min() > 10 * w[4:].max()
     # noise heads replaced by planted ones: nothing to down-weight, the weights are nearly uniform
@@ -88,6 +91,11 @@ def test_tokenrank_ranks_the_planted_hubs(P):
 def test_lambda2_weighting_keeps_the_objects_that_noise_heads_blur(P):
     uniform, weighted = cl.mix(P.A, "uniform"), cl.mix(P.A, "lambda2")
     assert object_auc(P, weighted, 6) > object_auc(P, uniform, 6) + 0.1
+    # the mixtures see more of each object in one step than one planted head
+    assert min(object_auc(P, uniform, 1), object_auc(P, weighted, 1)) > object_auc(P, P.A[0], 1) + 0.1
+    # uniform weights: the map blurs soon after its peak; lambda2 weights keep it
+    peak = max(object_auc(P, uniform, k) for k in (1, 2, 3, 4))
+    assert object_auc(P, uniform, 8) < peak - 0.2 and object_auc(P, weighted, 8) > peak - 0.05
 
 
 def test_bad_arguments_raise():
@@ -99,3 +107,19 @@ def test_bad_arguments_raise():
         planted_chains(leak=0.8, background_hub_mass=0.3)
     with pytest.raises(ValueError, match="object 4"):
         planted_chains(seed=0).mask(4)
+
+
+def test_seed_maps_are_the_bounces_from_each_object_token(P):
+    maps, truth = P.seed_maps(P.A[1], 3)
+    tokens = torch.nonzero(P.objects > 0).flatten()
+    assert maps.shape == (3, len(tokens), 12, 12) and truth.shape == (len(tokens), 12, 12)
+    powers = [torch.linalg.matrix_power(P.A[1].double(), k) for k in (1, 2, 3)]
+    for s in range(0, len(tokens), 7):
+        i = int(tokens[s])
+        for k in range(3):                     # row i of A^(k+1), by matrix powers
+            torch.testing.assert_close(maps[k, s].flatten().double(), powers[k][i], atol=1e-5, rtol=0)
+        assert torch.equal(truth[s].flatten(), P.mask(int(P.objects[i])))
+    with pytest.raises(ValueError, match="steps"):
+        P.seed_maps(P.A[0], 0)
+    with pytest.raises(ValueError, match="one chain"):
+        P.seed_maps(P.A, 1)

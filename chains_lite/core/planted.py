@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .chain import bounce
+
 #: Default objects: ``(row, col, height, width)`` rectangles on a 12 x 12 grid.
 OBJECTS = ((1, 1, 4, 5), (7, 1, 4, 4), (2, 7, 6, 4))
 
@@ -47,6 +49,26 @@ class PlantedChains:
         if not 0 <= k <= int(self.objects.max()):
             raise ValueError(f"object {k} does not exist; objects are 1..{int(self.objects.max())}")
         return self.objects == k
+
+    def seed_maps(self, M: torch.Tensor, steps: int):
+        """The maps from every object token after 1, ..., ``steps`` incoming bounces, with their
+        ground truth.
+
+        M: ``(n, n)`` right-stochastic (one head, or a mixture of :attr:`A`'s heads). Returns
+        ``maps`` ``(steps, t, side, side)`` float32: ``maps[k - 1, s]`` is ``e_i^T M^k`` (Eq. 4,
+        :func:`chains_lite.core.chain.bounce`) for the ``s``-th of the ``t`` object tokens ``i``;
+        and ``truth`` ``(t, side, side)`` bool, the object each of those tokens belongs to.
+        """
+        if M.shape != (self.n, self.n):
+            raise ValueError(f"M must be one chain of shape ({self.n}, {self.n}), got {tuple(M.shape)}")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+        tokens = torch.nonzero(self.objects > 0).flatten()
+        starts = torch.eye(self.n, dtype=M.dtype)[tokens]                      # (t, n) one-hot
+        maps = bounce(M, starts, steps, return_all=True).transpose(0, 1)       # (steps, t, n)
+        truth = self.objects[tokens, None] == self.objects[None, :]
+        return (maps.float().reshape(steps, -1, self.side, self.side),
+                truth.view(-1, self.side, self.side))
 
 
 def object_labels(side: int, objects=OBJECTS) -> torch.Tensor:
