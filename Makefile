@@ -47,7 +47,7 @@ chromium:
 test: venv chromium
 	rm -rf $(EXECUTED) && mkdir -p $(EXECUTED) && cp notebooks/*.ipynb $(EXECUTED)/
 	CHAINS_MODE=lite $(PYTHON) -m pytest tests
-	CHAINS_MODE=lite $(PYTHON) -m pytest --nbmake --nbmake-timeout=1200 --overwrite $(EXECUTED)
+	CHAINS_MODE=lite CHAINS_PROGRESS=off $(PYTHON) -m pytest --nbmake --nbmake-timeout=1200 --overwrite $(EXECUTED)
 	$(PYTHON) book/build_site.py $(EXECUTED)
 	$(PYTHON) book/check_site.py book/_build/html
 	$(MAKE) dry-run
@@ -67,13 +67,14 @@ dry-run: venv
 
 # Jupyter Book 1.x executes every notebook of $(BOOK) (tests/test_make_book.py builds a tiny one): the cache is
 # emptied, and --all builds afresh (Sphinx's saved environment skips a notebook whose source did not change).
-# Lite mode unless the venv's torch sees a GPU; an explicit CHAINS_MODE=... wins.
+# Lite mode unless the venv's torch sees a GPU; an explicit CHAINS_MODE=... wins. CHAINS_PROGRESS=off
+# keeps progress bars out of the pages (chains_lite.core.progress), as in `make test`.
 BOOK := book
 book: venv
 	rm -rf $(BOOK)/_build/.jupyter_cache
 	export CHAINS_MODE=$${CHAINS_MODE:-$$($(PYTHON) -c 'import torch; print("full" if torch.cuda.is_available() else "lite")')}; \
 	echo "CHAINS_MODE=$$CHAINS_MODE"; \
-	$(VENV)/bin/jupyter-book build --all $(BOOK)
+	CHAINS_PROGRESS=off $(VENV)/bin/jupyter-book build --all $(BOOK)
 	@echo "Book: $(abspath $(BOOK))/_build/html/index.html"
 
 lab: $(VENV)/.installed-lab

@@ -7,7 +7,7 @@ dataset (AUROC, IoU at the mean threshold), :func:`summary_table` prints them pe
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
+from ..core.progress import progress_bar
 
 from ..capture import capture
 from ..core.chain import DEFAULT_ALPHA
@@ -31,7 +31,7 @@ def localisation(model, images: torch.Tensor, masks: torch.Tensor, layers=None,
                          f"{tuple(images.shape)} and {tuple(masks.shape)}")
     device = next(model.parameters()).device
     out = {m: {"auroc": [], "iou": []} for m in methods}
-    for i in tqdm(range(0, len(images), batch_size), desc="localisation", disable=not progress):
+    for i in progress_bar(range(0, len(images), batch_size), desc="localisation", disable=not progress):
         x, fg = images[i:i + batch_size].to(device), masks[i:i + batch_size] > 0
         with torch.no_grad(), capture(model, layers=layers, device="cpu") as rec:
             model(x)

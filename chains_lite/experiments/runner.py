@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
+from ..core.progress import progress_bar
 
 SPEC = "run.json"
 
@@ -174,7 +174,7 @@ class _Progress:
     def __init__(self, out_dir: Path, n: int, done: int, desc: str, enabled: bool):
         self.out_dir, self.enabled = out_dir, enabled
         self.offsets = {p: p.stat().st_size for p in out_dir.glob("rank*.jsonl")} if enabled else {}
-        self.bar = tqdm(total=n, initial=done, desc=desc or "items", unit="item", disable=not enabled)
+        self.bar = progress_bar(total=n, initial=done, desc=desc or "items", unit="item", disable=not enabled)
 
     def update(self):
         if not self.enabled:
@@ -227,7 +227,7 @@ def run(work: Callable[[list[int]], list[dict]], n: int, out_dir=None, config: d
         raise ValueError(f"batch must be an int >= 1, got {batch!r}")
     if out_dir is None:
         records = []
-        for chunk in tqdm(chunks(n, batch), desc=desc or None, disable=not progress):
+        for chunk in progress_bar(chunks(n, batch), desc=desc or None, disable=not progress):
             records += _checked(chunk, work(chunk))
         return records
     if config is None:

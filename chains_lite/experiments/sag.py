@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from ..core.progress import progress_bar
 
 from ..eval import quality
 from ..core.seeding import item_noise
@@ -227,7 +227,7 @@ def load_images(paths) -> torch.Tensor:
 def image_features(paths, extract, batch: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """``(features (N, D), probs (N, C))`` of the image files ``paths`` through ``extract``."""
     f, p = [], []
-    for i in tqdm(range(0, len(paths), batch), desc="features"):
+    for i in progress_bar(range(0, len(paths), batch), desc="features"):
         fi, pi = extract(load_images(paths[i:i + batch]))
         f.append(fi)
         p.append(pi)

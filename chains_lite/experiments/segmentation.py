@@ -11,7 +11,7 @@ import time
 from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
+from ..core.progress import progress_bar
 
 from ..eval.metrics import binary_segmentation, merge_segmentation_counts, segmentation_counts
 from ..methods.segmentation import (PAPER_METHOD, Setting, encode_inputs, noised_attention, start_vectors,
@@ -48,7 +48,7 @@ def evaluate(loaded, images: torch.Tensor, masks: torch.Tensor, captions: list[s
     settings = [Setting.parse(s) if isinstance(s, str) else s for s in settings]
     t0 = time.perf_counter()
     maps = {s.name: [] for s in settings}
-    for i in tqdm(range(0, len(images), batch_size), desc="segmentation", disable=not progress):
+    for i in progress_bar(range(0, len(images), batch_size), desc="segmentation", disable=not progress):
         sl = slice(i, i + batch_size)
         got = word_maps(loaded, images[sl], captions[sl], words[sl], settings, **kw)
         for k, v in got.items():
@@ -86,7 +86,7 @@ def evaluate_batches(loaded, batches, settings=(Setting(),), size: int = 224, re
     """
     settings = [Setting.parse(s) if isinstance(s, str) else s for s in settings]
     t0, records = time.perf_counter(), []
-    for images, masks, captions, words in tqdm(batches, total=total, desc="segmentation",
+    for images, masks, captions, words in progress_bar(batches, total=total, desc="segmentation",
                                                disable=not progress):
         records += segmentation_records(loaded, images, masks, captions, words, settings, size=size,
                                         resize=resize, **kw)
@@ -127,7 +127,7 @@ def word_object_scores(loaded, batch, kind: str = "shape", setting=Setting(), n_
     setting = Setting.parse(setting) if isinstance(setting, str) else setting
     maps, gts = [], []
     keep = [i for i, s in enumerate(batch.shapes) if len(s) >= n_objects and len(set(s)) == len(s)]
-    for i in tqdm(keep, desc=f"{kind} words", disable=not progress):
+    for i in progress_bar(keep, desc=f"{kind} words", disable=not progress):
         words = batch.shapes[i] if kind == "shape" else batch.colors[i]
         inputs = encode_inputs(loaded, batch.images[i][None], [batch.captions[i]], encoder)
         rec = noised_attention(loaded, inputs, blocks=setting.blocks, **kw)

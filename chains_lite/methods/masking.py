@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from ..core.progress import progress_bar
 
 from ..capture import add_logit_bias, attention_layers, capture
 from ..core import scores
@@ -107,7 +107,7 @@ def masking_curves(model, images: torch.Tensor, labels: torch.Tensor,
     correct = {s: torch.zeros(len(fractions), dtype=torch.float64) for s in strategies}
     clean = 0
     batches = range(0, len(images), batch_size)
-    for i in tqdm(batches, desc="masking", disable=not progress):
+    for i in progress_bar(batches, desc="masking", disable=not progress):
         ok, hits = batch_hits(model, images[i:i + batch_size], labels[i:i + batch_size], classify,
                             strategies, fractions, layers, fractions_per_pass, generator=gen)
         clean += int(ok.sum())

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from ..core.progress import progress_bar
 
 from ..capture import capture
 from ..core import scores
@@ -40,7 +40,7 @@ def attention_features(model, images: torch.Tensor, methods: Sequence[str] = PRO
         raise ValueError(f"head_scheme must be one of {HEAD_SCHEMES} or None, got {head_scheme!r}")
     gen = torch.Generator().manual_seed(seed)
     feats = {m: [] for m in methods}
-    for i in tqdm(range(0, len(images), batch_size), desc="features", disable=not progress):
+    for i in progress_bar(range(0, len(images), batch_size), desc="features", disable=not progress):
         with torch.no_grad(), capture(model, layers=layers, device="cpu") as rec:
             model(images[i:i + batch_size])
         lay = rec.layout

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from ..core.progress import progress_bar
 
 from ..capture import attention_layers, capture
 from ..core import scores
@@ -206,7 +206,7 @@ def sample(unet, scheduler, noise: torch.Tensor, sag: SAG = SAG(), steps: int = 
     sched.set_timesteps(steps)
     x = noise * sched.init_noise_sigma
     masks = []
-    for t in tqdm(sched.timesteps, desc="sag", disable=not progress):
+    for t in progress_bar(sched.timesteps, desc="sag", disable=not progress):
         xin = sched.scale_model_input(x, t)
         eps, mask = guided_eps(unet, sched, xin, t, sag, context, uncond_context, cfg)
         if mask is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 import torch
-from tqdm.auto import tqdm
+from ..core.progress import progress_bar
 
 from .models import FLUX_PACK, GEN_SIZE, image_ids, unpack
 
@@ -87,7 +87,7 @@ def flux_sample(model, encoder: TextEncoder, captions: list[str], steps: int = 2
     x = torch.randn(len(captions), grid * grid, 3 * FLUX_PACK**2, generator=gen).to(device)
     ts = torch.linspace(1, 0, steps + 1)
     out = []
-    for i in tqdm(range(0, len(captions), batch), desc="flux sample", disable=not progress):
+    for i in progress_bar(range(0, len(captions), batch), desc="flux sample", disable=not progress):
         xb, sl = x[i:i + batch], slice(i, i + batch)
         c_txt, c_pooled = txt[sl].to(device), pooled[sl].to(device)
         if guided:  # conditional and unconditional halves in one forward pass
@@ -124,7 +124,7 @@ def unet_sample(model, n: int, steps: int = 50, seed: int = 0, batch: int = 100,
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 3, size, size, generator=gen).to(device)
     out = []
-    for i in tqdm(range(0, n, batch), desc="unet sample", disable=not progress):
+    for i in progress_bar(range(0, n, batch), desc="unet sample", disable=not progress):
         xb = x[i:i + batch]
         for t in sched.timesteps:
             eps = model(xb, t.to(device)).sample

@@ -26,7 +26,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
+from ...core.progress import progress_bar
 
 from .. import generate
 from ..judge import classify
@@ -112,7 +112,7 @@ def _loop(model, loss_fn, pool_size, args, device, state_dir=None, resume=None):
 
     start = time.time()
     last_save = start if resume is not None else -math.inf  # a new run replaces an old state at once
-    bar = tqdm(total=args.steps, initial=step, desc=f"train {args.name}")
+    bar = progress_bar(total=args.steps, initial=step, desc=f"train {args.name}")
     while step < args.steps:
         if state_dir is not None and time.time() - last_save >= 60 * args.save_minutes:
             save()
