@@ -123,10 +123,11 @@ SYNC_MAX = 32  # and at most (a read also compacts the batch)
 
 def next_read(step: int, predicted: float) -> int:
     """The step after ``step`` at which a loop reads its flags on the host: ``predicted`` steps
-    later (when the rate estimate says the next chain finishes), clamped to ``[SYNC_MIN, SYNC_MAX]``."""
+    later (when the rate estimate says the next chain finishes) plus one (a read one step late
+    costs a step, one too early up to ``SYNC_MIN``), clamped to ``[SYNC_MIN, SYNC_MAX]``."""
     if not math.isfinite(predicted):
         return step + SYNC_MAX
-    return step + int(min(max(math.ceil(predicted), SYNC_MIN), SYNC_MAX))
+    return step + int(min(max(math.ceil(predicted) + 1, SYNC_MIN), SYNC_MAX))
 
 
 def read_flags(flags: list[torch.Tensor], steps_left: torch.Tensor, gone: torch.Tensor):
@@ -242,8 +243,9 @@ def auto_steady_state(A, p, alpha, direction, tol, max_iter, rows=None):
     floor of the products, ``_PROBE_FLOOR / (1 - r)`` in L1, is not 4x below ``tol``; it is done
     once its estimated error ``4 d_k r / (1 - r)`` (``r`` over the last ``_WINDOW`` steps) plus
     the floor is below ``tol``. Both verdicts are taken on the device at every step and freeze
-    the chain; the host reads them after ``_FIRST_LOOK`` steps and then where the fewest
-    predicted steps left end (``next_read``). At a read where no chain has finished, if any
+    the chain; the host reads them after ``SYNC_MIN`` steps and then where the fewest
+    predicted steps left end (``next_read``; at most ``2 SYNC_MIN`` steps apart while no chain
+    has left). At a read where no chain has finished, if any
     needs GMRES every chain goes to GMRES (``krylov_steady_state``) as if it had been chosen at
     the start: GMRES pays its float64 residuals for that chain anyway, and fast chains leave it
     within a restart. Otherwise finished chains leave, and those that need GMRES go to it from
@@ -267,7 +269,7 @@ def auto_steady_state(A, p, alpha, direction, tol, max_iter, rows=None):
     steps_left = torch.zeros(B, dtype=torch.float64, device=device)
     diffs = []
     max_rate = min(alpha, 0.999)
-    read_at, k = _FIRST_LOOK, 0
+    read_at, k = max(_FIRST_LOOK, SYNC_MIN), 0
     for k in range(1, max_iter + 1):
         v_new = normalize(alpha * times(v) + (1.0 - alpha) * p_.unsqueeze(-2))
         diffs = (diffs + [(v_new - v).abs().sum((-2, -1))])[-(_WINDOW + 1):]
@@ -285,7 +287,10 @@ def auto_steady_state(A, p, alpha, direction, tol, max_iter, rows=None):
             # fast leave it within a restart: all go, as if GMRES had been the choice (and A
             # is not copied)
             return krylov_steady_state(A, p.to(A.dtype), alpha, direction, tol, max(1, max_iter - k))
-        read_at = next_read(k, max(fewest, _WINDOW + 1 - len(diffs)))
+        # while every chain may still go to GMRES together, read again soon: a hand-over shows
+        # in the rate after a few steps, and until it is read the batch steps in vain
+        soon = 2 * SYNC_MIN if len(todo) == B else SYNC_MAX
+        read_at = next_read(k, min(max(fewest, _WINDOW + 1 - len(diffs)), soon))
         if not any(is_done) and not any(is_slow):
             continue
         done_at = [i for i, f in enumerate(is_done) if f]
@@ -454,14 +459,26 @@ _ANCHOR = 16  # float32 bounces per float64 one in the power method
 def arnoldi_lambda2(A, direction, tol, max_iter, krylov_dim, near_one: bool = False, rows=None):
     """|lambda_2| ``(B,)`` of ``B`` chains ``(B, n, n)``, ``n >= 2`` (see ``lambda2``).
 
+    The iterations run in ``torch.inference_mode`` (lambda2 is never differentiated; it saves
+    about a tenth of the per-step overhead at small ``n``); the results are ordinary tensors.
+    """
+    with torch.inference_mode():
+        lam, near = _arnoldi(A, direction, tol, max_iter, krylov_dim, rows)
+    out = torch.from_numpy(lam).to(device=A.device, dtype=A.dtype)
+    return (out, torch.from_numpy(near).to(A.device)) if near_one else out
+
+
+def _arnoldi(A, direction, tol, max_iter, krylov_dim, rows=None):
+    """``arnoldi_lambda2``'s iterations: |lambda_2| and the distance from 1 to the nearest Ritz
+    value, ``(B,)`` numpy arrays each.
+
     One batched Arnoldi process; a chain whose top Ritz pair has converged leaves the batch at
     the check that finds it, so fast-mixing heads stop bouncing after a dozen steps while slow
     ones go on. A check copies the small projected matrices ``H`` to the host (its one read) and
     takes their ``eig`` there; checks come ``_check_every`` steps apart.
 
-    ``near_one``: also return the distance ``(B,)`` from 1 to the nearest Ritz value (0 when the
-    eigenvalue 1 is repeated: a reducible chain with several closed classes). ``rows``: the row
-    sums ``(B, n)`` of ``A`` if known."""
+    The distance to 1 is 0 when the eigenvalue 1 is repeated (a reducible chain with several
+    closed classes). ``rows``: the row sums ``(B, n)`` of ``A`` if known."""
     B, n, device = A.shape[0], A.shape[-1], A.device
     # float32 row sums (a third of the float64 ones' cost): their rounding, ~1e-7 relative,
     # is far below lambda2's float32 floor
@@ -478,10 +495,6 @@ def arnoldi_lambda2(A, direction, tol, max_iter, krylov_dim, near_one: bool = Fa
     spent = 0
     step = stepper(A, direction, rows=rows)
     dangling = step.dangling
-
-    def result():
-        out = torch.from_numpy(lam).to(device=device, dtype=A.dtype)
-        return (out, torch.from_numpy(near).to(device)) if near_one else out
 
     while True:
         V = v.new_zeros(len(todo), m + 1, n)
@@ -507,7 +520,7 @@ def arnoldi_lambda2(A, direction, tol, max_iter, krylov_dim, near_one: bool = Fa
             lam[ids[done]], near[ids[done]] = top[done], dist[done]
             keep = ~done
             if not keep.any():
-                return result()
+                return lam, near
             todo = ids[keep].tolist()
             sel = index(np.flatnonzero(keep).tolist(), device)
             A, rows, V, H = A[sel], rows[sel], V[sel], H[sel]
@@ -516,9 +529,9 @@ def arnoldi_lambda2(A, direction, tol, max_iter, krylov_dim, near_one: bool = Fa
         spent += k
         if spent >= max_iter:
             warnings.warn(f"lambda2 did not converge to tol={tol} in max_iter={max_iter} bounces; "
-                          "increase max_iter or krylov_dim", RuntimeWarning, stacklevel=3)
+                          "increase max_iter or krylov_dim", RuntimeWarning, stacklevel=4)
             lam[todo], near[todo] = top, dist
-            return result()
+            return lam, near
         v = _restart_vector(theta, S, V[:, : k + 1])
 
 
@@ -531,11 +544,14 @@ def _check_every(k: int, n: int) -> int:
     A check (``eig`` of the ``k x k`` projected matrices, ~``k^3``, on the host) costs about
     ``50 k^3 / n^2`` bounces (~``n^2``) on a CPU core: 1 ms at ``k = 48``, five bounces of a
     1024-token head. Checks come about that many steps apart, so they cost at most about one
-    bounce each, but at least every ``max(4, k // 8)`` steps, and never closer than
+    bounce each, but at least every ``max(4, k // 4)`` steps, and never closer than
     ``SYNC_MIN`` (each is a host read). The schedule depends on ``k`` and ``n`` only: a chain
     stops at the same step whatever batch it is in, so its answer does not depend on the batch.
     """
-    return max(SYNC_MIN, min(max(4, k // 8), round(50 * k ** 3 / n ** 2)))
+    return max(SYNC_MIN, min(max(4, k // _CHECK_SHARE), round(50 * k ** 3 / n ** 2)))
+
+
+_CHECK_SHARE = 4  # checks at least every k / _CHECK_SHARE Arnoldi steps
 
 
 def _restart_vector(theta: np.ndarray, S: np.ndarray, V: torch.Tensor, keep: int = 4) -> torch.Tensor:
