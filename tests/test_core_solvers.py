@@ -68,3 +68,117 @@ def test_chunked_products_are_nearly_float64():
     plain = ((V / A.double().sum(-1, keepdim=True).mT).float() @ A).double().numpy()
     plain = np.abs(plain - ref).sum(-1).max()
     assert chunked < 0.1 * plain and chunked < 3e-7 * np.abs(ref).sum(-1).max()
+
+
+# ----------------------------------------------------------------------------- host reads
+class HostReads:
+    """Counts the calls that make the host wait for a CUDA device, made on the CPU: reading a
+    tensor's values (``item``, ``tolist``, ``bool``, ``int``, ``float``, ``cpu``, ``numpy``),
+    ``nonzero`` and boolean-mask indexing (their output size depends on the data), and the
+    ``torch.linalg`` calls that check errors or compute on the host (``solve``, ``inv``,
+    ``cholesky``, ``eig``, ``eigvals``). ``x.cpu().numpy()`` counts once."""
+
+    METHODS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "cpu", "numpy",
+               "nonzero", "masked_select")
+    LINALG = ("solve", "inv", "cholesky", "eig", "eigvals")
+
+    def __init__(self, monkeypatch):
+        self.count, self.host = 0, set()
+        for name in self.METHODS:
+            monkeypatch.setattr(torch.Tensor, name, self._counting(getattr(torch.Tensor, name), name))
+        for name in self.LINALG:
+            monkeypatch.setattr(torch.linalg, name, self._counting(getattr(torch.linalg, name), name))
+        monkeypatch.setattr(torch, "nonzero", self._counting(torch.nonzero, "nonzero"))
+        for name in ("__getitem__", "__setitem__"):
+            monkeypatch.setattr(torch.Tensor, name, self._masking(getattr(torch.Tensor, name)))
+
+    def _counting(self, fn, name):
+        def wrapped(*args, **kwargs):
+            first = args[0] if args else None
+            if not (name == "numpy" and id(first) in self.host):
+                self.count += 1
+            out = fn(*args, **kwargs)
+            if name == "cpu":
+                self.host.add(id(out))
+            return out
+        return wrapped
+
+    def _masking(self, fn):
+        def wrapped(self_, idx, *rest):
+            parts = idx if isinstance(idx, tuple) else (idx,)
+            if any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in parts):
+                self.count += 1
+            return fn(self_, idx, *rest)
+        return wrapped
+
+
+def count_bounces(monkeypatch):
+    """Patches the solvers' float32 products to count their calls (batched bounces)."""
+    from chains_lite.core import solvers
+    calls = [0]
+
+    def counted(make, float32_only):
+        def build(*args, **kwargs):
+            fn = make(*args, **kwargs)
+            if float32_only and (len(args) > 2 and args[2] or kwargs.get("float64")):
+                return fn
+
+            def step(V):
+                calls[0] += 1
+                return fn(V)
+            step.dangling = getattr(fn, "dangling", False)
+            return step
+        return build
+
+    monkeypatch.setattr(solvers, "stepper", counted(solvers.stepper, True))
+    monkeypatch.setattr(solvers, "chunked_times", counted(solvers.chunked_times, False))
+    return calls
+
+
+# a constant allowance: validating A (chain.py: finite, non-negative, row sums) and checking
+# the result (finite), a few reads in all
+READS_PER_SOLVE = 8
+
+
+@pytest.mark.parametrize("temperature, solve", [
+    ((1.0, 3.0), lambda A: cl.tokenrank(A, alpha=0.99, method="power")),
+    ((1.0, 4.0), lambda A: cl.tokenrank(A, alpha=0.99, method="power", direction="outgoing")),
+    ((1.0, 4.0), lambda A: cl.tokenrank(A, alpha=0.99, method="auto")),      # slow chains: GMRES
+    ((1.0, 4.0), lambda A: cl.tokenrank(A, alpha=0.99, method="krylov", direction="outgoing", tol=1e-8)),
+    ((1.0, 4.0), lambda A: cl.lambda2(A, tol=1e-6)),
+], ids=["power", "power-outgoing", "auto", "krylov-outgoing", "lambda2"])
+def test_solvers_read_the_host_once_per_block_of_steps(monkeypatch, temperature, solve):
+    """A solve of S batched bounces waits for the device at most ceil(S / k) + a constant times
+    (k = SYNC_MIN): convergence is tested on the device and read only every k steps or more."""
+    from chains_lite.core.solvers import SYNC_MIN
+    A = attention_like(4, 300, seed=3, temperature=temperature)  # heads that mix slowly
+    bounces = count_bounces(monkeypatch)
+    reads = HostReads(monkeypatch)
+    solve(A)
+    assert bounces[0] >= 4 * SYNC_MIN  # enough steps for the bound to say something
+    assert reads.count <= -(-bounces[0] // SYNC_MIN) + READS_PER_SOLVE, (reads.count, bounces[0])
+
+
+def test_host_reads_counts_what_waits_for_the_device(monkeypatch):
+    """The counter itself: reads of values and data-dependent shapes count, device math does not."""
+    x = torch.arange(6.0)
+    reads = HostReads(monkeypatch)
+    y = (x * 2).sum() + torch.where(x > 2, x, 0.0).amax()  # stays on the device
+    assert reads.count == 0
+    float(y), bool(x.any()), x.tolist(), x[x > 2], x.nonzero(), x.cpu().numpy()
+    assert reads.count == 6
+    torch.linalg.eig(torch.eye(2))
+    assert reads.count == 7
+
+
+def test_a_converged_chain_stops_changing(monkeypatch):
+    """Between host reads a chain that has converged is frozen: with reads forced SYNC_MAX steps
+    apart, the fast chain of a batch with a slowly mixing one ends where it ends alone, not
+    after the steps the batch takes until the next read (float64, so nothing is rounded away)."""
+    from chains_lite.core import solvers
+    fast = attention_like(1, 300, seed=5, temperature=(2.5, 2.5)).double()
+    slow = attention_like(1, 300, seed=5, temperature=(4.0, 4.0)).double()
+    alone = cl.tokenrank(fast, alpha=0.99, method="power")
+    monkeypatch.setattr(solvers, "next_read", lambda step, predicted: step + solvers.SYNC_MAX)
+    both = cl.tokenrank(torch.cat([fast, slow]), alpha=0.99, method="power")
+    torch.testing.assert_close(both[0], alone[0], atol=1e-13, rtol=0)

@@ -11,6 +11,10 @@ orthonormal basis of it, and
 
 Both need far fewer bounces than the power method when the chain mixes slowly, because
 they combine all bounces instead of keeping only the last one.
+
+Host reads: ``arnoldi`` reads ``stop`` once every ``every`` steps; ``gmres`` reads which systems
+are solved only at those checks (every 4 steps), so a solve of ``S`` matvecs waits for the
+device about ``S / 4`` times (see ``chains_lite.core.solvers``).
 """
 from __future__ import annotations
 
@@ -73,46 +77,76 @@ def _least_squares(H: torch.Tensor, beta: torch.Tensor):
     """
     H64 = H.double()
     G = H64.mT @ H64
-    ridge = 1e-14 * G.diagonal(dim1=-2, dim2=-1).sum(-1).clamp_min(1e-300)
+    ridge = (1e-14 * G.diagonal(dim1=-2, dim2=-1).sum(-1)).clamp_min(1e-300)  # > 0 for H = 0 too
     G = G + ridge[:, None, None] * torch.eye(G.shape[-1], dtype=G.dtype, device=G.device)
     rhs = H64[:, 0, :] * beta.double()[:, None]  # H^T (beta e_1)
-    y = torch.linalg.solve(G, rhs)
+    y = torch.linalg.solve_ex(G, rhs)[0]  # no error check: it would wait for the device
     res = (H64 @ y.unsqueeze(-1)).squeeze(-1)
     res[:, 0] -= beta.double()
     return y.to(H.dtype), res.norm(dim=-1).to(H.dtype)
 
 
 def gmres(operator: Callable[[torch.Tensor], Matvec], b: torch.Tensor, rtol: float = 1e-5,
-          atol: torch.Tensor | float = 0.0, restart: int = 24, max_matvecs: int = 400):
+          atol: torch.Tensor | float = 0.0, restart: int = 24, max_matvecs: int = 400,
+          every: int = 4):
     """Solve ``x M = b`` for a batch of row vectors by restarted GMRES.
 
     b: ``(B, n)``. ``operator(idx)`` returns the matvec ``x -> x M`` for the systems ``idx``
-    (an index tensor), so systems that have converged leave the batch at each restart.
-    A system is done when ``|b - x M|_2 <= max(rtol * |b|_2, atol)``; ``atol`` may be a
-    ``(B,)`` tensor. Returns ``x`` ``(B, n)`` and the number of (batched) matvecs spent.
+    (an index tensor); it is called again only when systems that have converged leave the
+    batch (at a restart). A system is done when ``|b - x M|_2 <= max(rtol * |b|_2, atol)``;
+    ``atol`` may be a ``(B,)`` tensor. A cycle ends early once half its systems are solved,
+    checked every ``every`` steps (each check is a host read; the residuals at a cycle's start
+    are read on the host only where the last check found systems solved, which then leave at
+    once; otherwise the systems they find solved stay, as zeros, until the cycle's first check). Returns ``x`` ``(B, n)`` and the number of (batched) matvecs spent.
     """
     B, n = b.shape
     x = torch.zeros_like(b)
     limit = torch.maximum(rtol * b.norm(dim=-1), torch.as_tensor(atol, dtype=b.dtype, device=b.device))
-    todo = torch.arange(B, device=b.device)
+    todo = list(range(B))  # on the host: which systems are still in the batch
+    idx = torch.arange(B, device=b.device)
+    matvec = operator(idx)
     m = max(1, min(restart, n))
-    spent = 0
-    while todo.numel() and spent < max_matvecs:
-        matvec = operator(todo)
-        r = b[todo] - matvec(x[todo])
+    spent, expect_leave = 0, False
+    while todo and spent < max_matvecs:
+        r = b[idx] - matvec(x[idx])
         beta = r.norm(dim=-1)
-        keep = beta > limit[todo]
-        if not keep.all():
-            todo, r, beta = todo[keep], r[keep], beta[keep]
-            if not todo.numel():
-                break
-            matvec = operator(todo)
-        lim = limit[todo]
-        # end the cycle once half the systems are solved: they leave at the restart, so the
-        # slow ones do not keep the fast ones bouncing (a restart costs the slow ones little)
-        V, H = arnoldi(matvec, r, min(m, max_matvecs - spent),
-                       stop=lambda V, H: (_least_squares(H, beta)[1] <= lim).float().mean() >= 0.5)
+        lim = limit[idx]
+        # no host read here: systems already solved ride along as zeros (y = 0 leaves them be)
+        # and leave at the end of the cycle, from the flags its checks read
+        solved = beta <= lim
+        if expect_leave:  # the last check found systems solved: read which, and drop them now
+            keep = [not f for f in solved.tolist()]
+            if not all(keep):
+                stay = [i for i, f in enumerate(keep) if f]
+                todo = [todo[i] for i in stay]
+                if not todo:
+                    break
+                sel = torch.tensor(stay, dtype=torch.long, device=b.device)
+                idx, r, beta, lim, solved = idx[sel], r[sel], beta[sel], lim[sel], solved[sel]
+                matvec = operator(idx)
+        r = torch.where(solved[:, None], 0.0, r)
+        beta = torch.where(solved, 0.0, beta)
+        flags = []
+
+        def stop(V, H):  # the check's one host read: solved at the start, solved by now
+            host = torch.cat([solved, _least_squares(H, beta)[1] <= lim]).tolist()
+            flags[:] = [host[: len(todo)], host[len(todo):]]
+            live = [now for start, now in zip(*flags) if not start]
+            # end the cycle once half the systems are solved: they leave at the restart, so the
+            # slow ones do not keep the fast ones bouncing (a restart costs the slow ones little)
+            return not live or sum(live) >= 0.5 * len(live)
+
+        V, H = arnoldi(matvec, r, min(m, max_matvecs - spent), stop=stop, every=every)
         spent += H.shape[-1] + 1
         y, _ = _least_squares(H, beta)
-        x[todo] = x[todo] + (y.unsqueeze(-2) @ V[:, :-1]).squeeze(-2)
+        x[idx] = x[idx] + (y.unsqueeze(-2) @ V[:, :-1]).squeeze(-2)
+        start = flags[0] if flags else solved.tolist()  # a cycle too short for a check reads here
+        expect_leave = any(now for first, now in zip(*flags) if not first) if flags else False
+        if any(start):
+            stay = [i for i, f in enumerate(start) if not f]
+            todo = [todo[i] for i in stay]
+            if not todo:
+                break
+            idx = idx[torch.tensor(stay, dtype=torch.long, device=b.device)]
+            matvec = operator(idx)
     return x, spent

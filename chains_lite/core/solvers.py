@@ -9,14 +9,29 @@
   mix fast, GMRES for the rest).
 * |lambda_2| of ``B`` chains: :func:`arnoldi_lambda2` (batched Arnoldi on the zero-sum subspace).
 
-Converged chains leave the batch in every iterative solver. Accuracy and the reasons behind each
-choice are in :func:`~chains_lite.core.chain.tokenrank`'s and ``lambda2``'s docstrings.
+Host reads. The loops test convergence on the device and read the verdict on the host only at
+chosen steps: each read (``.tolist()``, ``bool()``, ``.cpu()`` of a device tensor) waits for the
+device to finish every queued step, and the device then idles until the host has queued the next
+ones, about one step's time on a GPU. Between reads a chain that has converged is frozen by a
+mask (``torch.where``), so it keeps the iterate at which it converged; at a read, converged chains
+leave the batch. The next read comes where the contraction-rate estimate predicts the next chain
+to finish, but at least :data:`SYNC_MIN` and at most :data:`SYNC_MAX` steps later: a read every
+``k = SYNC_MIN`` steps or fewer saves ``k - 1`` waits per ``k`` steps, while a prediction that
+comes short costs at most ``k - 1`` steps of frozen chains. So a solve of ``S`` steps reads the
+host at most about ``ceil(S / SYNC_MIN)`` times plus a constant (``tests/test_core_solvers.py``
+counts them), and usually far fewer. Host-to-device copies (the indices of the chains that stay,
+a restart vector) come right after a read, when the device's queue is empty.
+
+Accuracy and the reasons behind each choice are in :func:`~chains_lite.core.chain.tokenrank`'s
+and ``lambda2``'s docstrings.
 """
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Callable
 
+import numpy as np
 import torch
 
 from .krylov import extend, gmres
@@ -33,25 +48,35 @@ def outgoing_matrix(A: torch.Tensor) -> torch.Tensor:
 
 
 def stepper(A: torch.Tensor | LazyChain, direction: str, float64: bool = False,
-             rows: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+             rows: torch.Tensor | None = None,
+             dangling: bool | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """Return ``step(V) = V P`` for row vectors ``V`` ``(..., m, n)``, without forming ``P``.
 
     ``A`` must already be validated. For the outgoing chain, ``V A_l^T = (A_l V^T)^T`` and
     ``A_l V^T = A (V^T / colsum)``, so only the column sums are stored. ``float64``:
     accumulate in float64 (for residuals) without a float64 copy of ``A``. ``rows``: the
-    float64 row sums ``(..., n)`` of ``A`` if already known.
+    float64 row sums ``(..., n)`` of ``A`` if already known. ``dangling``: whether a column of
+    some chain sums to 0, if known (read on the host otherwise; a solver passes the answer for
+    the whole batch to the steppers of its sub-batches: the jump term is exact zero where no
+    column dangles). ``step.dangling`` holds the answer used.
     """
     times, times_t, colsums = (A.products(float64) if is_lazy(A)
                                else dense_products(A, float64, rows))
     if direction == "incoming":
+        times.dangling = False
         return times
     n = A.shape[-1]
     cols = colsums()  # (..., 1, n): column sums of the row-normalised A
-    dangling = cols <= 0
-    inv = torch.where(dangling, 0.0, 1.0 / cols.clamp_min(torch.finfo(A.dtype).tiny))
-    if not dangling.any():
-        return lambda V: times_t(V * inv)
-    return lambda V: times_t(V * inv) + (V * dangling).sum(-1, keepdim=True) / n
+    gaps = cols <= 0
+    inv = torch.where(gaps, 0.0, 1.0 / cols.clamp_min(torch.finfo(A.dtype).tiny))
+    if dangling is None:
+        dangling = bool(gaps.any())
+    if not dangling:
+        step = lambda V: times_t(V * inv)  # noqa: E731
+    else:
+        step = lambda V: times_t(V * inv) + (V * gaps).sum(-1, keepdim=True) / n  # noqa: E731
+    step.dangling = dangling
+    return step
 
 
 def dense_products(A: torch.Tensor, float64: bool, rows: torch.Tensor | None):
@@ -83,9 +108,40 @@ def finite(x: torch.Tensor, what: str) -> torch.Tensor:
     """``x``, after checking that a lazy chain's products gave finite numbers (a validated dense
     ``A`` cannot give NaN; a ``LazyChain`` from elsewhere can)."""
     if not torch.isfinite(x).all():
-        raise ValueError(f"{what}: the chain's products are not finite (NaN or inf); for attention "
-                         "from q and k, the logits q k^T * scale overflow float32")
+        raise not_finite(what)
     return x
+
+
+def not_finite(what: str) -> ValueError:
+    return ValueError(f"{what}: the chain's products are not finite (NaN or inf); for attention "
+                      "from q and k, the logits q k^T * scale overflow float32")
+
+
+SYNC_MIN = 4  # k: steps between two host reads of the convergence flags, at least
+SYNC_MAX = 32  # and at most (a read also compacts the batch)
+
+
+def next_read(step: int, predicted: float) -> int:
+    """The step after ``step`` at which a loop reads its flags on the host: ``predicted`` steps
+    later (when the rate estimate says the next chain finishes) plus one (a read one step late
+    costs a step, one too early up to ``SYNC_MIN``), clamped to ``[SYNC_MIN, SYNC_MAX]``."""
+    if not math.isfinite(predicted):
+        return step + SYNC_MAX
+    return step + int(min(max(math.ceil(predicted) + 1, SYNC_MIN), SYNC_MAX))
+
+
+def read_flags(flags: list[torch.Tensor], steps_left: torch.Tensor, gone: torch.Tensor):
+    """One host read: the boolean masks ``flags`` (each ``(B,)``) as lists, and the fewest
+    predicted ``steps_left`` ``(B,)`` among the chains not ``gone`` (inf if none)."""
+    fewest = torch.where(gone, torch.inf, steps_left.double()).amin(0, keepdim=True)
+    host = torch.cat([f.double() for f in flags] + [fewest]).tolist()
+    B = gone.shape[0]
+    return [[x > 0.5 for x in host[i * B:(i + 1) * B]] for i in range(len(flags))], host[-1]
+
+
+def index(ids: list[int], device) -> torch.Tensor:
+    """Host indices as a device tensor (a copy made right after a read: the queue is empty)."""
+    return torch.tensor(ids, dtype=torch.long, device=device)
 
 
 def pieces(A, dense: bool = False):
@@ -131,31 +187,28 @@ def krylov_steady_state(A, p, alpha, direction, tol, max_iter, x0=None):
     ``A`` ``(B, n, n)``, ``p`` ``(B, n)`` -> ``(B, n)``. With ``M = I - alpha P + alpha e p^T``
     (nonsingular for alpha < 1; for alpha = 1 when the steady state is unique),
     ``pi M = p^T`` is the fixed point of the teleported chain with ``pi e = 1``. ``x0``: a
-    float64 start ``(B, n)`` (zero if None).
+    float64 start ``(B, n)`` (zero if None). One host read per refinement round, besides
+    GMRES's own (``chains_lite.core.krylov.gmres``).
     """
     n = A.shape[-1]
     rows = row_sums(A)  # once: summing A costs about a bounce
+    exact_step = stepper(A, direction, True, rows)
+    dangling = exact_step.dangling  # read once for the whole batch
 
-    def operator(A_, p_, float64=False, rows_=rows):
-        step = stepper(A_, direction, float64, rows_)
+    def operator(A_, p_, step):
         return lambda x: (x - alpha * step(x.unsqueeze(-2)).squeeze(-2)
                           + alpha * x.sum(-1, keepdim=True) * p_)
 
-    cache = {}
-
     def subset(idx):  # the float32 operator for the systems idx (they leave as they converge)
-        key = tuple(idx.tolist())
-        if key not in cache:
-            cache.clear()  # only the current set is ever needed again
-            everything = len(idx) == A.shape[0]
-            cache[key] = (operator(A, p) if everything
-                          else operator(A[idx], p[idx], rows_=rows[idx]))
-        return cache[key]
+        if len(idx) == A.shape[0]:
+            return operator(A, p, stepper(A, direction, rows=rows, dangling=dangling))
+        A_, rows_ = A[idx], rows[idx]
+        return operator(A_, p[idx], stepper(A_, direction, rows=rows_, dangling=dangling))
 
     # the error of x (and of x / sum(x)) is at most 3 |r|_1 / (1 - alpha) in L1: (I - alpha P)
     # has an inverse of L1 norm <= 1 / (1 - alpha), and sum(x) - 1 = -sum(r)
     certify = tol * max(1.0 - alpha, 1e-3) / 4
-    exact = operator(A, p.double(), float64=True)
+    exact = operator(A, p.double(), exact_step)
     x = torch.zeros_like(p, dtype=torch.float64) if x0 is None else x0.double()
     r = p.double() if x0 is None else p.double() - exact(x)
     spent, converged = 0, False
@@ -165,8 +218,10 @@ def krylov_steady_state(A, p, alpha, direction, tol, max_iter, x0=None):
         spent += used
         x = x + d.double()
         r = p.double() - exact(x)
-        finite(r, "tokenrank")
-        converged = bool((r.abs().sum(-1) <= certify).all())
+        ok, converged = torch.stack([torch.isfinite(r).all(),
+                                     (r.abs().sum(-1) <= certify).all()]).tolist()  # one read
+        if not ok:
+            raise not_finite("tokenrank")
         if converged or used == 0:  # used == 0: float32 GMRES cannot shrink this residual
             break
     if not converged:
@@ -184,71 +239,101 @@ def auto_steady_state(A, p, alpha, direction, tol, max_iter, rows=None):
     steps whose products are nearly float64-accurate at float32 cost (``chunked_times``). From
     the step sizes ``d_k = |v_k - v_{k-1}|_1`` the contraction rate ``r`` (the largest ratio of
     successive steps, those at rounding noise left out) predicts how many more steps a chain
-    needs. From ``_FIRST_LOOK`` steps on, as long as no chain has finished, if any chain needs
-    more than ``_POWER_LEFT`` or the rounding floor of the products, ``_PROBE_FLOOR / (1 - r)``
-    in L1, is not 4x below ``tol``, every chain goes to GMRES (``krylov_steady_state``) as if it
-    had been chosen at the start: GMRES pays its float64 residuals for that chain anyway, and
-    fast chains leave it within a restart. Otherwise the power steps go on; a chain stops once
-    its estimated error ``4 d_k r / (1 - r)`` (``r`` over the last ``_WINDOW`` steps) plus the
-    floor is below ``tol``, and one that turns out slow after others finished goes to GMRES from
-    its last iterate.
+    needs. A chain needs GMRES if it needs more than ``_POWER_LEFT`` more steps or the rounding
+    floor of the products, ``_PROBE_FLOOR / (1 - r)`` in L1, is not 4x below ``tol``; it is done
+    once its estimated error ``4 d_k r / (1 - r)`` (``r`` over the last ``_WINDOW`` steps) plus
+    the floor is below ``tol``. Both verdicts are taken on the device at every step and freeze
+    the chain; the host reads them after ``SYNC_MIN`` steps and then where the fewest
+    predicted steps left end (``next_read``; at most ``2 SYNC_MIN`` steps apart while no chain
+    has left). At a read where no chain has finished, if any
+    needs GMRES every chain goes to GMRES (``krylov_steady_state``) as if it had been chosen at
+    the start: GMRES pays its float64 residuals for that chain anyway, and fast chains leave it
+    within a restart. Otherwise finished chains leave, and those that need GMRES go to it from
+    their last iterate once the power steps end.
     ``(B, n, n)``, ``(B, n)`` -> ``(B, n)``; dense incoming chains only (others go to GMRES).
     ``rows``: the row sums ``(B, n)`` of ``A`` if known.
     """
     if is_lazy(A) or direction != "incoming":
         return krylov_steady_state(A, p, alpha, direction, tol, max_iter)
     p = p.double()
+    B, device = A.shape[0], A.device
     out = p.clone()
-    todo = torch.arange(A.shape[0], device=A.device)  # chains still in power steps
+    todo = list(range(B))  # chains still in power steps (on the host: no read needed)
     slow, starts = [], []  # chains handed to GMRES, and their last iterates
     A_, p_ = A, p
     rows = A.sum(-1).double() if rows is None else rows
     times = chunked_times(A_, rows)
     v = p_.unsqueeze(-2)  # (B, 1, n)
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    handed = torch.zeros_like(finished)  # to GMRES
+    steps_left = torch.zeros(B, dtype=torch.float64, device=device)
     diffs = []
     max_rate = min(alpha, 0.999)
-    k = 0
+    read_at, k = max(_FIRST_LOOK, SYNC_MIN), 0
     for k in range(1, max_iter + 1):
         v_new = normalize(alpha * times(v) + (1.0 - alpha) * p_.unsqueeze(-2))
         diffs = (diffs + [(v_new - v).abs().sum((-2, -1))])[-(_WINDOW + 1):]
-        v = v_new
-        if len(diffs) < _FIRST_LOOK:
+        gone = finished | handed
+        v = torch.where(gone[:, None, None], v, v_new)  # a chain that left keeps its iterate
+        if len(diffs) >= _FIRST_LOOK:
+            done, hand_over, steps_left = _power_verdict(diffs, tol, max_rate)
+            finished = finished | (done & ~gone)
+            handed = handed | (hand_over & ~gone)
+        if k < read_at and k < max_iter:
             continue
-        D = torch.stack(diffs)  # (<= W+1, B)
-        # steps at the rounding noise say nothing about the rate: their ratios are left out
-        ratios = torch.where(D[:-1] > _STEP_NOISE, D[1:] / D[:-1].clamp_min(1e-30), 0.0)
-        rate = ratios.amax(0).clamp(1e-3, max_rate)
-        floor = _PROBE_FLOOR / (1 - rate)
-        left = 4 * D[1:].amax(0) * rate / (1 - rate)  # estimated L1 distance to the fixed point
-        done = (left + floor <= tol) & (len(diffs) > _WINDOW)
-        steps_left = (torch.log((tol - floor).clamp_min(1e-300) / left.clamp_min(1e-300))
-                      / torch.log(rate))
-        hand_over = ~done & ((4 * floor > tol) | (steps_left > _POWER_LEFT) | D[-1].isnan())
-        if hand_over.any() and len(todo) == A.shape[0]:
+        (is_done, is_slow), fewest = read_flags([finished, handed], steps_left, finished | handed)
+        if any(is_slow) and len(todo) == B and not any(is_done):
             # GMRES pays its float64 residuals for a slow chain anyway, and chains that mix
             # fast leave it within a restart: all go, as if GMRES had been the choice (and A
             # is not copied)
             return krylov_steady_state(A, p.to(A.dtype), alpha, direction, tol, max(1, max_iter - k))
-        leave = done | hand_over
-        if not leave.any():
+        # while every chain may still go to GMRES together, read again soon: a hand-over shows
+        # in the rate after a few steps, and until it is read the batch steps in vain
+        soon = 2 * SYNC_MIN if len(todo) == B else SYNC_MAX
+        read_at = next_read(k, min(max(fewest, _WINDOW + 1 - len(diffs)), soon))
+        if not any(is_done) and not any(is_slow):
             continue
-        out[todo[done]] = v[done, 0]
-        slow.append(todo[hand_over])
-        starts.append(v[hand_over, 0])
-        keep = ~leave
-        if not keep.any():
+        done_at = [i for i, f in enumerate(is_done) if f]
+        slow_at = [i for i, f in enumerate(is_slow) if f]
+        if done_at:
+            out[index([todo[i] for i in done_at], device)] = v[index(done_at, device), 0]
+        if slow_at:
+            slow.append([todo[i] for i in slow_at])
+            starts.append(v[index(slow_at, device), 0])
+        keep = [i for i in range(len(todo)) if not (is_done[i] or is_slow[i])]
+        if not keep:
             break
-        todo, A_, p_, v, rows = todo[keep], A_[keep], p_[keep], v[keep], rows[keep]
-        diffs = [d[keep] for d in diffs]
+        sel = index(keep, device)
+        todo = [todo[i] for i in keep]
+        A_, p_, v, rows = A_[sel], p_[sel], v[sel], rows[sel]
+        finished, handed, steps_left = finished[sel], handed[sel], steps_left[sel]
+        diffs = [d[sel] for d in diffs]
         times = chunked_times(A_, rows)
     else:  # max_iter power steps: GMRES gets no bounces left, and warns
         slow.append(todo)
         starts.append(v[:, 0])
-    slow = torch.cat(slow)
-    if slow.numel():
-        out[slow] = krylov_steady_state(A[slow], p[slow].to(A.dtype), alpha, direction, tol,
-                                         max(1, max_iter - k), torch.cat(starts)).double()
+    slow = [i for ids in slow for i in ids]
+    if slow:
+        ids = index(slow, device)
+        out[ids] = krylov_steady_state(A[ids], p[ids].to(A.dtype), alpha, direction, tol,
+                                       max(1, max_iter - k), torch.cat(starts)).double()
     return finite(out, "tokenrank").to(A.dtype)
+
+
+def _power_verdict(diffs, tol, max_rate):
+    """From the last step sizes ``diffs`` (each ``(B,)``): which chains are done, which need GMRES,
+    and the steps each still needs ``(B,)`` (see ``auto_steady_state``); on the device."""
+    D = torch.stack(diffs)  # (<= W+1, B)
+    # steps at the rounding noise say nothing about the rate: their ratios are left out
+    ratios = torch.where(D[:-1] > _STEP_NOISE, D[1:] / D[:-1].clamp_min(1e-30), 0.0)
+    rate = ratios.amax(0).clamp(1e-3, max_rate)
+    floor = _PROBE_FLOOR / (1 - rate)
+    left = 4 * D[1:].amax(0) * rate / (1 - rate)  # estimated L1 distance to the fixed point
+    done = (left + floor <= tol) & (len(diffs) > _WINDOW)
+    steps_left = (torch.log((tol - floor).clamp_min(1e-300) / left.clamp_min(1e-300))
+                  / torch.log(rate))
+    hand_over = ~done & ((4 * floor > tol) | (steps_left > _POWER_LEFT) | D[-1].isnan())
+    return done, hand_over, steps_left
 
 
 _FIRST_LOOK = 3  # power steps before the first choice between power steps and GMRES
@@ -288,7 +373,8 @@ _WINDOW = 4  # iterations over which the contraction rate is measured (complex p
 
 
 def _geometric_converged(steps, tol, max_rate, noise):
-    """Which sequences have converged, from their last ``_WINDOW + 1`` step sizes ``(B,)`` each.
+    """Which sequences have converged ``(B,)``, and the steps each still needs ``(B,)``, from their
+    last ``_WINDOW + 1`` step sizes ``(B,)`` each; on the device.
 
     For geometric convergence at rate ``r`` the error left after a step of size ``d`` is
     about ``d * r / (1 - r)``. ``r`` is the largest step-to-step ratio in the window (steps
@@ -297,20 +383,24 @@ def _geometric_converged(steps, tol, max_rate, noise):
     measured). A sequence whose steps stopped shrinking at rounding ``noise`` is done too.
     """
     if len(steps) <= _WINDOW:
-        return torch.zeros_like(steps[-1], dtype=torch.bool)
+        return (torch.zeros_like(steps[-1], dtype=torch.bool),
+                torch.full_like(steps[-1], _WINDOW + 1 - len(steps), dtype=torch.float64))
     D = torch.stack(steps)  # (W+1, B)
     ratio = (D[-1] / D[0].clamp_min(1e-30)) ** (1.0 / _WINDOW)  # mean rate over the window
     rate = (D[1:] / D[:-1].clamp_min(1e-30)).amax(0).clamp(0.0, max_rate)
-    done = 4 * D[1:].amax(0) * rate / (1 - rate) <= tol
+    left = 4 * D[1:].amax(0) * rate / (1 - rate)
+    done = left <= tol
+    steps_left = torch.log(tol / left.clamp_min(1e-300)) / torch.log(rate.clamp_min(1e-3))
     # a NaN step (a lazy chain's products overflowed) ends the sequence: the caller checks
-    return done | ((ratio >= 1) & (D.amax(0) <= noise)) | D[-1].isnan()
+    return done | ((ratio >= 1) & (D.amax(0) <= noise)) | D[-1].isnan(), steps_left.double()
 
 
 def power_steady_state(A, p, alpha, direction, tol, max_iter):
     """Steady states of ``B`` teleported chains: ``A`` ``(B, n, n)``, ``p`` ``(B, n)`` -> ``(B, n)``.
 
-    Chains that have converged leave the batch, so slowly mixing heads do not make the
-    fast ones iterate on. The iterates are float64: the fixed point of a float32 iteration is
+    Chains that have converged are frozen at once and leave the batch at the next host read
+    (``next_read``), so slowly mixing heads do not make the fast ones iterate on. The iterates
+    are float64: the fixed point of a float32 iteration is
     off by about eps32 / (1 - alpha |lambda_2|), 1e-5 in L1 at alpha = 0.99 on slow heads. Each
     bounce is ``v P = x P + (v - x) P`` around an anchor ``x`` whose ``x P`` is a float64 product
     (renewed every ``_ANCHOR`` steps); ``(v - x) P`` is small and goes in float32, so its rounding
@@ -318,67 +408,95 @@ def power_steady_state(A, p, alpha, direction, tol, max_iter):
     """
     p = p.double()
     out = p.clone()
-    todo = torch.arange(A.shape[0], device=A.device)  # chains still iterating
+    device = A.device
+    todo = list(range(A.shape[0]))  # chains still iterating (on the host: no read needed)
     rows = row_sums(A)  # once for both products: summing A costs about a bounce
-    step, exact = stepper(A, direction, False, rows), stepper(A, direction, True, rows)
+    exact = stepper(A, direction, True, rows)
+    dangling = exact.dangling
+    step = stepper(A, direction, False, rows, dangling)
     v = p.unsqueeze(-2)  # (B, 1, n): the uniform start when p is uniform
     diffs = []  # the last _WINDOW + 1 step sizes |v_k - v_{k-1}|_1, each (B,)
+    done = torch.zeros(A.shape[0], dtype=torch.bool, device=device)
     max_rate = min(alpha, 0.999)  # the teleported chain contracts L1 distances by alpha
     noise = 2 * torch.finfo(torch.float64).eps  # where float64 steps stall
+    read_at = _WINDOW + 1  # no chain can be done before its window is full
     for k in range(max_iter):
         if k % _ANCHOR == 0:
             x, xP = v, exact(v)
         vP = xP + step((v - x).to(A.dtype)).double()
         v_new = normalize(alpha * vP + (1.0 - alpha) * p.unsqueeze(-2))
         diffs = (diffs + [(v_new - v).abs().sum((-2, -1))])[-(_WINDOW + 1):]
-        v = v_new
-        done = _geometric_converged(diffs, tol, max_rate, noise)
-        if not done.any():
+        v = torch.where(done[:, None, None], v, v_new)  # a converged chain keeps its iterate
+        now, steps_left = _geometric_converged(diffs, tol, max_rate, noise)
+        done = done | now
+        if k + 1 < read_at and k + 1 < max_iter:
             continue
-        out[todo[done]] = v[done, 0]
-        keep = ~done
-        if not keep.any():
+        (is_done,), fewest = read_flags([done], steps_left, done)
+        read_at = next_read(k + 1, fewest)
+        if not any(is_done):
+            continue
+        done_at = [i for i, f in enumerate(is_done) if f]
+        out[index([todo[i] for i in done_at], device)] = v[index(done_at, device), 0]
+        keep = [i for i, f in enumerate(is_done) if not f]
+        if not keep:
             return finite(out, "tokenrank").to(A.dtype)
-        todo, A, p, v, x, xP = todo[keep], A[keep], p[keep], v[keep], x[keep], xP[keep]
-        diffs, rows = [d[keep] for d in diffs], rows[keep]
-        step, exact = stepper(A, direction, False, rows), stepper(A, direction, True, rows)
+        sel = index(keep, device)
+        todo = [todo[i] for i in keep]
+        A, p, v, x, xP, rows, done = A[sel], p[sel], v[sel], x[sel], xP[sel], rows[sel], done[sel]
+        diffs = [d[sel] for d in diffs]
+        step = stepper(A, direction, False, rows, dangling)
+        exact = stepper(A, direction, True, rows, dangling)
     warnings.warn(f"tokenrank did not reach tol={tol} in max_iter={max_iter} iterations for "
                   f"{len(todo)} chain(s) (alpha close to 1 on a slowly mixing chain?); "
                   "returning the last iterate", RuntimeWarning, stacklevel=3)
-    out[todo] = v[:, 0]
+    out[index(todo, device)] = v[:, 0]
     return finite(out, "tokenrank").to(A.dtype)
 
 
 _ANCHOR = 16  # float32 bounces per float64 one in the power method
 
 
-
 def arnoldi_lambda2(A, direction, tol, max_iter, krylov_dim, near_one: bool = False, rows=None):
     """|lambda_2| ``(B,)`` of ``B`` chains ``(B, n, n)``, ``n >= 2`` (see ``lambda2``).
 
-    One batched Arnoldi process; a chain whose top Ritz pair has converged leaves the batch at
-    the next check, so fast-mixing heads stop bouncing after a dozen steps while slow ones go on.
-    Checks (an ``eig`` of every ``k x k`` projected matrix) come every ``_check_every`` steps.
+    The iterations run in ``torch.inference_mode`` (lambda2 is never differentiated; it saves
+    about a tenth of the per-step overhead at small ``n``); the results are ordinary tensors.
+    """
+    with torch.inference_mode():
+        lam, near = _arnoldi(A, direction, tol, max_iter, krylov_dim, rows)
+    out = torch.from_numpy(lam).to(device=A.device, dtype=A.dtype)
+    return (out, torch.from_numpy(near).to(A.device)) if near_one else out
 
-    ``near_one``: also return the distance ``(B,)`` from 1 to the nearest Ritz value (0 when the
-    eigenvalue 1 is repeated: a reducible chain with several closed classes). ``rows``: the row
-    sums ``(B, n)`` of ``A`` if known."""
-    B, n = A.shape[0], A.shape[-1]
+
+def _arnoldi(A, direction, tol, max_iter, krylov_dim, rows=None):
+    """``arnoldi_lambda2``'s iterations: |lambda_2| and the distance from 1 to the nearest Ritz
+    value, ``(B,)`` numpy arrays each.
+
+    One batched Arnoldi process; a chain whose top Ritz pair has converged leaves the batch at
+    the check that finds it, so fast-mixing heads stop bouncing after a dozen steps while slow
+    ones go on. A check copies the small projected matrices ``H`` to the host (its one read) and
+    takes their ``eig`` there; checks come ``_check_every`` steps apart.
+
+    The distance to 1 is 0 when the eigenvalue 1 is repeated (a reducible chain with several
+    closed classes). ``rows``: the row sums ``(B, n)`` of ``A`` if known."""
+    B, n, device = A.shape[0], A.shape[-1], A.device
     # float32 row sums (a third of the float64 ones' cost): their rounding, ~1e-7 relative,
     # is far below lambda2's float32 floor
     if rows is None:
         rows = row_sums(A) if is_lazy(A) else A.sum(-1).double()
-    lam = torch.zeros(B, dtype=torch.float64, device=A.device)
-    near = torch.zeros_like(lam)
-    todo = torch.arange(B, device=A.device)  # chains still iterating
+    lam = np.zeros(B)
+    near = np.zeros(B)
+    todo = list(range(B))  # chains still iterating (on the host)
     # fixed seed: the answer must not depend on global RNG state
     g = torch.Generator().manual_seed(0)
-    v = torch.randn(n, generator=g, dtype=A.dtype).to(A.device)
+    v = torch.randn(n, generator=g, dtype=A.dtype).to(device)
     v = (v - v.mean()).expand(B, n)
     m = max(1, min(krylov_dim, n - 1))
     spent = 0
+    step = stepper(A, direction, rows=rows)
+    dangling = step.dangling
+
     while True:
-        step = stepper(A, direction, rows=rows)
         V = v.new_zeros(len(todo), m + 1, n)
         H = v.new_zeros(len(todo), m + 1, m)
         V[:, 0] = v / v.norm(dim=-1, keepdim=True).clamp_min(1e-30)
@@ -389,26 +507,32 @@ def arnoldi_lambda2(A, direction, tol, max_iter, krylov_dim, near_one: bool = Fa
             k += 1
             if k < min(check, m, max_iter - spent):
                 continue
-            check = k + _check_every(k, n)
-            theta, residual, dist = _top_ritz(H[:, : k + 1, :k])
+            Hk = H[:, : k + 1, :k].cpu().numpy().astype(np.float64)  # the check's one read
+            if not np.isfinite(Hk).all():  # a lazy chain's overflowing products
+                raise not_finite("lambda2")
+            top, theta, S, residual, dist = _top_ritz(Hk)
             # k = n - 1 steps span the whole zero-sum space: the Ritz values are exact
             done = (residual <= tol) | (k == n - 1)
+            check = k + _check_every(k, n)
             if not done.any():
                 continue
-            lam[todo[done]], near[todo[done]] = theta[done], dist[done]
+            ids = np.asarray(todo)
+            lam[ids[done]], near[ids[done]] = top[done], dist[done]
             keep = ~done
             if not keep.any():
-                return (lam.to(A.dtype), near) if near_one else lam.to(A.dtype)
-            todo, A, rows, V, H = todo[keep], A[keep], rows[keep], V[keep], H[keep]
-            theta, dist = theta[keep], dist[keep]
-            step = stepper(A, direction, rows=rows)
+                return lam, near
+            todo = ids[keep].tolist()
+            sel = index(np.flatnonzero(keep).tolist(), device)
+            A, rows, V, H = A[sel], rows[sel], V[sel], H[sel]
+            top, theta, S, dist = top[keep], theta[keep], S[keep], dist[keep]
+            step = stepper(A, direction, rows=rows, dangling=dangling)
         spent += k
         if spent >= max_iter:
             warnings.warn(f"lambda2 did not converge to tol={tol} in max_iter={max_iter} bounces; "
-                          "increase max_iter or krylov_dim", RuntimeWarning, stacklevel=3)
-            lam[todo], near[todo] = theta, dist
-            return (lam.to(A.dtype), near) if near_one else lam.to(A.dtype)
-        v = _restart_vector(H[:, : k + 1, :k], V[:, : k + 1])
+                          "increase max_iter or krylov_dim", RuntimeWarning, stacklevel=4)
+            lam[todo], near[todo] = top, dist
+            return lam, near
+        v = _restart_vector(theta, S, V[:, : k + 1])
 
 
 _FIRST_CHECK = 8  # Arnoldi steps before lambda2's first convergence check
@@ -417,42 +541,46 @@ _FIRST_CHECK = 8  # Arnoldi steps before lambda2's first convergence check
 def _check_every(k: int, n: int) -> int:
     """Arnoldi steps between lambda2's checks at step ``k`` for chains of ``n`` states.
 
-    A check (``eig`` of the ``k x k`` projected matrix, ~``k^3``) costs about ``50 k^3 / n^2``
-    bounces (~``n^2``) on a CPU core: 1 ms at ``k = 48``, five bounces of a 1024-token head.
-    Checks come about that many steps apart, so they cost at most about one bounce each, but
-    at least every ``max(4, k // 8)`` steps and at most every 2.
+    A check (``eig`` of the ``k x k`` projected matrices, ~``k^3``, on the host) costs about
+    ``50 k^3 / n^2`` bounces (~``n^2``) on a CPU core: 1 ms at ``k = 48``, five bounces of a
+    1024-token head. Checks come about that many steps apart, so they cost at most about one
+    bounce each, but at least every ``max(4, k // 4)`` steps, and never closer than
+    ``SYNC_MIN`` (each is a host read). The schedule depends on ``k`` and ``n`` only: a chain
+    stops at the same step whatever batch it is in, so its answer does not depend on the batch.
     """
-    return max(2, min(max(4, k // 8), round(50 * k ** 3 / n ** 2)))
+    return max(SYNC_MIN, min(max(4, k // _CHECK_SHARE), round(50 * k ** 3 / n ** 2)))
 
 
-def _restart_vector(H: torch.Tensor, V: torch.Tensor, keep: int = 4) -> torch.Tensor:
+_CHECK_SHARE = 4  # checks at least every k / _CHECK_SHARE Arnoldi steps
+
+
+def _restart_vector(theta: np.ndarray, S: np.ndarray, V: torch.Tensor, keep: int = 4) -> torch.Tensor:
     """A restart vector ``(B, n)`` holding the ``keep`` largest Ritz directions.
 
-    Restarting from the top Ritz vector alone can lock onto a wrong eigenvalue when the
-    top Ritz value is not yet the true lambda_2; the real + imaginary parts of the leading
-    few keep their planes (complex pairs included) in the next Krylov space.
+    ``theta`` ``(B, k)`` and ``S`` ``(B, k, k)``: the Ritz values and vectors of the last check
+    (host), ``V`` ``(B, k+1, n)`` the Arnoldi basis. Restarting from the top Ritz vector alone
+    can lock onto a wrong eigenvalue when the top Ritz value is not yet the true lambda_2; the
+    real + imaginary parts of the leading few keep their planes (complex pairs included) in the
+    next Krylov space.
     """
-    k = H.shape[-1]
-    theta, S = torch.linalg.eig(H[:, :k, :k].double())
-    top = theta.abs().topk(min(keep, k), dim=-1).indices  # (B, keep)
-    S = S.gather(-1, top[:, None, :].expand(-1, k, -1))  # (B, k, keep), unit columns
-    y = (S.real + S.imag).sum(-1).to(V.dtype)  # (B, k)
+    k = S.shape[-1]
+    top = np.argsort(-np.abs(theta), axis=-1, kind="stable")[:, : min(keep, k)]  # (B, keep)
+    S = np.take_along_axis(S, top[:, None, :], axis=-1)  # (B, k, keep), unit columns
+    y = torch.from_numpy((S.real + S.imag).sum(-1)).to(device=V.device, dtype=V.dtype)  # (B, k)
     return (y.unsqueeze(-2) @ V[:, :k]).squeeze(-2)
 
 
-def _top_ritz(H: torch.Tensor):
-    """Largest Ritz value modulus ``(B,)``, the residual ``(B,)`` of its Ritz pair and the
-    distance ``(B,)`` from 1 to the nearest Ritz value.
+def _top_ritz(H: np.ndarray):
+    """``(top, theta, S, residual, dist)`` on the host for ``H`` ``(B, k+1, k)`` float64 from
+    Arnoldi: the largest Ritz value modulus ``(B,)``, the Ritz values ``(B, k)`` and unit
+    vectors ``(B, k, k)``, the residual ``(B,)`` of the top Ritz pair and the distance ``(B,)``
+    from 1 to the nearest Ritz value.
 
-    H: ``(B, k+1, k)`` from ``arnoldi``. The residual of the Ritz pair ``(theta, V_k^T s)`` is
-    ``|h_{k+1,k}| |s_k|`` for a unit eigenvector ``s`` of the square part of ``H``.
+    The residual of the Ritz pair ``(theta, V_k^T s)`` is ``|h_{k+1,k}| |s_k|`` for a unit
+    eigenvector ``s`` of the square part of ``H``.
     """
     k = H.shape[-1]
-    finite(H, "lambda2")  # a lazy chain's overflowing products would reach eig as NaN
-    theta, S = torch.linalg.eig(H[:, :k, :k].double())
-    i = theta.abs().argmax(-1)
-    s = S.gather(-1, i[:, None, None].expand(-1, k, 1)).squeeze(-1)
-    residual = H[:, k, k - 1].double().abs() * s[:, -1].abs()
-    return theta.abs().amax(-1), residual, (theta - 1).abs().amin(-1)
-
-
+    theta, S = np.linalg.eig(H[:, :k, :k])
+    i = np.abs(theta).argmax(-1)
+    residual = np.abs(H[:, k, k - 1]) * np.abs(S[np.arange(len(S)), k - 1, i])
+    return np.abs(theta).max(-1), theta, S, residual, np.abs(theta - 1).min(-1)
