@@ -171,5 +171,5 @@ def test_table_rows_in_percent_with_paired_differences():
     from chains_lite.viz.tables import cell
     columns, rows = table_rows(res, ["uniform", "tokenrank"])
     assert len(columns) == 6 and all(len(r) == 6 for r in rows)
-    assert cell(rows[0][1]) == "50.0 [40.0, 60.0]" and rows[0][4:] == [72.50, 43.60]
+    assert cell(rows[0][1]) == "50.0 [40.0, 60.0]" and rows[0][4:] == ["72.5", "43.6"] and rows[1][4:] == ["84.97", "44.87"]
     assert cell(rows[2][2]) == "-5.00 [-10.0, 0]" and "p = 0.03 / 0.90" in rows[2][0]

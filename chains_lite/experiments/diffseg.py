@@ -122,7 +122,7 @@ def table_rows(res: dict, strategies, paper: bool = True) -> tuple[list[str], li
     for s in strategies:
         r = res[s]
         row = [s, pct(r["acc"], *r["acc_ci"]), pct(r["miou"], *r["miou_ci"]), r.get("segments", float("nan"))]
-        rows.append(row + (list(PAPER_TABLE3.get(s, ("–", "–"))) if paper else []))
+        rows.append(row + ([str(v) for v in PAPER_TABLE3.get(s, ("–", "–"))] if paper else []))  # as printed
     for s in strategies[1:]:
         d = res[f"{s} - {strategies[0]}"]
         row = [f"{s} - {strategies[0]} (points; p = {d['acc_p']:.2f} / {d['miou_p']:.2f})",
