@@ -7,21 +7,25 @@
 
 Runs on :func:`chains_lite.experiments.runner.run`: per-image records go to ``--run-dir`` (default: ``--out``
 with ``.run``) as they are made, so a rerun of the same command resumes, and ``accelerate launch``
-shares the images among processes; image ``i`` is noised from its own seed, so the JSON does not
-depend on the batch size or the number of processes.
+shares the images among processes; the JSON does not depend on the batch size or the number of
+processes (with ``--protocol noised``, image ``i`` is noised from its own seed).
 
-Each image goes once through the UNet, noised to ``--timestep`` (300 of 1000, as DiffSeg); the
-self-attention of every layer is aggregated into one chain (``chains_lite.methods.diffseg.aggregate``),
-segmented from each anchor strategy with the same merging threshold, and scored by Hungarian
-matching of segments to classes per image (``chains_lite.eval.metrics.hungarian_counts``: pixel
-accuracy and mIoU from counts summed over the dataset). Intervals: bootstrap over images, the same
-resamples for every strategy; the difference row is paired.
+Each image goes once through the UNet as DiffSeg runs it (``--protocol clean``, the default): the
+clean input with the embedding of ``--timestep`` (300 of 1000), no noise added; ``--protocol
+noised`` noises the input to that timestep first. The self-attention of every layer is aggregated
+into one chain (``chains_lite.methods.diffseg.aggregate``), segmented from each anchor strategy
+with the same merging threshold, and scored by Hungarian matching of segments to classes per image
+(``chains_lite.eval.metrics.hungarian_counts``: pixel accuracy and mIoU from counts summed over the
+dataset). Intervals: bootstrap over images, the same resamples for every strategy; the difference
+row is paired.
 
 * lite: ``shapes-unet`` on ShapeWorld test images (32 x 32, seeded; classes: background + the six
   shapes, exact masks). Token grid 16 x 16 (layers at 16 x 16 and 8 x 8), a 4 x 4 anchor grid
   (DiffSeg's 16 x 16 on SD's 64 x 64, scaled), spacing ``5 * 16 / 64`` tokens. The default
-  threshold ``ds.LITE_THRESHOLD`` was chosen for the uniform grid on ShapeWorld *validation* images
-  (``--sweep`` reruns that choice); the KL scale of a 256-token chain is not SD's.
+  threshold ``ds.LITE_THRESHOLD`` is the one of highest uniform-grid mIoU on 64 ShapeWorld
+  *validation* images (``--sweep T1 T2 ...`` reruns that choice with
+  ``chains_lite.experiments.diffseg.choose_threshold`` and prints it; ``--threshold`` sets the
+  test run's); the KL scale of a 256-token chain is not SD's.
 * full: SD1.5 (``zoo.load("sd15")``; DiffSeg used SD1.4, whose weights the zoo does not list;
   both share the UNet architecture) on COCO-Stuff-27: ``--data`` (default ``$COCO_STUFF_ROOT``)
   holds ``val2017/*.jpg`` and ``annotation_val2017/*.png`` (stuffthingmaps, fine labels), ``--file-list``
@@ -50,10 +54,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from chains_lite import zoo  # noqa: E402
 from chains_lite.eval import metrics  # noqa: E402
 from chains_lite.experiments import cli, runner  # noqa: E402
-from chains_lite.experiments.diffseg import bootstrap, format_table, score_chains  # noqa: E402
+from chains_lite.experiments.diffseg import bootstrap, choose_threshold, score_chains, table_rows  # noqa: E402
 from chains_lite.methods import diffseg as ds  # noqa: E402
 from chains_lite.zoo.datasets import CocoStuff  # noqa: E402
 from chains_lite.zoo.inputs import unet_inputs  # noqa: E402
+from chains_lite.viz.tables import markdown_table  # noqa: E402
 from chains_lite.zoo.shapeworld import CLASS_NAMES  # noqa: E402
 
 LITE_CLASSES = 1 + len(CLASS_NAMES)
@@ -73,7 +78,8 @@ def make_work(loaded, args, load_batch, n_classes, strategies, threshold):
     def work(indices):
         images, gt = load_batch(indices)
         x0, cond = unet_inputs(loaded, images)
-        chains, _ = ds.image_chains(loaded.model, loaded.scheduler, x0, indices, args.seed, args.timestep, cond)
+        chains, _ = ds.image_chains(loaded.model, loaded.scheduler, x0, indices, args.seed, args.timestep, cond,
+                                    args.protocol)
         scored = score_chains(chains, gt, n_classes, strategies, threshold=threshold,
                                  per_side=args.per_side, min_distance=args.min_distance, metric=args.distance)
         return [{"index": i} | {s: {k: np.asarray(v[j]).tolist() for k, v in scored[s].items()}
@@ -123,6 +129,9 @@ def main(argv=None):
     ap.add_argument("--min-distance", type=float, default=None, help="anchor spacing in tokens (default 5/64 of the grid)")
     ap.add_argument("--distance", choices=ds.DISTANCES, default="euclidean")
     ap.add_argument("--timestep", type=int, default=ds.TIMESTEP)
+    ap.add_argument("--protocol", choices=ds.PROTOCOLS, default="clean",
+                    help="clean: DiffSeg's (the clean input at --timestep's embedding); "
+                         "noised: noise the input to --timestep")
     ap.add_argument("--batch-size", type=int, default=None, help="default: 32 (lite), 1 (full)")
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--data", default=os.environ.get("COCO_STUFF_ROOT"), help="full: COCO-Stuff folder")
@@ -151,9 +160,9 @@ def main(argv=None):
         threshold = args.threshold or ds.KL_THRESHOLD["coco-stuff"]
         load_batch = data.batch
     config = dict(mode=args.mode, model=loaded.name, n_images=n, seed=args.seed, threshold=threshold,
-                  timestep=args.timestep, per_side=args.per_side, min_distance=args.min_distance,
-                  distance=args.distance, strategies=args.strategies, data=args.data, file_list=args.file_list,
-                  fine_to_coarse=args.fine_to_coarse, sweep=args.sweep,
+                  timestep=args.timestep, protocol=args.protocol, per_side=args.per_side,
+                  min_distance=args.min_distance, distance=args.distance, strategies=args.strategies,
+                  data=args.data, file_list=args.file_list, fine_to_coarse=args.fine_to_coarse, sweep=args.sweep,
                   identity=cli.run_identity(loaded, {"--data": args.data, "--file-list": args.file_list,
                                                      "--fine-to-coarse": args.fine_to_coarse}))
     sweep = {}
@@ -168,6 +177,10 @@ def main(argv=None):
                     sweep[thr] = {s: metrics.scores_from_counts(counts_of(recs, s)) for s in args.strategies}
                     print(f"val threshold {thr}: " + ", ".join(
                         f"{s} acc {100 * v['acc']:.1f} mIoU {100 * v['miou']:.1f}" for s, v in sweep[thr].items()))
+    chosen = choose_threshold(sweep, args.strategies[0]) if sweep else None
+    if chosen is not None:
+        print(f"validation choice: threshold {chosen} ({args.strategies[0]} grid, highest mIoU); "
+              f"this run's threshold: {threshold}")
     with torch.no_grad():
         records = cli.run(make_work(loaded, args, load_batch, n_classes, args.strategies, threshold), n, args,
                           config, batch=batch, desc="diffseg")
@@ -177,12 +190,14 @@ def main(argv=None):
     elapsed = time.perf_counter() - t0
     print(f"\n{loaded.name} ({args.mode} mode), {n} images, seed {args.seed}, threshold {threshold}, "
           f"timestep {args.timestep}, {elapsed:.1f} s; 95% bootstrap intervals")
-    print(format_table(res, args.strategies, args.mode))
+    print(markdown_table(*table_rows(res, args.strategies)))
     print("paper: SD on COCO-Stuff-27 (Table 3). Lite numbers are ShapeWorld's, not the paper's.")
     cli.write(out_path, dict(mode=args.mode, model=loaded.name, n_images=n, seed=args.seed, threshold=threshold,
-                             timestep=args.timestep, per_side=args.per_side, min_distance=args.min_distance,
-                             distance=args.distance, n_classes=n_classes, time_s=elapsed, results=res,
-                             val_sweep={str(k): v for k, v in sweep.items()}, identity=config["identity"]))
+                             timestep=args.timestep, protocol=args.protocol, per_side=args.per_side,
+                             min_distance=args.min_distance, distance=args.distance, n_classes=n_classes,
+                             time_s=elapsed, results=res,
+                             val_sweep={str(k): v for k, v in sweep.items()},
+                             val_choice=chosen, identity=config["identity"]))
 
 
 if __name__ == "__main__":

@@ -15,9 +15,11 @@ ShapeWorld val images: Fréchet distance, KID, an IS analogue, the share classif
 (these are not FID / KID / IS). Full: SD1.5 with classifier-free guidance on prompts from a file
 (one per line, sample i takes line i), PNGs next to the JSON, FID / KID / IS from the FID
 Inception network against a folder of reference images (torchmetrics, downloads at first use).
-Methods ``none``, ``sag_column_sum``, ``sag_tokenrank`` run on the same seeds at every
-``--scales``; the table prints each metric with its 95 % bootstrap interval beside Table 2, and
-the JSON holds per method the metrics and intervals, the sweep and the paired differences, and
+Methods ``none`` and SAG with column-sum and TokenRank masks, each without and with the
+``--cap`` (``sag_column_sum``, ``sag_tokenrank``, ``sag_column_sum_capped``,
+``sag_tokenrank_capped``), run on the same seeds at every ``--scales``; the first table prints each
+metric with its 95 % bootstrap interval beside Table 2, the second the paired differences TokenRank
+- column sum at equal cap, and the JSON holds per method the metrics and intervals, the sweep and the paired differences, and
 ``identity`` (the weights' checkpoint digests, hub id or ``"random"``, and the prompts' and
 reference images' size and time: a rerun with any of them changed is refused).
 """
@@ -32,6 +34,7 @@ from chains_lite import zoo
 from chains_lite.experiments import cli, runner
 from chains_lite.experiments import sag as exp
 from chains_lite.methods.sag import LAYERS
+from chains_lite.viz.tables import markdown_table
 
 
 def main(argv=None):
@@ -42,7 +45,7 @@ def main(argv=None):
                     help="the scale of the main table (default 1 if among --scales, else the smallest)")
     ap.add_argument("--steps", type=int, default=None, help="DDIM steps; default lite 20, full 50")
     ap.add_argument("--layer", choices=LAYERS, default="decoder")
-    ap.add_argument("--cap", type=float, default=exp.TOKENRANK_CAP, help="TokenRank's masked-share cap")
+    ap.add_argument("--cap", type=float, default=exp.CAP, help="the capped arms' masked-share ceiling")
     ap.add_argument("--batch", type=int, default=None, help="samples per chunk; default lite 16, full 8")
     ap.add_argument("--n-boot", type=int, default=200)
     ap.add_argument("--prompts", type=Path, help="full mode: a text file, one prompt per line")
@@ -111,9 +114,13 @@ def main(argv=None):
         table = exp.summarize(records, ref["reference"], ref["real"], headline=args.headline,
                               n_boot=args.n_boot, seed=args.seed)
     seconds = time.time() - t0
-    print("\n" + exp.format_table(table, loaded.mode))
+    print(f"\n[{loaded.mode} mode] {table['n_samples']} samples, SAG scale {table['headline_scale']:g}, "
+          "95 % bootstrap intervals; paper = Table 2, SD1.5, 50K samples")
+    print(markdown_table(*exp.method_rows(table, loaded.mode, args.cap)))
+    print("\npaired differences at equal cap:")
+    print(markdown_table(*exp.contrast_rows(table, loaded.mode)))
     settings = dict(mode=loaded.mode, model=loaded.name, seed=args.seed, steps=steps, sampler="DDIM (eta=0)",
-                    scales=scales, layer=args.layer, tokenrank_cap=args.cap, blur="gaussian 9 taps, sigma 1",
+                    scales=scales, layer=args.layer, cap=args.cap, blur="gaussian 9 taps, sigma 1",
                     cfg=args.cfg if full else None, seconds=round(seconds, 1),
                     paper_table2=exp.PAPER_TABLE2, metric_space="inception" if full else "shapes-vit",
                     identity=identity)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from chains_lite.eval import quality
+from chains_lite.eval import quality, stats
 from references import eig_fd, scipy_fd
 
 
@@ -49,6 +49,21 @@ def test_bootstrap_table_pairs_and_intervals():
         assert row["low"] <= row["value"] <= row["high"]
     with pytest.raises(ValueError, match="same number"):
         quality.bootstrap_table({"a": (near, probs), "b": (far[:5], probs[:5])}, real)
+
+
+def test_frechet_interval_of_a_biased_small_sample_stays_positive():
+    # 12 real-like samples in 8 dimensions: the distance is mostly finite-sample bias, and the
+    # resamples (repeated rows) inflate it further; the bounds must still be >= 0
+    gen = torch.Generator().manual_seed(2)
+    real, same = torch.randn(200, 8, generator=gen), torch.randn(12, 8, generator=gen)
+    probs = torch.softmax(torch.randn(12, 3, generator=gen), -1)
+    t = quality.bootstrap_table({"same": (same, probs)}, real, n_boot=200)
+    row = t["runs"]["same"]["frechet"]
+    assert 0 < row["low"] <= row["value"] <= row["high"]
+    _, draws = stats.bootstrap({"same": (same, probs)}, lambda r, i: {"fd": quality.frechet_distance(
+        r[0] if i is None else r[0][torch.from_numpy(i)], real)}, 12, 200, 0)
+    assert draws["same"]["fd"].mean() > row["value"]     # the resamples are biased upward
+    assert row["low"] == pytest.approx(stats.interval(draws["same"]["fd"], bias_from=row["value"], log=True)[0])
 
 
 @pytest.mark.parametrize("n", [3, 12, 40, 41, 90])

@@ -31,6 +31,16 @@ def test_interval_is_the_percentile_range_shifted_by_the_bias():
         interval(draws, 1.0)
 
 
+def test_log_interval_shifts_by_the_bias_of_the_logs_and_stays_positive():
+    draws = np.exp(np.linspace(0.0, 4.0, 101))          # logs 0 .. 4, mean 2
+    lo, hi = interval(draws, 0.9, bias_from=np.exp(1.5), log=True)   # log-scale bias +0.5
+    assert (lo, hi) == pytest.approx((np.exp(0.2 - 0.5), np.exp(3.8 - 0.5)))
+    additive = interval(draws, 0.9, bias_from=np.exp(1.5))
+    assert additive[0] < 0 < lo                          # the additive shift crosses zero here
+    with pytest.raises(ValueError, match="positive"):
+        interval(np.array([0.0, 1.0]), log=True)
+
+
 def test_wilcoxon_leaves_out_ties_and_needs_enough_pairs():
     assert wilcoxon_greater([2, 3, 4, 5, 6, 7], [1, 1, 1, 1, 1, 7]) == pytest.approx(1 / 32)   # the tie is left out
     assert np.isnan(wilcoxon_greater([2, 3, 4], [1, 1, 1], min_pairs=10))

@@ -22,9 +22,34 @@ def test_lite_work_records_do_not_depend_on_chunks_and_summarize(unet, sched):
     ref = torch.randn(10, 5, generator=torch.Generator().manual_seed(0))
     table = exp.summarize(parts[::-1], ref, n_boot=5)
     assert set(table["methods"]) == set(exp.METHODS) and table["headline_scale"] == 1.0
-    assert set(table["pairs"]) == {"sag_tokenrank@1 - sag_column_sum@1", "sag_column_sum@1 - none@0",
-                                   "sag_tokenrank@1 - none@0"}
+    assert set(table["pairs"]) == {
+        "sag_tokenrank@1 - sag_column_sum@1", "sag_tokenrank_capped@1 - sag_column_sum_capped@1",
+        "sag_column_sum_capped@1 - sag_column_sum@1", "sag_tokenrank_capped@1 - sag_tokenrank@1",
+        "sag_column_sum@1 - none@0", "sag_tokenrank@1 - none@0", "sag_column_sum_capped@1 - none@0",
+        "sag_tokenrank_capped@1 - none@0"}
     assert table["methods"]["none"]["masked_fraction"] == 0
+    for m in ("sag_column_sum_capped", "sag_tokenrank_capped"):   # floor(0.4 * 64) = 25 of 64 tokens
+        assert 0 < table["methods"][m]["masked_fraction"] <= 25 / 64 + 1e-6
+    columns, rows = exp.contrast_rows(table, "lite")
+    assert [r[0] for r in rows] == ["TokenRank - column sum", "TokenRank, capped - column sum, capped"]
+    d = table["pairs"]["sag_tokenrank_capped@1 - sag_column_sum_capped@1"]["frechet"]
+    assert rows[1][1] == dict(d, signed=True) and len(rows[1]) == len(columns)
+    columns, rows = exp.method_rows(table, "lite")
+    assert [r[1] for r in rows] == ["–", "–", "–", "40%", "40%"]
+    assert rows[4][-1] == "18.37 / 50.14 / 0.021" and rows[2][-1] == "–"   # the paper's capped TokenRank
+    with pytest.raises(ValueError, match="no pair"):
+        exp.contrast_rows(table, "lite", scale=2.0)
+
+
+def test_only_the_capped_arms_get_the_cap():
+    for method, (source, capped) in exp.ARMS.items():
+        g = exp.method_sag(method, 1.5, cap=0.3)
+        assert (g.source, g.cap, g.scale) == (source, 0.3 if capped else None, 1.5)
+    assert {exp.ARMS[m][0] for m in exp.ARMS} == {"column_sum", "tokenrank"}
+    assert sorted(c for _, c in exp.ARMS.values()) == [False, False, True, True]
+    assert exp.method_sag("none", 1.5).scale == 0
+    with pytest.raises(ValueError, match="method"):
+        exp.method_sag("sag_pagerank", 1.0)
 
 
 def test_full_work_on_a_random_conditional_unet(cond_unet, sched, tmp_path):
@@ -78,7 +103,7 @@ def test_benchmark_writes_json_and_resumes_from_its_run_dir(tmp_path):
     bench.main(argv + ["--out", str(tmp_path / "a.json")])
     bench.main(argv + ["--out", str(tmp_path / "b.json")])   # every record is on disk: nothing to sample
     a, b = (json.loads((tmp_path / f).read_text()) for f in ("a.json", "b.json"))
-    assert set(a["methods"]) == {"none", "sag_column_sum", "sag_tokenrank"} and a["methods"] == b["methods"]
+    assert set(a["methods"]) == set(exp.METHODS) and a["methods"] == b["methods"] and a["cap"] == exp.CAP
 
 
 class _Judge(torch.nn.Module):

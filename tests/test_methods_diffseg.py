@@ -147,15 +147,61 @@ def test_segment_checks_its_chain():
 
 
 # ----------------------------------------------------------------------------- capture and evaluation
-def test_self_attention_records_every_resolution_of_a_unet():
-    from diffusers import DDPMScheduler, UNet2DModel
+def _tiny_unet(size=16):
+    from diffusers import UNet2DModel
     torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=16, in_channels=3, out_channels=3, block_out_channels=(16, 32),
+    return UNet2DModel(sample_size=size, in_channels=3, out_channels=3, block_out_channels=(16, 32),
                        down_block_types=("AttnDownBlock2D", "AttnDownBlock2D"),
                        up_block_types=("AttnUpBlock2D", "AttnUpBlock2D"), layers_per_block=1,
                        attention_head_dim=8, norm_num_groups=8).eval()
+
+
+def _what_the_unet_sees(unet, run):
+    """(sample, timestep) of every UNet call made by ``run()``."""
+    seen = []
+    hook = unet.register_forward_pre_hook(lambda m, a: seen.append((a[0].clone(), a[1].clone())))
+    try:
+        run()
+    finally:
+        hook.remove()
+    return seen
+
+
+def test_diffsegs_protocol_feeds_the_clean_input_at_timestep_300():
+    from diffusers import DDPMScheduler
+    unet = _tiny_unet()
+    x0 = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    seen = _what_the_unet_sees(unet, lambda: ds.self_attention(unet, x0, DDPMScheduler()))
+    assert len(seen) == 1
+    sample, t = seen[0]
+    assert torch.equal(sample, x0)                       # no noise added: the UNet sees x0 itself
+    assert t.tolist() == [300, 300] and ds.TIMESTEP == 300
+    seen = _what_the_unet_sees(unet, lambda: ds.image_chains(unet, None, x0, [0, 1], seed=3))
+    assert torch.equal(seen[0][0], x0)                   # no scheduler needed, none used
+
+
+def test_the_noised_protocol_adds_the_schedulers_noise_at_the_timestep():
+    from diffusers import DDPMScheduler
+    unet, sched = _tiny_unet(), DDPMScheduler()
+    x0 = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    noise = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    seen = _what_the_unet_sees(unet, lambda: ds.self_attention(unet, x0, sched, 250, noise=noise, protocol="noised"))
+    sample, t = seen[0]
+    a = sched.alphas_cumprod[250]                        # q(x_t | x_0) by hand
+    torch.testing.assert_close(sample, a.sqrt() * x0 + (1 - a).sqrt() * noise)
+    assert t.tolist() == [250, 250] and not torch.allclose(sample, x0, atol=1e-2)
+    with pytest.raises(ValueError, match="protocol"):
+        ds.self_attention(unet, x0, sched, protocol="noisy")
+    with pytest.raises(ValueError, match="scheduler"):
+        ds.self_attention(unet, x0, None, protocol="noised")
+
+
+def test_self_attention_records_every_resolution_of_a_unet():
+    from diffusers import DDPMScheduler
+    unet = _tiny_unet()
     x0 = torch.rand(2, 3, 16, 16) * 2 - 1
-    run = lambda: ds.self_attention(unet, x0, DDPMScheduler(), generator=torch.Generator().manual_seed(0))  # noqa: E731
+    run = lambda: ds.self_attention(unet, x0, DDPMScheduler(), generator=torch.Generator().manual_seed(0),  # noqa: E731
+                                    protocol="noised")
     (attns, grids), (again, _) = run(), run()
     assert sorted(set(grids)) == [(8, 8), (16, 16)]
     for a, b, grid in zip(attns, again, grids):
@@ -164,7 +210,7 @@ def test_self_attention_records_every_resolution_of_a_unet():
     A = ds.aggregate(attns, grids)
     assert A.shape == (2, 256, 256)
     lazy, lgrids = ds.self_attention(unet, x0, DDPMScheduler(), generator=torch.Generator().manual_seed(0),
-                                     store="qk")
+                                     store="qk", protocol="noised")
     torch.testing.assert_close(ds.aggregate(lazy, lgrids), A, atol=1e-5, rtol=1e-4)
 
 
@@ -172,16 +218,16 @@ def test_self_attention_records_every_resolution_of_a_unet():
 
 
 def test_image_chains_do_not_depend_on_the_batch():
-    from diffusers import DDPMScheduler, UNet2DModel
-    torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(16, 32),
-                       down_block_types=("AttnDownBlock2D", "AttnDownBlock2D"),
-                       up_block_types=("AttnUpBlock2D", "AttnUpBlock2D"), layers_per_block=1,
-                       attention_head_dim=8, norm_num_groups=8).eval()
+    from diffusers import DDPMScheduler
+    unet = _tiny_unet(8)
     x0 = torch.rand(3, 3, 8, 8) * 2 - 1
-    together, grids = ds.image_chains(unet, DDPMScheduler(), x0, [4, 5, 6], seed=1)
-    alone, _ = ds.image_chains(unet, DDPMScheduler(), x0[2:], [6], seed=1)
-    torch.testing.assert_close(alone[0], together[2], atol=1e-5, rtol=1e-4)
-    other, _ = ds.image_chains(unet, DDPMScheduler(), x0[2:], [7], seed=1)   # another index, other noise
-    assert not torch.allclose(other[0], together[2], atol=1e-4)
-    assert together.shape == (3, 64, 64) and sorted(set(grids)) == [(4, 4), (8, 8)]
+    for protocol in ds.PROTOCOLS:
+        together, grids = ds.image_chains(unet, DDPMScheduler(), x0, [4, 5, 6], seed=1, protocol=protocol)
+        alone, _ = ds.image_chains(unet, DDPMScheduler(), x0[2:], [6], seed=1, protocol=protocol)
+        torch.testing.assert_close(alone[0], together[2], atol=1e-5, rtol=1e-4)
+        other, _ = ds.image_chains(unet, DDPMScheduler(), x0[2:], [7], seed=1, protocol=protocol)
+        if protocol == "noised":    # another index, other noise
+            assert not torch.allclose(other[0], together[2], atol=1e-4)
+        else:                       # no noise: the index does not matter
+            torch.testing.assert_close(other[0], alone[0])
+        assert together.shape == (3, 64, 64) and sorted(set(grids)) == [(4, 4), (8, 8)]

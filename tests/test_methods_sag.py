@@ -49,16 +49,24 @@ def test_guidance_changes_samples_and_repeats_exactly(unet, sched):
 
 def test_trajectory_masks_follow_the_plain_trajectory(unet, sched):
     noise = item_noise((3, 16, 16), [0, 1], seed=2)
-    masks, grid, x = sag.trajectory_masks(unet, sched, noise, ("column_sum", "tokenrank"), (None, 0.25), steps=3)
+    masks, grid, x, x0 = sag.trajectory_masks(unet, sched, noise, ("column_sum", "tokenrank", "tokenrank"),
+                                              (None, 0.25, None), steps=3)
     assert torch.equal(x, sag.sample(unet, sched, noise, steps=3).x)
-    assert grid == (8, 8) and masks["tokenrank"].shape == (3, 2, 8, 8)
-    assert (masks["tokenrank"].flatten(2).sum(-1) <= 16).all()   # floor(0.25 * 64)
+    assert grid == (8, 8) and masks["tokenrank@0.25"].shape == (3, 2, 8, 8)
+    assert (masks["tokenrank@0.25"].flatten(2).sum(-1) <= 16).all()   # floor(0.25 * 64)
+    assert (masks["tokenrank@0.25"] <= masks["tokenrank"]).all()      # the cap only removes tokens
+    with pytest.raises(ValueError, match="once"):
+        sag.trajectory_masks(unet, sched, noise, ("tokenrank", "tokenrank"), (None, None), steps=1)
     s = DDIMScheduler.from_config(sched.config)
     s.set_timesteps(3)
     with torch.no_grad(), capture(unet, layers=[sag.sag_layer(unet)], heads="mean") as rec:
         unet(noise, s.timesteps[0])
     first = sag.token_mask(rec.attentions[0], rec.layouts[0], "column_sum").reshape(2, 8, 8)
     assert torch.equal(masks["column_sum"][0], first)
+    with torch.no_grad():     # the first step's predicted clean image, by hand
+        a = s.alphas_cumprod[int(s.timesteps[0])]
+        ref = (noise - (1 - a).sqrt() * unet(noise, s.timesteps[0]).sample) / a.sqrt()
+    assert x0.shape == (3, 2, 3, 16, 16) and torch.allclose(x0[0], ref, atol=1e-5)
 
 
 def _steady_state(P):

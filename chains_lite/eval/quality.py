@@ -138,7 +138,11 @@ def bootstrap_table(runs: dict, real: torch.Tensor, pairs=(), n_boot: int = 200,
     """Metrics with bootstrap intervals for several runs on the same seeds, and paired differences.
 
     Intervals are the ``level`` percentiles of ``n_boot`` resamples of the rows, shifted by the
-    bootstrap bias estimate (mean of the resamples minus the full-sample value).
+    bootstrap bias estimate (mean of the resamples minus the full-sample value). The Fréchet
+    distance of a run, a positive statistic whose resamples are biased upward (its finite-sample
+    bias grows as repeated rows leave fewer distinct ones), is shifted on the log scale
+    (:func:`chains_lite.eval.stats.interval` with ``log=True``), so its bounds stay positive; an
+    additive shift can push them below zero. Differences are shifted additively.
 
     ``runs``: ``{name: (features (N, D), probs (N, C))}``, row ``i`` of every run from the same
     seed; ``real``: ``(M, D)`` real features or a :class:`Reference`; ``pairs``: ``(a, b)`` names whose difference
@@ -164,11 +168,16 @@ def bootstrap_table(runs: dict, real: torch.Tensor, pairs=(), n_boot: int = 200,
 
     point, draws = stats.bootstrap(runs, statistic, n, n_boot, seed)
 
-    def interval(value, values):
-        low, high = stats.interval(values, level, bias_from=value)
+    def interval(value, values, positive=False):
+        if positive and value > 0 and (values > 0).all():
+            low, high = stats.interval(values, level, bias_from=value, log=True)
+        else:   # differences; or a distance of exactly 0 somewhere, where the log scale has no room
+            low, high = stats.interval(values, level, bias_from=value)
+            low = max(low, 0.0) if positive else low
         return {"value": value, "low": low, "high": high}
 
-    out = {"runs": {k: {m: interval(point[k][m], draws[k][m]) for m in METRICS} for k in runs}, "pairs": {}}
+    out = {"runs": {k: {m: interval(point[k][m], draws[k][m], positive=m == "frechet") for m in METRICS} for k in runs},
+           "pairs": {}}
     for a, b in pairs:
         row = {}
         for m in METRICS:

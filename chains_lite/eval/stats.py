@@ -40,16 +40,25 @@ def bootstrap(items: dict[str, Any], statistic: Callable[[Any, np.ndarray | None
     return point, draws
 
 
-def interval(draws: np.ndarray, level: float = 0.95, bias_from: float | None = None) -> tuple[float, float]:
+def interval(draws: np.ndarray, level: float = 0.95, bias_from: float | None = None,
+             log: bool = False) -> tuple[float, float]:
     """The ``level`` percentile interval ``(low, high)`` of bootstrap ``draws``.
 
     ``bias_from``: the statistic's value on all items; the interval is then shifted by the
     bootstrap's bias estimate (mean of the draws minus that value), for statistics that
     resampling biases (a resample repeats items, which shrinks the features' spread and raises
-    the Fréchet distance and KID).
+    the Fréchet distance and KID). ``log``: for a positive statistic, take the percentiles and
+    the shift on the log scale (a multiplicative bias), so the bounds stay positive; needs
+    positive ``draws`` and ``bias_from``.
     """
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
+    draws = np.asarray(draws, dtype=float)
+    if log:
+        if (draws <= 0).any() or (bias_from is not None and not bias_from > 0):
+            raise ValueError("a log-scale interval needs positive draws and a positive bias_from")
+        lo, hi = interval(np.log(draws), level, None if bias_from is None else float(np.log(bias_from)))
+        return float(np.exp(lo)), float(np.exp(hi))
     lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
     shift = 0.0 if bias_from is None else float(np.mean(draws)) - bias_from
     return float(lo) - shift, float(hi) - shift

@@ -1,6 +1,7 @@
 """Chapter 5's tables: DiffSeg with uniform or TokenRank anchors scored on labelled images
 (paper Table 3): :func:`score_chains` (Hungarian-matched counts per image), :func:`bootstrap`
-(intervals over images, paired differences), :func:`format_table` (beside the paper's numbers).
+(intervals over images, paired differences), :func:`choose_threshold` (the merging threshold from a
+validation sweep), :func:`anchor_stats` (where anchors lie), :func:`table_rows` (beside the paper's numbers).
 """
 from __future__ import annotations
 
@@ -56,6 +57,18 @@ def bootstrap(counts: dict, n_boot: int = 1000, seed: int = 0, level: float = 0.
     return table
 
 
+def choose_threshold(sweep: dict, strategy: str = "uniform", metric: str = "miou"):
+    """The threshold of ``sweep`` ``{threshold: {strategy: {metric: value}}}`` (validation scores,
+    e.g. :func:`chains_lite.eval.metrics.scores_from_counts` per strategy) with the highest
+    ``metric`` for ``strategy``; among equal scores, the smallest threshold."""
+    if not sweep:
+        raise ValueError("the sweep is empty: no threshold to choose from")
+    missing = [t for t, v in sweep.items() if strategy not in v or metric not in v[strategy]]
+    if missing:
+        raise ValueError(f"thresholds {missing} have no {metric!r} for strategy {strategy!r}")
+    return max(sorted(sweep), key=lambda t: (sweep[t][strategy][metric], -t))
+
+
 def score_chains(chains: torch.Tensor, gt: torch.Tensor, n_classes: int,
                  strategies=("uniform", "tokenrank"), **kw) -> dict:
     """Segment every chain of ``chains`` ``(B, n, n)`` with every strategy and score it against
@@ -72,20 +85,47 @@ def score_chains(chains: torch.Tensor, gt: torch.Tensor, n_classes: int,
     return out
 
 
-def format_table(res: dict, strategies, mode: str) -> str:
-    """A markdown table of :func:`bootstrap` results (in percent, 95 % intervals, paired
-    differences against the first strategy) beside the paper's Table 3."""
-    lines = [f"| anchors | mACC ({mode}) | mIoU ({mode}) | segments / image | paper mACC | paper mIoU |",
-             "|---|---|---|---|---|---|"]
+def anchor_stats(chains: torch.Tensor, gt: torch.Tensor, strategy: str, **kw) -> dict:
+    """Where a strategy's anchors lie, over chains ``(B, n, n)`` (``n = S^2``) with class maps ``gt``
+    ``(B, H, W)`` (class 0: background): ``spread``, the mean over images and tokens of the distance
+    (token units) from a token to its nearest anchor; ``coverage``, the share of the images'
+    objects (non-background classes) with at least one anchor on them (``gt`` resampled to the
+    token grid by nearest neighbours). ``kw``: options of :func:`chains_lite.methods.diffseg.anchors`."""
+    from ..methods.diffseg import anchors
+    if len(chains) != len(gt):
+        raise ValueError(f"{len(chains)} chains but {len(gt)} ground-truth maps")
+    size = int(round(chains.shape[-1] ** 0.5))
+    rows, cols = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    tokens = torch.stack([rows.flatten(), cols.flatten()], 1).float()
+    small = torch.nn.functional.interpolate(gt[:, None].float(), size=(size, size), mode="nearest")[:, 0].long()
+    spread, covered, objects = [], 0, 0
+    for A, g in zip(chains, small):
+        pts = anchors(A, size, strategy, **kw)
+        spread.append(torch.cdist(tokens, pts.float()).min(1).values.mean().item())
+        on = set(g[pts[:, 0], pts[:, 1]].tolist())
+        classes = [c for c in g.unique().tolist() if c != 0]
+        covered += sum(c in on for c in classes)
+        objects += len(classes)
+    return {"spread": float(np.mean(spread)), "coverage": covered / objects if objects else float("nan")}
+
+
+def table_rows(res: dict, strategies, paper: bool = True) -> tuple[list[str], list[list]]:
+    """:func:`bootstrap` results as ``(columns, rows)`` for
+    :func:`chains_lite.viz.tables.markdown_table`: per strategy pixel accuracy and mIoU in percent
+    with their 95 % intervals, segments per image and (``paper``) Table 3's numbers; then each
+    paired difference against the first strategy in percentage points, signed, its label holding
+    the one-sided bootstrap p-values (accuracy / mIoU) of "no gain"."""
+    pct = lambda v, lo, hi, signed=False: {"value": v, "low": lo, "high": hi, "scale": 100, "signed": signed}  # noqa: E731
+    columns = ["anchors", "pixel accuracy (%)", "mIoU (%)", "segments / image"]
+    columns += ["paper accuracy (%)", "paper mIoU (%)"] if paper else []
+    rows = []
     for s in strategies:
         r = res[s]
-        paper = PAPER_TABLE3.get(s, ("", ""))
-        lines.append(f"| {s} | {100 * r['acc']:.1f} [{100 * r['acc_ci'][0]:.1f}, {100 * r['acc_ci'][1]:.1f}] "
-                     f"| {100 * r['miou']:.1f} [{100 * r['miou_ci'][0]:.1f}, {100 * r['miou_ci'][1]:.1f}] "
-                     f"| {r.get('segments', float('nan')):.2f} | {paper[0]} | {paper[1]} |")
+        row = [s, pct(r["acc"], *r["acc_ci"]), pct(r["miou"], *r["miou_ci"]), r.get("segments", float("nan"))]
+        rows.append(row + ([str(v) for v in PAPER_TABLE3.get(s, ("–", "–"))] if paper else []))  # as printed
     for s in strategies[1:]:
         d = res[f"{s} - {strategies[0]}"]
-        lines.append(f"| {s} - {strategies[0]} | {100 * d['acc']:+.1f} [{100 * d['acc_ci'][0]:+.1f}, "
-                     f"{100 * d['acc_ci'][1]:+.1f}] p={d['acc_p']:.3f} | {100 * d['miou']:+.1f} "
-                     f"[{100 * d['miou_ci'][0]:+.1f}, {100 * d['miou_ci'][1]:+.1f}] p={d['miou_p']:.3f} | | | |")
-    return "\n".join(lines)
+        row = [f"{s} - {strategies[0]} (points; p = {d['acc_p']:.2f} / {d['miou_p']:.2f})",
+               pct(d["acc"], *d["acc_ci"], signed=True), pct(d["miou"], *d["miou_ci"], signed=True), "–"]
+        rows.append(row + (["–", "–"] if paper else []))
+    return columns, rows

@@ -1,4 +1,5 @@
-"""The paper's Table 2 experiment: no guidance vs SAG (column sum) vs SAG + TokenRank, same seeds.
+"""The paper's Table 2 experiment: no guidance vs SAG with column-sum and TokenRank masks, each
+with and without the 40 % cap, on the same seeds.
 
 A run is ``work(indices) -> records`` (one JSON-able record per sample index, every method's
 sample of that index in it) and ``summarize(records) -> table``; sample ``i`` starts from noise
@@ -11,8 +12,10 @@ the indices are chunked. Bind the settings with ``functools.partial``.
 * full (:func:`full_work`, :func:`summarize_full`): SD1.5 samples of user prompts written as PNG
   files; FID / KID / IS from Inception features (torchmetrics' FID Inception, full mode only).
 
-Methods: ``none`` (scale 0), ``sag_column_sum`` (SAG as published: column sum > 1, no cap) and
-``sag_tokenrank`` (``N * pi > 1``, at most ``cap`` = 40 % of the tokens, the paper's reading).
+Methods: ``none`` (scale 0); ``sag_column_sum`` (column sum > 1) and ``sag_tokenrank``
+(``N * pi > 1``), both without a cap; ``sag_column_sum_capped`` and ``sag_tokenrank_capped``, the
+same masks cut to at most ``cap`` (40 %: the paper's App. A.2 masks "up to 40 %" in its SAG setup)
+of the tokens. TokenRank against column sum is read at equal cap (:data:`CONTRASTS`).
 """
 from __future__ import annotations
 
@@ -26,23 +29,32 @@ from ..eval import quality
 from ..core.seeding import item_noise
 from ..methods.sag import SAG, sample
 
-METHODS = ("none", "sag_column_sum", "sag_tokenrank")
-#: Paper Table 2 (SD1.5, 50K samples vs LAION-Aesthetics V2 > 6.65): IS, FID, KID.
+#: Each SAG method: its mask source and whether the cap applies.
+ARMS = {"sag_column_sum": ("column_sum", False), "sag_tokenrank": ("tokenrank", False),
+        "sag_column_sum_capped": ("column_sum", True), "sag_tokenrank_capped": ("tokenrank", True)}
+METHODS = ("none",) + tuple(ARMS)
+#: Paired differences ``(a, b)`` read at every scale: TokenRank - column sum at equal cap (the
+#: comparison), the cap's own effect per source, and every SAG arm against no guidance.
+CONTRASTS = (("sag_tokenrank", "sag_column_sum"), ("sag_tokenrank_capped", "sag_column_sum_capped"),
+             ("sag_column_sum_capped", "sag_column_sum"), ("sag_tokenrank_capped", "sag_tokenrank")) + tuple(
+                 (m, "none") for m in ARMS)
+#: Paper Table 2 (SD1.5, 50K samples vs LAION-Aesthetics V2 > 6.65): IS, FID, KID. Its SAG setup
+#: masks up to 40 % (App. A.2), so its rows stand beside the capped arms.
 PAPER_TABLE2 = {"none": {"is": 16.32, "fid": 45.77, "kid": 0.018},
-                "sag_column_sum": {"is": 17.69, "fid": 52.48, "kid": 0.023},
-                "sag_tokenrank": {"is": 18.37, "fid": 50.14, "kid": 0.021}}
-TOKENRANK_CAP = 0.4
+                "sag_column_sum_capped": {"is": 17.69, "fid": 52.48, "kid": 0.023},
+                "sag_tokenrank_capped": {"is": 18.37, "fid": 50.14, "kid": 0.021}}
+CAP = 0.4
 
 
-def method_sag(method: str, scale: float, layer: str = "decoder", cap: float | None = TOKENRANK_CAP) -> SAG:
-    """The :class:`~chains_lite.methods.sag.SAG` settings of a method of Table 2 at guidance ``scale``."""
+def method_sag(method: str, scale: float, layer: str = "decoder", cap: float = CAP) -> SAG:
+    """The :class:`~chains_lite.methods.sag.SAG` settings of a method of :data:`METHODS` at guidance
+    ``scale``; ``cap`` is the masked share's ceiling of the ``*_capped`` arms."""
     if method == "none":
         return SAG(0.0, layer=layer)
-    if method == "sag_column_sum":
-        return SAG(scale, "column_sum", None, layer)
-    if method == "sag_tokenrank":
-        return SAG(scale, "tokenrank", cap, layer)
-    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method not in ARMS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    source, capped = ARMS[method]
+    return SAG(scale, source, cap if capped else None, layer)
 
 
 def runs(scales) -> list[tuple[str, float]]:
@@ -59,7 +71,7 @@ def _key(method: str, scale: float) -> str:
 
 # ----------------------------------------------------------------------------- lite
 def lite_images(indices, *, unet, scheduler, scales=(1.0,), steps: int = 20, seed: int = 0,
-                layer: str = "decoder", cap: float | None = TOKENRANK_CAP) -> dict:
+                layer: str = "decoder", cap: float = CAP) -> dict:
     """Every run's samples of ``indices`` from the unconditional ``unet``:
     ``{(method, scale): (images (B, 3, H, W) in [0, 1], masked_fraction (B,))}``."""
     indices = list(indices)
@@ -118,17 +130,15 @@ def _collect(records: list[dict]) -> dict:
 def summarize(records: list[dict], reference: torch.Tensor, real=None, headline: float | None = None,
               n_boot: int = 200, seed: int = 0) -> dict:
     """The table of a run: per method at the ``headline`` scale (default 1 if run, else the smallest) and
-    per scale (``sweep``), each metric with its bootstrap interval; paired differences at every
-    scale (TokenRank - column sum, each - none); ``real`` (features, probs) adds the real-image row."""
+    per scale (``sweep``), each metric with its bootstrap interval; paired differences of
+    :data:`CONTRASTS` at every scale; ``real`` (features, probs) adds the real-image row."""
     got = _collect(records)
     data = {_key(*k): (f, p) for k, (f, p, _) in got.items()}
     if real is not None:
         n = len(next(iter(data.values()))[0])
         data["real"] = (real[0][:n].double(), real[1][:n].double())
     scales = sorted({s for m, s in got if m != "none"})
-    pairs = [(_key(a, s), _key(b, s if b != "none" else 0.0)) for s in scales
-             for a, b in (("sag_tokenrank", "sag_column_sum"), ("sag_column_sum", "none"),
-                          ("sag_tokenrank", "none"))]
+    pairs = [(_key(a, s), _key(b, s if b != "none" else 0.0)) for s in scales for a, b in CONTRASTS]
     table = quality.bootstrap_table(data, reference, pairs, n_boot=n_boot, seed=seed)
     if headline is None:
         headline = 1.0 if 1.0 in scales else scales[0]
@@ -154,7 +164,7 @@ def read_prompts(path) -> list[str]:
 
 def full_work(indices, *, unet, scheduler, encode, decode, prompts: list[str], out_dir, scales=(1.0,),
               steps: int = 50, seed: int = 0, cfg: float = 7.5, layer: str = "decoder",
-              cap: float | None = TOKENRANK_CAP) -> list[dict]:
+              cap: float = CAP) -> list[dict]:
     """Sample every run for ``indices`` with a text-conditioned ``unet`` and write PNGs to
     ``out_dir/<method>@<scale>/<index>.png``. ``encode``: prompts -> text states ``(B, L, D)``;
     ``decode``: latents -> images ``(B, 3, H, W)`` in [0, 1]. Index ``i`` takes ``prompts[i]``.
@@ -261,26 +271,44 @@ def summarize_full(records: list[dict], reference_paths, extract=None, headline:
 METRIC_NAMES = {"lite": {"frechet": "Fréchet (vit)", "kid": "KID (vit)", "is": "IS analogue",
                          "confident": "p>=0.9 share"},
                 "full": {"frechet": "FID", "kid": "KID", "is": "IS", "confident": "p>=0.9 share"}}
+#: How the tables name the methods.
+LABELS = {"none": "no guidance", "sag_column_sum": "column sum", "sag_tokenrank": "TokenRank",
+          "sag_column_sum_capped": "column sum, capped", "sag_tokenrank_capped": "TokenRank, capped",
+          "real": "real images (floor)"}
 
 
-def _fmt(m: dict) -> str:
-    return f"{m['value']:.4g} [{m['low']:.4g}, {m['high']:.4g}]"
-
-
-def format_table(table: dict, mode: str) -> str:
-    """:func:`summarize`'s table as text, each metric with its interval, beside the paper's
-    Table 2 (SD1.5, IS / FID / KID), then the paired differences."""
+def method_rows(table: dict, mode: str, cap: float = CAP) -> tuple[list[str], list[list]]:
+    """:func:`summarize`'s methods at the headline scale as ``(columns, rows)`` for
+    :func:`chains_lite.viz.tables.markdown_table`: per method its cap, masked share, each metric
+    ``{"value", "low", "high"}`` and the paper's Table 2 row (IS / FID / KID) where it has one."""
     names = METRIC_NAMES[mode]
-    lines = [f"[{mode} mode] {table['n_samples']} samples, SAG scale {table['headline_scale']:g}, "
-             "95 % bootstrap intervals; paper = Table 2, SD1.5, 50K samples",
-             f"{'method':>15} " + " ".join(f"{names[m]:>26}" for m in names) + "  mask | paper IS / FID / KID"]
+    columns = ["method", "cap", "masked share"] + [names[m] for m in names] + ["paper IS / FID / KID"]
     rows = dict(table["methods"], **({"real": table["real"]} if table.get("real") else {}))
+    out = []
     for meth, row in rows.items():
         paper = PAPER_TABLE2.get(meth)
-        ref = f"{paper['is']} / {paper['fid']} / {paper['kid']}" if paper else "(real images)"
-        mask = f"{row['masked_fraction']:5.2f}" if "masked_fraction" in row else "     "
-        lines.append(f"{meth:>15} " + " ".join(f"{_fmt(row[m]):>26}" for m in names) + f" {mask} | {ref}")
-    lines.append("paired differences a - b [interval] (share of resamples where a is better):")
-    for pair, row in table["pairs"].items():
-        lines.append(f"  {pair}: " + "; ".join(f"{m} {_fmt(v)} ({v['better_share']:.2f})" for m, v in row.items()))
-    return "\n".join(lines)
+        capped = ARMS.get(meth, (None, False))[1]
+        out.append([LABELS.get(meth, meth), f"{cap:.0%}" if capped else "–",
+                    row["masked_fraction"] if "masked_fraction" in row else "–"]
+                   + [row[m] for m in names]
+                   + [f"{paper['is']} / {paper['fid']} / {paper['kid']}" if paper else "–"])
+    return columns, out
+
+
+def contrast_rows(table: dict, mode: str, contrasts=CONTRASTS[:2], scale: float | None = None
+                  ) -> tuple[list[str], list[list]]:
+    """Paired differences ``a - b`` of :func:`summarize` at ``scale`` (default: the headline) as
+    ``(columns, rows)``: per contrast and metric the difference with its interval (signed), and
+    the share of resamples where ``a`` is better."""
+    names = METRIC_NAMES[mode]
+    scale = table["headline_scale"] if scale is None else float(scale)
+    columns = ["a - b"] + [f"Δ {names[m]}" for m in names] + [f"a better ({names['frechet']} / {names['is']})"]
+    out = []
+    for a, b in contrasts:
+        key = f"{_key(a, scale)} - {_key(b, 0.0 if b == 'none' else scale)}"
+        if key not in table["pairs"]:
+            raise ValueError(f"the table has no pair {key!r}; pairs: {sorted(table['pairs'])}")
+        row = table["pairs"][key]
+        out.append([f"{LABELS.get(a, a)} - {LABELS.get(b, b)}"] + [dict(row[m], signed=True) for m in names]
+                   + [f"{row['frechet']['better_share']:.0%} / {row['is']['better_share']:.0%}"])
+    return columns, out

@@ -1,12 +1,17 @@
 """DiffSeg: unsupervised segmentation from a diffusion UNet's self-attention, with uniform or
 TokenRank anchors (Tian et al., CVPR 2024; paper Sec. 5.4, App. A.3, Table 3).
 
-    attns, grids = self_attention(unet, x0, scheduler)     # one noised forward pass, every layer
+    attns, grids = self_attention(unet, x0, scheduler)     # one forward pass, every layer
     A = aggregate(attns, grids)                            # (B, S*S, S*S): one chain per image
-                                                           # (image_chains: both, noise seeded per image)
+                                                           # (image_chains: both)
     seg = segment(A[0], image_size=512, strategy="tokenrank")
     seg.labels                                             # (512, 512) segment ids
 
+0. **Capture** (:func:`self_attention`). DiffSeg's protocol (``protocol="clean"``, the default):
+   the UNet gets the *clean* input ``x0`` (SD: the VAE latent) with the embedding of timestep 300
+   and the empty prompt; no noise is added. ``protocol="noised"`` instead noises ``x0`` to that
+   timestep with the scheduler (``q(x_t | x_0)``), with noise seeded per image in
+   :func:`image_chains`.
 1. **Aggregation** (:func:`aggregate`). Each layer's self-attention (heads averaged) is a chain
    on its own token grid. Layers of one resolution are averaged; each resolution's attention maps
    (rows) are upsampled bilinearly to the finest grid ``S x S`` and renormalised, and each query
@@ -55,33 +60,44 @@ KL_THRESHOLD = {"coco-stuff": 1.1, "cityscapes": 0.9}
 #: distances are on another scale than SD's 4096-token ones.
 LITE_THRESHOLD = 0.05
 ITERATIONS = 3
-#: DiffSeg noises the image to this timestep (of 1000) for its one forward pass.
+#: The timestep (of 1000) whose embedding the UNet gets in DiffSeg's one forward pass.
 TIMESTEP = 300
+#: What the UNet sees: ``"clean"`` (DiffSeg: ``x0`` itself at :data:`TIMESTEP`'s embedding) or
+#: ``"noised"`` (``x0`` noised to that timestep by the scheduler).
+PROTOCOLS = ("clean", "noised")
 
 
 # ----------------------------------------------------------------------------- capture
 @torch.no_grad()
-def self_attention(unet, x0: torch.Tensor, scheduler, timestep: int = TIMESTEP, cond: dict | None = None,
+def self_attention(unet, x0: torch.Tensor, scheduler=None, timestep: int = TIMESTEP, cond: dict | None = None,
                    generator: torch.Generator | None = None, store: str = "probs",
-                   noise: torch.Tensor | None = None):
-    """Noise clean model inputs ``x0`` ``(B, C, h, w)`` to ``timestep`` and record every
-    self-attention layer of a diffusers UNet in one forward pass.
+                   noise: torch.Tensor | None = None, protocol: str = "clean"):
+    """Record every self-attention layer of a diffusers UNet in one forward pass over model inputs
+    ``x0`` ``(B, C, h, w)`` at ``timestep``.
 
-    ``cond``: extra keyword arguments of the UNet call (SD: ``encoder_hidden_states`` of the
-    empty prompt). ``noise``: the noise to add (default: drawn from ``generator``).
-    ``store="probs"`` records head-averaged probabilities ``(B, n, n)`` per layer;
-    ``"qk"`` records matrix-free chains ``(B, H, n, n)`` (for layers too large to hold per head).
+    ``protocol="clean"`` (DiffSeg's): the UNet sees ``x0`` itself with the timestep's embedding;
+    ``scheduler``, ``generator`` and ``noise`` are not used. ``protocol="noised"``: the UNet sees
+    ``scheduler.add_noise(x0, noise, timestep)``, ``noise`` ``(B, C, h, w)`` (default: drawn from
+    ``generator``). ``cond``: extra keyword arguments of the UNet call (SD: ``encoder_hidden_states``
+    of the empty prompt). ``store="probs"`` records head-averaged probabilities ``(B, n, n)`` per
+    layer; ``"qk"`` records matrix-free chains ``(B, H, n, n)`` (for layers too large to hold per head).
     Returns ``(attentions, grids)``: per layer, its chain and its token grid ``(h, w)``.
     """
     if store not in ("probs", "qk"):
         raise ValueError(f"store must be 'probs' or 'qk', got {store!r}")
-    if noise is None:
-        noise = torch.randn(x0.shape, generator=generator)
-    if noise.shape != x0.shape:
-        raise ValueError(f"noise must have x0's shape {tuple(x0.shape)}, got {tuple(noise.shape)}")
-    noise = noise.to(x0.device, x0.dtype)
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     t = torch.full((len(x0),), int(timestep), device=x0.device, dtype=torch.long)
-    xt = scheduler.add_noise(x0, noise, t)
+    if protocol == "noised":
+        if scheduler is None:
+            raise ValueError("protocol='noised' needs the scheduler that noises x0")
+        if noise is None:
+            noise = torch.randn(x0.shape, generator=generator)
+        if noise.shape != x0.shape:
+            raise ValueError(f"noise must have x0's shape {tuple(x0.shape)}, got {tuple(noise.shape)}")
+        xt = scheduler.add_noise(x0, noise.to(x0.device, x0.dtype), t)
+    else:
+        xt = x0
     heads = "mean" if store == "probs" else "all"
     with capture(unet, kind="self", heads=heads, store=store) as rec:
         unet(xt, t, **(cond or {}))
@@ -91,12 +107,14 @@ def self_attention(unet, x0: torch.Tensor, scheduler, timestep: int = TIMESTEP, 
 
 @torch.no_grad()
 def image_chains(unet, scheduler, x0: torch.Tensor, indices, seed: int = 0, timestep: int = TIMESTEP,
-                 cond: dict | None = None):
-    """The aggregated chains ``(B, S*S, S*S)`` of clean inputs ``x0`` ``(B, C, h, w)`` whose images are
-    items ``indices`` of a dataset: each noised with :func:`~chains_lite.core.seeding.item_noise` of its own index, so an
-    image's chain does not depend on its batch. Returns ``(chains, grids)`` (grids per layer)."""
-    noise = item_noise(x0.shape[1:], indices, seed)
-    attns, grids = self_attention(unet, x0, scheduler, timestep, cond, noise=noise)
+                 cond: dict | None = None, protocol: str = "clean"):
+    """The aggregated chains ``(B, S*S, S*S)`` of inputs ``x0`` ``(B, C, h, w)`` whose images are
+    items ``indices`` of a dataset, by :func:`self_attention` under ``protocol``. With
+    ``"noised"``, each image gets :func:`~chains_lite.core.seeding.item_noise` of its own index and
+    ``seed``, so an image's chain does not depend on its batch. Returns ``(chains, grids)`` (grids
+    per layer)."""
+    noise = item_noise(x0.shape[1:], indices, seed) if protocol == "noised" else None
+    attns, grids = self_attention(unet, x0, scheduler, timestep, cond, noise=noise, protocol=protocol)
     return aggregate(attns, grids), grids
 
 

@@ -221,23 +221,31 @@ def sample(unet, scheduler, noise: torch.Tensor, sag: SAG = SAG(), steps: int = 
 @torch.no_grad()
 def trajectory_masks(unet, scheduler, noise: torch.Tensor, sources=("column_sum", "tokenrank"),
                      caps=(None, 0.4), steps: int = 20, layer: str = "decoder",
-                     alpha: float = DEFAULT_ALPHA, context=None) -> tuple[dict, tuple[int, int], torch.Tensor]:
+                     alpha: float = DEFAULT_ALPHA, context=None) -> tuple[dict, tuple[int, int], torch.Tensor,
+                                                                          torch.Tensor]:
     """The masks each source would give along one unguided trajectory of ``noise`` ``(B, C, H, W)``
     (``context``: text states of a conditional UNet).
 
-    Returns ``({source: (steps, B, h, w) bool}, grid, the final samples (B, C, H, W))``;
-    ``caps``: one cap per source."""
+    Returns ``({name: (steps, B, h, w) bool}, grid, the final samples (B, C, H, W), the predicted
+    clean images x0 of every step (steps, B, C, H, W))``: x0 is what SAG blurs inside the mask.
+    ``caps``: one cap per source; a name is the source, with ``"@cap"`` when it has a cap (e.g.
+    ``"tokenrank@0.4"``), so one source may appear with several caps."""
     if len(caps) != len(sources):
         raise ValueError(f"one cap per source: {len(sources)} sources, {len(caps)} caps")
+    names = [s if c is None else f"{s}@{c:g}" for s, c in zip(sources, caps)]
+    if len(set(names)) != len(names):
+        raise ValueError(f"each (source, cap) must appear once, got {names}")
     sched = type(scheduler).from_config(scheduler.config)
     sched.set_timesteps(steps)
-    x, out = noise * sched.init_noise_sigma, {s: [] for s in sources}
+    x, out, x0s = noise * sched.init_noise_sigma, {n: [] for n in names}, []
     for t in sched.timesteps:
         xin = sched.scale_model_input(x, t)
         with capture(unet, layers=[sag_layer(unet, layer)], heads="mean", kind="self") as rec:
             eps = _eps(unet, xin, t, context)
         grid = rec.layouts[0].grid
-        for s, c in zip(sources, caps):
-            out[s].append(token_mask(rec.attentions[0], rec.layouts[0], s, c, alpha).reshape(-1, *grid))
+        for n, s, c in zip(names, sources, caps):
+            out[n].append(token_mask(rec.attentions[0], rec.layouts[0], s, c, alpha).reshape(-1, *grid))
+        a = _alpha_bar(sched, t, xin)
+        x0s.append((xin - (1 - a).sqrt() * eps) / a.sqrt())
         x = sched.step(eps, t, x).prev_sample
-    return {s: torch.stack(v) for s, v in out.items()}, grid, x
+    return {n: torch.stack(v) for n, v in out.items()}, grid, x, torch.stack(x0s)
