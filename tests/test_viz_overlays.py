@@ -20,12 +20,12 @@ def test_upsample_scales_each_map_and_repeats_patches():
 def test_overlay_grid_draws_every_map_over_its_image():
     import matplotlib.pyplot as plt
     maps, images = torch.rand(2, 3, 4, 4), torch.rand(2, 3, 16, 16)
-    fig = overlay_grid(maps, images, ["a", "b"], ["x", "y", "mask"], binary=[2])
+    fig = overlay_grid(maps, images, ["a", "b"], ["x", "y", "mask"], binary=[2], image_label="gen")
     axes = fig.axes
     assert len(axes) == 2 * 4
     # the image column holds one image; each map panel the image and the map over it
     assert len(axes[0].images) == 1 and all(len(ax.images) == 2 for i, ax in enumerate(axes) if i % 4)
-    assert axes[1].images[1].get_alpha() == 0.6
+    assert axes[1].images[1].get_alpha() == 0.6 and axes[0].get_title() == "gen"
     plt.close(fig)
     with pytest.raises(ValueError, match="labels"):
         overlay_grid(maps, images, ["a"], ["x", "y", "z"])

@@ -28,13 +28,14 @@ def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def overlay_grid(maps, images, row_labels: Sequence[str], col_labels: Sequence[str], title: str = "",
-                 alpha: float = 0.6, cmap: str = "inferno", cell: float = 1.6, binary=()):
+                 alpha: float = 0.6, cmap: str = "inferno", cell: float = 1.6, binary=(),
+                 image_label: str = "input"):
     """A grid of maps, each drawn over its row's image.
 
     maps: ``(R, C, h, w)``; images: ``(R, 3, H, W)`` in [0, 1] (shown alone in a first column).
     Each map is min-max scaled on its own (only its shape matters) and drawn with opacity
     ``alpha``. ``binary``: indices of columns holding masks (0/1): drawn as a tinted region with a
-    contour. Returns the figure.
+    contour. ``image_label``: the title of the image column. Returns the figure.
     """
     M = torch.as_tensor(maps).detach().float().cpu()
     X = torch.as_tensor(images).detach().float().cpu()
@@ -61,7 +62,7 @@ def overlay_grid(maps, images, row_labels: Sequence[str], col_labels: Sequence[s
             else:
                 ax.imshow(up[r, c].numpy(), cmap=cmap, alpha=alpha, vmin=0, vmax=1)
         axes[r, 0].set_ylabel(row_labels[r], fontsize=9)
-    for c, label in enumerate(["input"] + list(col_labels)):
+    for c, label in enumerate([image_label] + list(col_labels)):
         axes[0, c].set_title(label, fontsize=9)
     for ax in axes.flat:
         ax.set_xticks([])
