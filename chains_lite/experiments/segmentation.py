@@ -56,15 +56,14 @@ def evaluate(loaded, images: torch.Tensor, masks, captions: list[str],
     if set(tasks) != set(masks):
         raise ValueError(f"words and masks must name the same tasks, got {sorted(tasks)} and {sorted(masks)}")
     t0 = time.perf_counter()
-    maps = {k: {s.name: [] for s in settings} for k in tasks}
+    maps = {s.name: [] for s in settings}
     for i in tqdm(range(0, len(images), batch_size), desc="segmentation", disable=not progress):
         sl = slice(i, i + batch_size)
         got = task_maps(loaded, images[sl], captions[sl], {k: w[sl] for k, w in tasks.items()}, settings,
                         **kw)
-        for task, per in got.items():
-            for k, v in per.items():
-                maps[task][k].append(v.cpu())
-    maps = {task: {k: torch.cat(v) for k, v in per.items()} for task, per in maps.items()}
+        for k in maps:   # one {task: batch maps} per batch and setting
+            maps[k].append({task: got[task][k].cpu() for task in tasks})
+    maps = {task: {k: torch.cat([b[task] for b in v]) for k, v in maps.items()} for task in tasks}
     out = {task: {k: binary_segmentation(v, masks[task], size=size, resize=resize) for k, v in per.items()}
            for task, per in maps.items()}
     if keep_maps:
