@@ -1,5 +1,6 @@
 """Per-word maps against hand-computed bounces, word tokens and settings, the ShapeWorld task, and
 the lite segmentation path end to end."""
+import numpy as np
 import pytest
 import torch
 
@@ -136,3 +137,94 @@ def test_segmentation_full_run_is_refused_when_a_data_file_changes(tmp_path, mon
                                                    ["--image-size", "32"]])
     assert "identity.files.--data.mtime_ns" in refusals[0][1]
     assert "identity.files.--classes.bytes: 8 -> 9" in refusals[1][1]
+
+
+def test_color_word_task_masks_every_object_of_the_colour():
+    from chains_lite.zoo import shapeworld
+    batch = shapeworld(30, seed=2, split="test", size=32)
+    _, masks, words = class_word_task(batch, "color")
+    for i in range(30):
+        same = [k + 1 for k, c in enumerate(batch.colors[i]) if c == words[i]]
+        assert words[i] == batch.colors[i][0] and words[i] in batch.captions[i]
+        assert torch.equal(masks[i], torch.isin(batch.masks[i], torch.tensor(same)))
+    with pytest.raises(ValueError, match="kind"):
+        class_word_task(batch, "size")
+
+
+def test_map_mass_on_hand_made_maps():
+    from chains_lite.experiments.segmentation import map_mass
+    masks = torch.zeros(2, 4, 4, dtype=torch.bool)
+    masks[:, :2, :2] = True                       # the object: the top-left quarter (a 2x2 grid cell)
+    on = torch.tensor([[3.0, 1.0], [1.0, 1.0]])   # half of the mass on a quarter of the area
+    off = torch.tensor([[0.0, 1.0], [1.0, 1.0]])  # nothing on the object
+    r = map_mass(torch.stack([on, off]), masks, reference=torch.stack([on, on]))
+    assert r["enrichment"] == pytest.approx((0.5 / 0.25 + 0.0) / 2)
+    assert r["inverted"] == 50.0 and r["n"] == 2
+    # Pearson with the reference: 1 for the same map, numpy's corrcoef for the other
+    want = (1 + np.corrcoef(off.flatten(), on.flatten())[0, 1]) / 2
+    assert r["corr"] == pytest.approx(want)
+    with pytest.raises(ValueError, match="non-negative"):
+        map_mass(-torch.stack([on, off]), masks)
+
+
+def test_seed_statistics_match_numpy_and_scipy():
+    from scipy.stats import wilcoxon
+    from chains_lite.experiments.segmentation import over_seeds, wilcoxon_seeds
+    a = [70.0, 71.5, 69.0, 72.0, 70.5]
+    b = [69.0, 70.0, 69.5, 70.0, 68.0]
+    runs = [{"x": {"acc": u, "miou": u, "map": u}, "y": {"acc": v, "miou": v, "map": v}} for u, v in zip(a, b)]
+    mean, std = over_seeds(runs, "x", "acc")
+    assert mean == pytest.approx(np.mean(a)) and std == pytest.approx(np.std(a, ddof=1))
+    w = wilcoxon_seeds(runs, "x", "y")
+    assert w["map"]["wins"] == 4 and w["map"]["n"] == 5
+    assert w["acc"]["p"] == pytest.approx(wilcoxon(np.subtract(a, b), alternative="greater").pvalue)
+    # all five in favour: the smallest one-sided p of 5 pairs, 1/32 (the paper's Table 9)
+    assert wilcoxon_seeds(runs, "x", "x")["acc"]["p"] == 1.0
+    five = [{"x": {"acc": 2.0 + i}, "y": {"acc": 1.0}} for i in range(5)]
+    assert wilcoxon_seeds(five, "x", "y", ["acc"])["acc"]["p"] == pytest.approx(1 / 32)
+    with pytest.raises(ValueError, match="2 runs"):
+        over_seeds(runs[:1], "x", "acc")
+
+
+def test_step_correlations_are_numpys_corrcoef():
+    from chains_lite.experiments.segmentation import cross_image_correlation, step_correlations
+    g = torch.Generator().manual_seed(0)
+    maps = torch.rand(4, 3, 5, 5, generator=g)    # (steps, images, h, w)
+    c = step_correlations(maps)
+    assert c.shape == (3, 4, 4)
+    for b in range(3):
+        np.testing.assert_allclose(c[b].numpy(), np.corrcoef(maps[:, b].flatten(1).numpy()), atol=1e-12)
+    cc = np.corrcoef(maps[-1].flatten(1).numpy())
+    assert cross_image_correlation(maps[-1]) == pytest.approx(cc[~np.eye(3, dtype=bool)].mean())
+
+
+def test_lite_tasks_share_the_passes_and_the_drift_table_reads_them():
+    """Several word lists on one pass give each list's word_maps; bounce_drift reads every n."""
+    from chains_lite import zoo
+    from chains_lite.experiments.segmentation import DRIFT, bounce_drift, decode_latents, evaluate
+    from chains_lite.methods.segmentation import task_maps, word_maps
+    from chains_lite.zoo.models import pack
+    loaded = zoo.load("shapes-flux", mode="lite", device="cpu", verbose=False)
+    batch, masks, words = shapeworld_task(3, seed=7)
+    _, cmasks, cwords = class_word_task(batch, "color")
+    kw = dict(settings=["outgoing_2", "output_space"], steps=1, seed=5)
+    both = task_maps(loaded, batch.images, batch.captions, {"s": words, "c": cwords}, **kw)
+    for key, ws in (("s", words), ("c", cwords)):
+        alone = word_maps(loaded, batch.images, batch.captions, ws, **kw)
+        for name in alone:
+            torch.testing.assert_close(both[key][name], alone[name])
+    settings = [k for d in DRIFT.values() for k in d.values()]
+    res = evaluate(loaded, batch.images, {"shape": masks, "color": cmasks}, batch.captions,
+                   {"shape": words, "color": cwords}, settings, steps=1, progress=False, keep_maps=True,
+                   size=32)
+    d = bounce_drift(res["shape"], masks)
+    assert set(d) == {"incoming", "outgoing"} and set(d["outgoing"]) == {1, 2, 3, "inf"}
+    assert d["outgoing"]["inf"]["corr"] == pytest.approx(1.0)
+    assert d["incoming"][2]["map"] == res["shape"]["incoming_2:lambda2"]["map"]
+    with pytest.raises(ValueError, match="keep_maps"):
+        bounce_drift({"maps": {}}, masks)
+    with pytest.raises(ValueError, match="same tasks"):
+        evaluate(loaded, batch.images, {"shape": masks}, batch.captions, {"color": cwords}, progress=False)
+    # lite latents decode back to the pixels they pack
+    torch.testing.assert_close(decode_latents(loaded, pack(batch.images * 2 - 1), 32), batch.images,
+                               atol=1e-6, rtol=0)

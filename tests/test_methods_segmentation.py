@@ -5,8 +5,9 @@ import pytest
 import torch
 from diffusers.models.embeddings import apply_rotary_emb
 
-from chains_lite.methods.segmentation import (METHODS, Setting, capture_joint, last_blocks, start_vectors, word_map,
-                                             word_tokens)
+from chains_lite.methods.segmentation import (BOUNCE_METHODS, Setting, capture_joint, capture_output_space,
+                                             last_blocks, noised_attention, output_space_map, start_vectors,
+                                             step_tokenrank, word_map, word_tokens)
 from chains_lite.zoo.load import load_full
 from chains_lite.zoo.models import image_ids
 
@@ -127,7 +128,7 @@ def test_word_map_methods_are_the_hand_computed_bounces():
             "outgoing_3": A_l @ (A_l @ (A_l @ e))}
     from chains_lite.core.layout import TokenLayout
     layout = TokenLayout(None, (), grid, n_text)
-    for method in METHODS:
+    for method in BOUNCE_METHODS:
         w = want[method] / want[method].sum()
         got = word_map(torch.tensor(A), layout, torch.tensor(e), method)
         np.testing.assert_allclose(got.numpy(), w[n_text:].reshape(grid), rtol=1e-9)
@@ -155,3 +156,89 @@ def test_settings_parse_and_validate():
     for bad in ("outgoing_9", "outgoing_2:softmax", "outgoing_2:lambda2:triple", "a:b:c:d"):
         with pytest.raises(ValueError):
             Setting.parse(bad)
+
+
+def _steady(P):
+    """The stationary distribution of a row-stochastic P: numpy's left eigenvector of eigenvalue 1."""
+    vals, vecs = np.linalg.eig(P.T)
+    v = np.real(vecs[:, np.argmin(np.abs(vals - 1))])
+    return v / v.sum()
+
+
+def test_steady_state_maps_are_numpys_stationary_distributions_whatever_the_start():
+    from chains_lite.core.chain import DEFAULT_ALPHA
+    from chains_lite.core.layout import TokenLayout
+    g = np.random.default_rng(3)
+    n_text, grid = 3, (2, 3)
+    n = n_text + 6
+    A = g.random((n, n)) ** 2
+    A /= A.sum(1, keepdims=True)
+    layout = TokenLayout(None, (), grid, n_text)
+    tele = lambda P: DEFAULT_ALPHA * P + (1 - DEFAULT_ALPHA) / n  # noqa: E731
+    A_l = A / A.sum(0, keepdims=True)
+    for method, P in (("tokenrank_in", A), ("tokenrank_out", A_l.T)):
+        pi = _steady(tele(P))[n_text:]
+        starts = torch.tensor(np.eye(n)[[0, 2]])
+        got = word_map(torch.tensor(A), layout, starts, method)
+        assert got.shape == (2, *grid)
+        for row in got:   # the same map from either start
+            np.testing.assert_allclose(row.numpy(), (pi / pi.sum()).reshape(grid), rtol=1e-6)
+
+
+def test_output_space_hook_reads_the_attention_outputs(flux):
+    """The hook's similarity is o_img @ o_txt^T of the blocks' attention outputs, averaged over
+    blocks and calls, and the model's output is unchanged."""
+    model, inputs = flux
+    outs, handles = [], []
+    for blk in model.transformer_blocks:
+        handles.append(blk.attn.register_forward_hook(lambda m, a, o: outs.append(o)))
+    with torch.no_grad():
+        ref = model(**inputs).sample
+        for h in handles:
+            h.remove()
+        with capture_output_space(model) as acc:
+            got = model(**inputs).sample
+            model(**inputs)
+    assert torch.equal(ref, got) and acc.calls == 2 * len(model.transformer_blocks)
+    want = torch.stack([img @ txt.transpose(-1, -2) for img, txt in outs]).mean(0)
+    torch.testing.assert_close(acc.mean(), want)
+    assert acc.mean().shape == (B, GRID * GRID, TEXT)
+    # a word's map is the similarity at its tokens, weighted by the start
+    from chains_lite.core.layout import TokenLayout
+    layout = TokenLayout(None, (), (GRID, GRID), TEXT)
+    start = start_vectors([[1, 3], [2]], TEXT + GRID * GRID)
+    m = output_space_map(acc.mean(), layout, start)
+    torch.testing.assert_close(m[0], ((want[0, :, 1] + want[0, :, 3]) / 2).reshape(GRID, GRID))
+    torch.testing.assert_close(m[1], want[1, :, 2].reshape(GRID, GRID))
+    with pytest.raises(ValueError, match="no block call"):
+        with capture_output_space(model) as empty:
+            pass
+        empty.mean()
+
+
+def test_per_step_records_average_to_the_whole_run_and_give_each_steps_tokenrank(flux):
+    from types import SimpleNamespace
+    from chains_lite.core.chain import tokenrank
+    model, inputs = flux
+    x = SimpleNamespace(x0=inputs["hidden_states"], text=inputs["encoder_hidden_states"],
+                        pooled=inputs["pooled_projections"], img_ids=inputs["img_ids"],
+                        txt_ids=inputs["txt_ids"], guidance=None)
+    whole = noised_attention(model, x, t=0.75, steps=3, seed=4)
+    steps = noised_attention(model, x, t=0.75, steps=3, seed=4, per_step=True)
+    assert len(steps) == 3 and all(r.calls == len(model.transformer_blocks) for r in steps)
+    # every step records as many calls, so the mean of the step means is the run's mean
+    torch.testing.assert_close(torch.stack([r.mean() for r in steps]).mean(0), whole.mean())
+    torch.testing.assert_close(steps[-1].latents, whole.latents)
+    tr = step_tokenrank(steps, "uniform")
+    assert tr.shape == (3, B, GRID, GRID)
+    pi = tokenrank(steps[1].mean().mean(1).double())[:, TEXT:]
+    torch.testing.assert_close(tr[1].flatten(1).double(), pi / pi.sum(-1, keepdim=True), atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="empty"):
+        step_tokenrank([])
+
+
+def test_output_space_setting():
+    assert Setting("output_space").name == "output_space"
+    assert Setting.parse("tokenrank_out").name == "tokenrank_out:lambda2"
+    with pytest.raises(ValueError, match="double"):
+        Setting("output_space", blocks="single")

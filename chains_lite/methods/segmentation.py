@@ -24,6 +24,10 @@ land on the patches that belong to it.
 
   The map is the image-token part of the result, as the image grid. A :class:`Setting` names one
   row of the ablation (method, head mixing, double- or single-stream blocks).
+* ConceptAttention's map in the attention output space (:func:`capture_output_space`,
+  method ``"output_space"``): the dot product of each image token's attention output with the
+  word's, averaged over blocks and steps, beside the bounces.
+* :func:`step_tokenrank`: TokenRank of each denoising step's chain (the paper's Fig. 17).
 
 The pipeline functions take a loaded model: anything with ``.model`` (the FLUX transformer) and
 ``.encode(images, captions) -> inputs`` (:class:`chains_lite.zoo.Loaded` for ``shapes-flux`` and
@@ -42,7 +46,7 @@ from torch import nn
 
 from ..capture import attention_layers, capture
 from ..core import scores
-from ..core.chain import mix
+from ..core.chain import mix, tokenrank
 from ..core.layout import TokenLayout
 from ..core.lazy import LazyMixture
 from ..core.seeding import seeded_noise
@@ -79,6 +83,7 @@ class JointAttention:
 
     def __init__(self, rec, blocks: str):
         self.rec, self.blocks = rec, blocks
+        self.latents = None   # set by noised_attention: the latents after its last step
 
     layers = property(lambda self: self.rec.layers)
     store = property(lambda self: self.rec.store)
@@ -139,7 +144,7 @@ def capture_joint(model: nn.Module, blocks: str = "double", layers=None, store: 
 @torch.no_grad()
 def noised_attention(model, inputs, t: float = 0.5, steps: int = 2,
                      blocks: str = "double", layers=None, store: str = "mean", seed: int = 0,
-                     device="cpu") -> JointAttention:
+                     device="cpu", per_step: bool = False):
     """The paper's protocol (after ConceptAttention): noise the clean latents to ``t``, take
     ``steps`` Euler steps of the rectified flow towards the data (on ``linspace(t, 0, steps + 1)``:
     t = 0.5 and 0.25, FLUX-schnell's last two of its 4 steps), and record the joint attention of
@@ -152,7 +157,9 @@ def noised_attention(model, inputs, t: float = 0.5, steps: int = 2,
     the kind (fewer if the model has fewer). ``seed``: the noise, an int (one ``torch.Generator``
     for the batch) or one int per image (image ``b``'s noise from its own generator, so it does
     not depend on the batch it is in; :func:`chains_lite.core.seeding.item_seed` gives them).
-    Returns the filled :class:`JointAttention`.
+    Returns the filled :class:`JointAttention` (its ``latents``: the packed latents ``x`` after
+    the last step, ``(B, n_img, C)``), or with ``per_step`` a list of them, one per step (the
+    attention of that step alone; t = 1 and ``steps`` = a sampler's steps record a generation).
     """
     if not 0 < t <= 1:
         raise ValueError(f"t must be in (0, 1], got {t}")
@@ -171,18 +178,33 @@ def noised_attention(model, inputs, t: float = 0.5, steps: int = 2,
     noise = noise.to(inputs.x0.device, inputs.x0.dtype)
     x = (1 - t) * inputs.x0 + t * noise
     ts = torch.linspace(t, 0, steps + 1).tolist()
-    with capture_joint(model, blocks, layers, store, device) as rec:
+    recs = []
+    with contextlib.ExitStack() as stack:
+        if not per_step:
+            recs.append(stack.enter_context(capture_joint(model, blocks, layers, store, device)))
         for t_now, t_next in zip(ts[:-1], ts[1:]):
-            tt = torch.full((len(x),), t_now, device=x.device, dtype=x.dtype)
-            v = model(hidden_states=x, encoder_hidden_states=inputs.text,
-                      pooled_projections=inputs.pooled, timestep=tt, img_ids=inputs.img_ids,
-                      txt_ids=inputs.txt_ids, guidance=inputs.guidance).sample
-            x = x + (t_next - t_now) * v
-    return rec
+            with (capture_joint(model, blocks, layers, store, device) if per_step
+                  else contextlib.nullcontext()) as rec:
+                tt = torch.full((len(x),), t_now, device=x.device, dtype=x.dtype)
+                v = model(hidden_states=x, encoder_hidden_states=inputs.text,
+                          pooled_projections=inputs.pooled, timestep=tt, img_ids=inputs.img_ids,
+                          txt_ids=inputs.txt_ids, guidance=inputs.guidance).sample
+                x = x + (t_next - t_now) * v
+            if per_step:
+                recs.append(rec)
+    for rec in recs:
+        rec.latents = x
+    return recs if per_step else recs[0]
 
 
-METHODS = scores.select("row_select", "column_select", "incoming_2", "incoming_3", "outgoing_2",
-                        "outgoing_3")
+BOUNCE_METHODS = scores.select("row_select", "column_select", "incoming_2", "incoming_3", "outgoing_2",
+                               "outgoing_3")
+#: ConceptAttention's attention-output-space map (:func:`capture_output_space`), not a bounce
+OUTPUT_SPACE = "output_space"
+#: n -> infinity: the steady state (TokenRank, Sec. 4.3) of the incoming or the outgoing chain,
+#: which does not depend on the start (the outgoing one ranks the "hubs", App. C.1)
+STEADY = {"tokenrank_in": "incoming", "tokenrank_out": "outgoing"}
+METHODS = BOUNCE_METHODS + tuple(STEADY) + (OUTPUT_SPACE,)
 PAPER_METHOD = "outgoing_2"
 
 
@@ -201,6 +223,9 @@ class Setting:
             raise ValueError(f"heads must be one of {HEAD_MIX}, got {self.heads!r}")
         if self.blocks not in BLOCKS:
             raise ValueError(f"blocks must be one of {BLOCKS}, got {self.blocks!r}")
+        if self.method == OUTPUT_SPACE and self.blocks != "double":
+            raise ValueError("the output-space map reads the double-stream blocks' text and image "
+                             "outputs; blocks must be 'double'")
 
     @classmethod
     def parse(cls, spec: str) -> "Setting":
@@ -213,6 +238,8 @@ class Setting:
 
     @property
     def name(self) -> str:
+        if self.method == OUTPUT_SPACE:  # no chain, so no head mixing
+            return OUTPUT_SPACE
         return ":".join([self.method, self.heads] + ([self.blocks] if self.blocks != "double" else []))
 
 
@@ -244,11 +271,91 @@ def start_vectors(token_lists: list[list[int]], n: int) -> torch.Tensor:
 
 def word_map(A, layout: TokenLayout, start: torch.Tensor, method: str = PAPER_METHOD) -> torch.Tensor:
     """Bounce ``A`` ``(..., n, n)`` (heads mixed) from ``start`` ``(..., n)`` (or a token index) as
-    ``method`` (one of :data:`METHODS`, see :mod:`chains_lite.core.scores`) says and return the image
-    part as a grid ``(..., h, w)`` (sums to at most 1: the rest is on text)."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {tuple(METHODS)}")
+    ``method`` (one of :data:`BOUNCE_METHODS`, see :mod:`chains_lite.core.scores`) says and return
+    the image part as a grid ``(..., h, w)`` (sums to at most 1: the rest is on text). ``method``
+    in :data:`STEADY`: the chain's TokenRank in that direction (n -> infinity, with the default teleport),
+    image part renormalised to sum 1, the same for every start."""
+    if method in STEADY:  # the same map whatever the start
+        v = layout.patches(tokenrank(A, direction=STEADY[method]))
+        v = v / v.sum(-1, keepdim=True)
+        return layout.to_grid(v.expand(*torch.as_tensor(start).shape[:-1], -1)
+                              if torch.as_tensor(start).ndim > v.ndim else v)
+    if method not in BOUNCE_METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS[:-1]}")
     return layout.to_grid(scores.token_scores(A, method, layout, start=start))
+
+
+# ----------------------------------------------------------------------------- ConceptAttention
+class OutputSpace:
+    """What :func:`capture_output_space` yields: the running mean over recorded block calls of
+    ``o_img @ o_txt^T`` ``(B, n_img, n_txt)``, the dot products of every image token's attention
+    output with every text token's (each after its stream's output projection)."""
+
+    def __init__(self):
+        self.total, self.calls = None, 0
+
+    def add(self, sim: torch.Tensor) -> None:
+        self.total = sim if self.total is None else self.total + sim
+        self.calls += 1
+
+    def mean(self) -> torch.Tensor:
+        if not self.calls:
+            raise ValueError("no block call was recorded: run the model inside the with block")
+        return self.total / self.calls
+
+
+@contextlib.contextmanager
+def capture_output_space(model: nn.Module, layers=None, device=None):
+    """Record ConceptAttention's saliency in the attention output space (Helbling et al. 2025,
+    Eq. 11 without its softmax over concepts) for the caption's own tokens: a forward hook on each
+    chosen double-stream block's attention returns its outputs ``(o_img, o_txt)`` and their dot
+    products are averaged over blocks and calls. ConceptAttention proper adds separate concept
+    tokens with their own residual stream; here the concept is a word of the caption.
+
+    ``layers``: indices among the double-stream blocks (negative from the end; ``None`` = all).
+    Yields an :class:`OutputSpace`; the model's outputs are unchanged.
+    """
+    model = getattr(model, "model", model)
+    mods = attention_modules(model, "double")
+    chosen = range(len(mods)) if layers is None else sorted({int(i) % len(mods) for i in layers})
+    acc = OutputSpace()
+
+    def hook(_module, _args, out):
+        img, txt = out
+        sim = img.float() @ txt.float().transpose(-1, -2)
+        acc.add(sim if device is None else sim.to(device))
+
+    handles = [mods[i].register_forward_hook(hook) for i in chosen]
+    try:
+        yield acc
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def output_space_map(sim: torch.Tensor, layout: TokenLayout, start: torch.Tensor) -> torch.Tensor:
+    """The output-space map of a word: ``sim`` ``(B, n_img, n_txt)`` (:meth:`OutputSpace.mean`)
+    read at the word's text tokens, weighted by ``start`` ``(B, n)`` (its text part): ``(B, h, w)``."""
+    w = start[..., :layout.patch_start].to(sim)
+    if sim.shape[-1] != w.shape[-1]:
+        raise ValueError(f"sim has {sim.shape[-1]} text tokens, the layout {w.shape[-1]}")
+    return layout.to_grid((sim * w[..., None, :]).sum(-1))
+
+
+# ----------------------------------------------------------------------------- over steps
+def step_tokenrank(recs: list, heads: str = "lambda2") -> torch.Tensor:
+    """Incoming TokenRank of each step's chain, image part renormalised: ``(steps, B, h, w)``.
+
+    ``recs``: :func:`noised_attention`'s per-step records (``per_step=True``). The paper's
+    Fig. 17 shows these maps over a generation's steps.
+    """
+    if not recs:
+        raise ValueError("recs is empty: pass noised_attention(..., per_step=True)'s list")
+    out = []
+    for rec in recs:
+        v = rec.layout.patches(tokenrank(rec.chain(heads)))
+        out.append(rec.layout.to_grid(v / v.sum(-1, keepdim=True)))
+    return torch.stack(out)
 
 
 # ----------------------------------------------------------------------------- images -> maps
@@ -273,22 +380,44 @@ def word_maps(loaded, images: torch.Tensor, captions: list[str], words: list[str
     captions) -> inputs`` (default: ``loaded.encode(images, captions)``). One noised forward pass
     (``steps`` model calls from ``t``) per block kind; settings that share it reuse its attention.
     """
+    return task_maps(loaded, images, captions, {"": words}, settings, t, steps, layers, seed, store,
+                     encoder)[""]
+
+
+def task_maps(loaded, images: torch.Tensor, captions: list[str], words: dict[str, list[str]],
+              settings=(Setting(),), t: float = 0.5, steps: int = 2, layers=None, seed: int = 0,
+              store: str = "mean", encoder: Callable | None = None) -> dict:
+    """:func:`word_maps` for several word lists on the same noised passes (the chain depends on
+    the image and caption, not on the word): ``words`` ``{task: one word per image}`` ->
+    ``{task: {setting.name: (B, h, w)}}``, e.g. the shape word and the colour word of each image.
+    """
     settings = [Setting.parse(s) if isinstance(s, str) else s for s in settings]
-    if not (len(images) == len(captions) == len(words)):
-        raise ValueError("images, captions and words must have the same length")
+    if not words:
+        raise ValueError("words names no task")
+    if any(len(w) != len(images) for w in words.values()) or len(captions) != len(images):
+        raise ValueError("images, captions and each task's words must have the same length")
     inputs = encode_inputs(loaded, images, captions, encoder)
-    token_lists = [word_tokens(inputs.tokens, i, c, w) for i, (c, w) in enumerate(zip(captions, words))]
-    out = {}
+    tokens = {k: [word_tokens(inputs.tokens, i, c, w) for i, (c, w) in enumerate(zip(captions, ws))]
+              for k, ws in words.items()}
+    out = {k: {} for k in words}
     for blocks in dict.fromkeys(s.blocks for s in settings):
-        rec = noised_attention(loaded, inputs, t, steps, blocks, layers, store, seed)
-        start = start_vectors(token_lists, rec.layout.patch_start + rec.layout.n_patches)
+        want_os = any(s.method == OUTPUT_SPACE for s in settings if s.blocks == blocks)
+        with (capture_output_space(loaded, layers if layers is not None else
+                                   last_blocks(getattr(loaded, "model", loaded)), "cpu")
+              if want_os else contextlib.nullcontext()) as os_rec:
+            rec = noised_attention(loaded, inputs, t, steps, blocks, layers, store, seed)
+        n = rec.layout.patch_start + rec.layout.n_patches
         chains = {}
         for s in settings:
             if s.blocks != blocks:
                 continue
-            if s.heads not in chains:
+            if s.method != OUTPUT_SPACE and s.heads not in chains:
                 chains[s.heads] = rec.chain(s.heads)
-            out[s.name] = word_map(chains[s.heads], rec.layout, start, s.method)
+            for k, lists in tokens.items():
+                start = start_vectors(lists, n)
+                out[k][s.name] = (output_space_map(os_rec.mean(), rec.layout, start)
+                                  if s.method == OUTPUT_SPACE
+                                  else word_map(chains[s.heads], rec.layout, start, s.method))
     return out
 
 
