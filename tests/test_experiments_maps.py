@@ -9,14 +9,27 @@ from chains_lite.eval.metrics import auroc, iou_at_mean, resize_maps
 LAYOUT = TokenLayout(cls_index=0, register_indices=(1,), grid=(2, 3), patch_start=2)
 
 
-def test_summary_table_and_paired_comparison():
-    from chains_lite.experiments.maps import paired_comparison, summary_table
+def test_over_layers_paired_over_layers_and_paired_comparison():
+    from chains_lite.experiments.maps import over_layers, paired_comparison, paired_over_layers
     g = torch.Generator().manual_seed(0)
     base = torch.rand(2, 40, generator=g)
     r = {"layers": [0, 3], "tokenrank": {"auroc": base + 0.1, "iou": base},
-         "column_sum": {"auroc": base, "iou": base}}
-    table = summary_table(r).splitlines()
-    assert len(table) == 3 and table[2].split()[0] == "3" and "*" in table[2].split()[1]
+         "column_sum": {"auroc": base.clone(), "iou": base}}
+    r["column_sum"]["auroc"][:, 5] = float("nan")              # an image left out
+    s = over_layers(r)
+    assert s["tokenrank"]["mean"] == pytest.approx(base.double().mean().item() + 0.1)
+    assert s["column_sum"]["n"] == 39
+    assert s["tokenrank"]["low"] < s["tokenrank"]["mean"] < s["tokenrank"]["high"]
+    d = paired_over_layers(r)
+    assert d["mean"] == pytest.approx(0.1) and d["wins"] == 1.0 and d["n"] == 39
+    assert d["low"] == pytest.approx(0.1) and d["high"] == pytest.approx(0.1)
+    assert d["p_value"] < 1e-6
+    with pytest.raises(ValueError, match="metric"):
+        over_layers(r, "ap")
+    from chains_lite.experiments.maps import mean_interval
+    m = mean_interval([[1.0, 2.0], [3.0, float("nan")]], n_boot=300)
+    assert m["mean"] == 2.0 and m["n"] == 3 and 1.0 <= m["low"] < 2.0 < m["high"] <= 3.0
+    r["column_sum"]["auroc"][:, 5] = base[:, 5]
     rows = paired_comparison(r)
     assert rows[0]["wins"] == 1.0 and rows[0]["mean_diff"] == pytest.approx(0.1)
     assert rows[0]["p_value"] < 1e-6            # 40 positive differences out of 40

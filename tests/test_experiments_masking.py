@@ -120,3 +120,20 @@ def test_auc_bootstrap_point_is_the_table_and_draws_are_paired():
     assert draws["a"].shape == (50,) and np.isfinite(draws["a"]).all()
     with pytest.raises(ValueError, match="empty"):
         auc_bootstrap([], fr)
+
+
+def test_masking_aucs_are_the_auc_of_the_merged_records(tiny_vit):
+    from chains_lite.core.seeding import item_seed
+    from chains_lite.experiments.masking import auc_table, masking_aucs
+    vit = tiny_vit()
+    x = torch.rand(5, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        y = vit(x).argmax(-1)                       # every image right when clean
+    fr, strategies = (0.0, 0.25, 0.5), ("random", "cls_row")
+    point, draws = masking_aucs(vit, x, y, strategies=strategies, fractions=fr, batch_size=2,
+                                seed=4, n_boot=20)
+    recs = masking_records(vit, x, y, [item_seed(4, i) for i in range(5)], strategies=strategies,
+                           fractions=fr)
+    assert sum(r["clean"] for r in recs) == 5
+    assert point == pytest.approx(auc_table(merge_masking_records(recs, fr, [0])))
+    assert set(draws) == set(strategies) and draws["cls_row"].shape == (20,)

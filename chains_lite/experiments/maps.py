@@ -1,8 +1,9 @@
 """Chapter 2's tables: global maps of vision transformers scored against ground-truth masks.
 
 :func:`localisation` scores every layer's maps (:func:`chains_lite.methods.maps.patch_map`) on a
-dataset (AUROC, IoU at the mean threshold), :func:`summary_table` prints them per layer, and
-:func:`paired_comparison` tests one method against another image by image. :func:`per_head` compares
+dataset (AUROC, IoU at the mean threshold), :func:`over_layers` averages them with an interval, and
+:func:`paired_comparison` (per layer) and :func:`paired_over_layers` test one method against another
+image by image. :func:`per_head` compares
 two methods head by head beside each head's |λ2|, and :func:`rank_correlation` measures how the
 two go together.
 """
@@ -55,18 +56,43 @@ def localisation(model, images: torch.Tensor, masks: torch.Tensor, layers=None,
     return out
 
 
-def summary_table(results: dict, metric: str = "auroc") -> str:
-    """:func:`localisation` results as a text table: mean over images per layer and method."""
-    methods = [m for m in results if m != "layers"]
+def mean_interval(values, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Mean of ``values`` (any shape, NaNs left out) with its 95 % percentile bootstrap interval:
+    ``{"mean", "low", "high", "n"}``."""
+    v = torch.as_tensor(values, dtype=torch.float64).flatten().numpy()
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        raise ValueError("no finite values to average")
+    draws = v[resample_indices(len(v), n_boot, seed)].mean(1)
+    low, high = interval(draws)
+    return dict(mean=float(v.mean()), low=low, high=high, n=len(v))
+
+
+def over_layers(results: dict, metric: str = "auroc", n_boot: int = 1000, seed: int = 0) -> dict:
+    """:func:`localisation` results averaged over the layers, image by image, then over images:
+    ``{method: {"mean", "low", "high", "n"}}`` with a 95 % percentile bootstrap interval over the
+    images (images whose score is NaN in every layer are left out)."""
     if metric not in ("auroc", "iou"):
         raise ValueError(f"metric must be 'auroc' or 'iou', got {metric!r}")
-    lines = [f"{'layer':>5} " + " ".join(f"{m:>11}" for m in methods)]
-    for i, layer in enumerate(results["layers"]):
-        vals = [results[m][metric][i].nanmean().item() for m in methods]
-        best = max(range(len(vals)), key=vals.__getitem__)
-        lines.append(f"{layer:>5} " + " ".join(f"{v:>10.3f}" + ("*" if j == best else " ")
-                                               for j, v in enumerate(vals)))
-    return "\n".join(lines)
+    out = {}
+    for m in (k for k in results if k != "layers"):
+        per_image = results[m][metric].double().nanmean(0).numpy()       # (N,)
+        out[m] = mean_interval(per_image, n_boot, seed)
+    return out
+
+
+def paired_over_layers(results: dict, a: str = "tokenrank", b: str = "column_sum",
+                       metric: str = "auroc", n_boot: int = 1000, seed: int = 0) -> dict:
+    """``a - b`` averaged over the layers, image by image: ``{"mean", "low", "high", "n"}`` (95 %
+    bootstrap interval over images), ``"wins"`` the share of images where ``a`` is ahead and
+    ``"p_value"`` the one-sided Wilcoxon test of "a > b" on the per-image values."""
+    x = results[a][metric].double().nanmean(0)
+    y = results[b][metric].double().nanmean(0)
+    keep = torch.isfinite(x - y)
+    d = (x - y)[keep].numpy()
+    out = mean_interval(d, n_boot, seed)
+    out.update(wins=float((d > 0).mean()), p_value=wilcoxon_greater(x[keep], y[keep], min_pairs=10))
+    return out
 
 
 def paired_comparison(results: dict, a: str = "tokenrank", b: str = "column_sum",

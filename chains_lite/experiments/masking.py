@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..methods.masking import FRACTIONS, STRATEGIES, batch_hits, check_fractions, default_layers, normalized_auc
+from ..core.seeding import item_seed
 from ..eval.stats import resample_indices
 from ..methods.probing import linear_probe
 
@@ -78,6 +79,23 @@ def auc_bootstrap(records: list[dict], fractions: Sequence[float], n_boot: int =
         point[s] = float(auc(c.mean(0), clean.mean()))
         draws[s] = auc(c[idx].mean(1), clean[idx].mean(1))
     return point, draws
+
+
+def masking_aucs(model, images: torch.Tensor, labels: torch.Tensor,
+                 classify: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 strategies: Sequence[str] = STRATEGIES, fractions: Sequence[float] = FRACTIONS,
+                 layers: Sequence[int] | None = None, batch_size: int = 100, seed: int = 0,
+                 n_boot: int = 1000) -> tuple[dict, dict]:
+    """AUC per strategy with its bootstrap over images: :func:`masking_records` of ``images``
+    ``(N, 3, H, W)`` in batches (image ``i`` seeded :func:`~chains_lite.core.seeding.item_seed`
+    ``(seed, i)``), then :func:`auc_bootstrap`. Two calls on the same images and ``seed`` resample
+    the same images, so their AUCs can be compared pair by pair."""
+    records = []
+    for i in range(0, len(images), batch_size):
+        x, y = images[i:i + batch_size], labels[i:i + batch_size]
+        records += masking_records(model, x, y, [item_seed(seed, i + b) for b in range(len(x))],
+                                   classify, strategies, fractions, layers)
+    return auc_bootstrap(records, fractions, n_boot, seed)
 
 
 def auc_table(curves: dict) -> dict:
