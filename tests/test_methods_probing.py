@@ -69,3 +69,12 @@ def test_fit_linear_takes_raw_features_and_agrees_with_the_probe():
     assert acc == pytest.approx(probe["test_accuracy"]) and acc >= 0.97
     mu, sd = tr[0].mean(0), tr[0].std(0)
     torch.testing.assert_close(clf(te[0]), clf.linear((te[0] - mu) / sd))
+
+
+def test_fit_linear_refuses_empty_splits_and_fits_one_item():
+    from chains_lite.methods.probing import fit_linear
+    X, y = torch.tensor([[1.0, 2.0]]), torch.tensor([1])
+    clf, best = fit_linear((X, y), (X, y), lrs=(1e-1,), epochs=3)
+    assert torch.isfinite(clf(X)).all() and best["val_accuracy"] == 1.0
+    with pytest.raises(ValueError, match="at least one item"):
+        fit_linear((X, y), (X[:0], y[:0]))

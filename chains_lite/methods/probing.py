@@ -105,7 +105,11 @@ class _Standardised(nn.Module):
 
 def _fit_linear(train, val, lrs, epochs, batch_size, seed, n_classes):
     Xtr, ytr = train
-    mu, sd = Xtr.mean(0), Xtr.std(0).clamp_min(1e-8)
+    if len(Xtr) == 0 or len(val[0]) == 0:
+        raise ValueError(f"train and val need at least one item each, got {len(Xtr)} and {len(val[0])}")
+    # one training item has no spread: its features are only centred
+    mu = Xtr.mean(0)
+    sd = Xtr.std(0).clamp_min(1e-8) if len(Xtr) > 1 else torch.ones_like(mu)
     Xtr = (Xtr - mu) / sd
     if n_classes is None:
         n_classes = int(max(ytr.max(), val[1].max())) + 1
