@@ -62,7 +62,8 @@ def auc_bootstrap(records: list[dict], fractions: Sequence[float], n_boot: int =
 
     Returns ``(point, draws)``: ``{strategy: AUC}`` on all images and ``{strategy: (n_boot,)}``
     on resamples of the images (every strategy on the same resamples, so differences between
-    strategies are paired). A resample's AUC divides by that resample's clean accuracy.
+    strategies are paired). A resample's AUC divides by that resample's clean accuracy (NaN
+    when no image of it is right unmasked).
     """
     check_fractions(fractions)
     if not records:
@@ -74,10 +75,11 @@ def auc_bootstrap(records: list[dict], fractions: Sequence[float], n_boot: int =
     def auc(acc, clean_acc):  # acc (..., F), clean_acc (...,)
         return np.trapezoid(acc / clean_acc[..., None], f, axis=-1) / (f[-1] - f[0])
     point, draws = {}, {}
-    for s in records[0]["correct"]:
-        c = np.array([r["correct"][s] for r in records], dtype=float)             # (N, F)
-        point[s] = float(auc(c.mean(0), clean.mean()))
-        draws[s] = auc(c[idx].mean(1), clean[idx].mean(1))
+    with np.errstate(divide="ignore", invalid="ignore"):  # no image right clean: NaN
+        for s in records[0]["correct"]:
+            c = np.array([r["correct"][s] for r in records], dtype=float)         # (N, F)
+            point[s] = float(auc(c.mean(0), clean.mean()))
+            draws[s] = auc(c[idx].mean(1), clean[idx].mean(1))
     return point, draws
 
 
