@@ -4,7 +4,7 @@
 
 For each model:
 
-* the median |λ2| of its heads (``cl.lambda2`` of every layer's captured attention, CLS kept,
+* the median |λ2| of its heads (``methods.maps.head_lambda2``: every layer's captured attention, CLS kept,
   over images x layers x heads) on ``--n`` ShapeWorld test images and on ``--n`` images of
   uniform noise, and their ratio (paper Fig. 11: on noise the chains mix faster); then the
   median of each layer;
@@ -20,19 +20,11 @@ import copy
 
 import torch
 
-import chains_lite as cl
 from chains_lite import zoo
+from chains_lite.methods.maps import head_lambda2
 from chains_lite.zoo.shapeworld import shapeworld
 from chains_lite.zoo.training.evaluate import vit_metrics
 from chains_lite.zoo.training.self_supervised import fit_linear_head
-
-
-@torch.no_grad()
-def head_lambda2(model, images: torch.Tensor) -> torch.Tensor:
-    """``(B, 3, H, W)`` -> ``(layers, B, heads)`` |λ2| of every head's attention chain."""
-    with cl.capture(model, device="cpu") as rec:
-        model(images)
-    return torch.stack([cl.lambda2(A.double()) for A in rec.attentions]).float()
 
 
 def main(argv=None):

@@ -99,3 +99,41 @@ def test_benchmarks_refuse_a_negative_seed_before_loading(monkeypatch, capsys):
         with pytest.raises(SystemExit):
             bench.main(["--seed", "-1", "--out", "/tmp/never-written.json"])
         assert "--seed: must be an int >= 0, got -1" in capsys.readouterr().err
+
+
+def test_auc_bootstrap_point_is_the_table_and_draws_are_paired():
+    import numpy as np
+    from chains_lite.experiments.masking import auc_bootstrap, auc_table
+    from chains_lite.eval.stats import resample_indices
+    g = torch.Generator().manual_seed(0)
+    fr = (0.0, 0.5, 1.0)
+    recs = [{"clean": 1, "correct": {"a": [1, int(torch.rand(1, generator=g) < 0.7), 0],
+                                     "b": [1, 1, int(torch.rand(1, generator=g) < 0.5)]}}
+            for _ in range(30)] + [{"clean": 0, "correct": {"a": [0, 0, 0], "b": [0, 1, 0]}}]
+    point, draws = auc_bootstrap(recs, fr, n_boot=50, seed=3)
+    want = auc_table(merge_masking_records(recs, fr, [0]))
+    assert point == pytest.approx(want)
+    # one resample by hand: the same image indices for every strategy
+    idx = resample_indices(len(recs), 50, 3)[7]
+    sub = merge_masking_records([recs[i] for i in idx], fr, [0])
+    assert [draws[s][7] for s in ("a", "b")] == pytest.approx([auc_table(sub)[s] for s in ("a", "b")])
+    assert draws["a"].shape == (50,) and np.isfinite(draws["a"]).all()
+    with pytest.raises(ValueError, match="empty"):
+        auc_bootstrap([], fr)
+
+
+def test_masking_aucs_are_the_auc_of_the_merged_records(tiny_vit):
+    from chains_lite.core.seeding import item_seed
+    from chains_lite.experiments.masking import auc_table, masking_aucs
+    vit = tiny_vit()
+    x = torch.rand(5, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        y = vit(x).argmax(-1)                       # every image right when clean
+    fr, strategies = (0.0, 0.25, 0.5), ("random", "cls_row")
+    point, draws = masking_aucs(vit, x, y, strategies=strategies, fractions=fr, batch_size=2,
+                                seed=4, n_boot=20)
+    recs = masking_records(vit, x, y, [item_seed(4, i) for i in range(5)], strategies=strategies,
+                           fractions=fr)
+    assert sum(r["clean"] for r in recs) == 5
+    assert point == pytest.approx(auc_table(merge_masking_records(recs, fr, [0])))
+    assert set(draws) == set(strategies) and draws["cls_row"].shape == (20,)

@@ -39,3 +39,20 @@ def test_explore_map_matches_its_parts():
         explore_map(A[None], LAYOUT)
 
 
+
+
+def test_head_lambda2_matches_numpy_eigenvalues(tiny_vit):
+    import numpy as np
+    from chains_lite.capture import capture
+    from chains_lite.methods.maps import head_lambda2
+    vit = tiny_vit()
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    lam = head_lambda2(vit, x)
+    with torch.no_grad(), capture(vit) as rec:
+        vit(x)
+    assert lam.shape == (len(rec.attentions), 2, rec.attentions[0].shape[1])
+    for l, b, h in [(0, 0, 0), (1, 1, 1)]:
+        ev = np.sort(np.abs(np.linalg.eigvals(rec.attentions[l][b, h].double().numpy())))[::-1]
+        assert lam[l, b, h].item() == pytest.approx(ev[1], abs=1e-3)
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        head_lambda2(vit, x[0])

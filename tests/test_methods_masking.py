@@ -113,3 +113,18 @@ def test_clip_zero_shot_masking_through_multihead_attention():
     assert not blocked[..., 0].any()
 
 
+
+
+def test_mean_pooled_readout_reads_the_mean_of_the_last_patch_tokens(tiny_vit):
+    from chains_lite.methods.masking import mean_patch_features, mean_pool_classifier
+    vit = tiny_vit(reg_tokens=1)
+    x = torch.rand(5, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    f = mean_patch_features(vit, x, batch_size=2)
+    with torch.no_grad():
+        tokens = vit.norm(vit.blocks(vit._pos_embed(vit.patch_embed(x))))   # CLS, register, 16 patches
+    torch.testing.assert_close(f, tokens[:, 2:].mean(1))
+    head = torch.nn.Linear(16, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(mean_pool_classifier(vit, head)(x), head(tokens[:, 2:].mean(1)))
+    with pytest.raises(ValueError, match="timm VisionTransformer"):
+        mean_patch_features(torch.nn.Linear(2, 2), x)

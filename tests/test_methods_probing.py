@@ -51,3 +51,30 @@ def test_per_layer_is_each_layers_own_features(tiny_vit):
         torch.testing.assert_close(split[:, layer], alone)
     with pytest.raises(ValueError, match="do not split into 5 layers"):
         per_layer(both, 5)
+
+
+def test_fit_linear_takes_raw_features_and_agrees_with_the_probe():
+    from chains_lite.methods.probing import fit_linear
+    g = torch.Generator().manual_seed(1)
+    centers = torch.randn(3, 10, generator=g) * 3 + 50      # far from 0: standardising matters
+
+    def split(n):
+        y = torch.randint(0, 3, (n,), generator=g)
+        return centers[y] + 0.3 * torch.randn(n, 10, generator=g), y
+    tr, va, te = split(200), split(100), split(100)
+    clf, best = fit_linear(tr, va, lrs=(1e-3, 1e-2), epochs=5)
+    probe = linear_probe(tr, va, te, lrs=(1e-3, 1e-2), epochs=5)
+    assert best["lr"] == probe["lr"] and best["val_accuracy"] == probe["val_accuracy"]
+    acc = (clf(te[0]).argmax(-1) == te[1]).float().mean().item()
+    assert acc == pytest.approx(probe["test_accuracy"]) and acc >= 0.97
+    mu, sd = tr[0].mean(0), tr[0].std(0)
+    torch.testing.assert_close(clf(te[0]), clf.linear((te[0] - mu) / sd))
+
+
+def test_fit_linear_refuses_empty_splits_and_fits_one_item():
+    from chains_lite.methods.probing import fit_linear
+    X, y = torch.tensor([[1.0, 2.0]]), torch.tensor([1])
+    clf, best = fit_linear((X, y), (X, y), lrs=(1e-1,), epochs=3)
+    assert torch.isfinite(clf(X)).all() and best["val_accuracy"] == 1.0
+    with pytest.raises(ValueError, match="at least one item"):
+        fit_linear((X, y), (X[:0], y[:0]))

@@ -97,7 +97,8 @@ def test_attention_explorer_frames_show_the_map_of_their_layer():
     assert len(data["frames"]) == 3 * 2 * methods
     assert len({data["frames"][k][0] for k in data["frames"]}) == 1  # one input image, stored once
     from chains_lite.methods.maps import explore_map
-    want = png(explore_map(atts[1], lay, "uniform", "column_sum"))
+    from chains_lite.viz.plots import overlay
+    want = png(overlay(image, explore_map(atts[1], lay, "uniform", "column_sum")))  # over its image
     j = viz_methods().index("column_sum")
     assert data["parts"][data["frames"][f"0,1,0,{j}"][1]] == want
     assert "layer 1, head uniform: column_sum" in data["parts"][data["frames"][f"0,1,0,{j}"][2]]

@@ -147,3 +147,30 @@ def test_plot_maps_grid_and_explorer():
         "model", "layer", "head", "method", "bounces", "alpha"]
     assert "chains-player" in e._repr_mimebundle_()["text/html"]
     plt.close("all")
+
+
+def test_overlay_blends_the_upsampled_map_over_its_image():
+    import matplotlib.pyplot as plt
+    from chains_lite.viz.plots import overlay
+    img = torch.rand(3, 8, 8)
+    m = torch.zeros(2, 2)
+    m[0, 1] = 3.0                                   # one hot patch: scaled to 1, the rest 0
+    np.testing.assert_allclose(overlay(img, m, alpha=0.0), img.permute(1, 2, 0).numpy(), atol=1e-6)
+    full = overlay(img, m, alpha=1.0, cmap="gray")  # gray colour map: colour = the scaled map
+    # bilinear upsampling of a 2x2 grid to 8x8 (align_corners=False), by hand: the corner
+    # pixels equal their patch, so the top-right pixel is 1 and the bottom-left 0
+    assert full[0, 7] == pytest.approx([1, 1, 1], abs=1e-6)
+    assert full[7, 0] == pytest.approx([0, 0, 0], abs=1e-6)
+    half = overlay(img, m, alpha=0.5, cmap="gray")
+    np.testing.assert_allclose(half, 0.5 * img.permute(1, 2, 0).numpy() + 0.5 * full, atol=1e-6)
+    with pytest.raises(ValueError, match="alpha"):
+        overlay(img, m, alpha=1.5)
+    with pytest.raises(ValueError, match=r"\(3, H, W\)"):
+        overlay(img[0], m)
+    fig = viz.plot_maps(m[None, None].expand(2, 3, 2, 2), ["a", "b"], ["x", "y", "z"],
+                        images=img[None].expand(2, -1, -1, -1), alpha=0.5)
+    drawn = fig.axes[1].get_images()[0].get_array()
+    np.testing.assert_allclose(np.asarray(drawn), overlay(img, m, 0.5), atol=1e-6)
+    plt.close(fig)
+    with pytest.raises(ValueError, match="images"):
+        viz.plot_maps(torch.rand(2, 3, 4, 4), ["a", "b"], ["x", "y", "z"], alpha=0.5)

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import torch
 
+from ..capture import capture
 from ..core import scores
-from ..core.chain import DEFAULT_ALPHA
+from ..core.chain import DEFAULT_ALPHA, lambda2
 from ..core.chain import mix as mix_chain
 from ..core.layout import TokenLayout
 
@@ -70,3 +71,16 @@ def explore_map(A: torch.Tensor, layout: TokenLayout, head="uniform", method: st
     return layout.to_grid(scores.token_scores(chain, method, layout, alpha=alpha, steps=bounces))
 
 
+
+
+@torch.no_grad()
+def head_lambda2(model, images: torch.Tensor) -> torch.Tensor:
+    """|λ2| of every head's attention chain (CLS kept), image by image (paper Sec. 4.4, Fig. 11).
+
+    images: ``(B, 3, H, W)`` model input. Returns ``(layers, B, heads)``, computed in float64.
+    """
+    if images.ndim != 4:
+        raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
+    with capture(model, device="cpu") as rec:
+        model(images)
+    return torch.stack([lambda2(A.double()) for A in rec.attentions]).float()

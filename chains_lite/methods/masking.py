@@ -190,3 +190,29 @@ def clip_classifier(loaded, class_names: Sequence[str], template: str = "A photo
         f = model.encode_image(x)
         return 100.0 * (f / f.norm(dim=-1, keepdim=True)) @ text.T
     return classify
+
+
+def _check_timm_vit(model) -> None:
+    if not (hasattr(model, "forward_features") and hasattr(model, "num_prefix_tokens")):
+        raise ValueError(f"a mean-pooled readout needs a timm VisionTransformer, got {type(model).__name__}")
+
+
+def mean_patch_features(model, images: torch.Tensor, batch_size: int = 100) -> torch.Tensor:
+    """The mean of a timm ViT's last-layer patch tokens (after its final norm), CLS and registers
+    left out: ``(N, 3, H, W)`` -> ``(N, D)``. The features a mean-pooled readout classifies."""
+    _check_timm_vit(model)
+    with torch.no_grad():
+        return torch.cat([model.forward_features(images[i:i + batch_size])[:, model.num_prefix_tokens:].mean(1)
+                          for i in range(0, len(images), batch_size)])
+
+
+def mean_pool_classifier(model, head: Callable[[torch.Tensor], torch.Tensor]):
+    """``x -> logits`` of ``head`` on :func:`mean_patch_features` of ``model``: the same blocks
+    (so masking them through ``model`` acts on it) read out by mean-pooling the patch tokens
+    instead of the CLS token. ``head``: ``(N, D)`` -> ``(N, classes)``, e.g.
+    :func:`chains_lite.methods.probing.fit_linear`'s classifier."""
+    _check_timm_vit(model)
+
+    def classify(x):
+        return head(model.forward_features(x)[:, model.num_prefix_tokens:].mean(1))
+    return classify

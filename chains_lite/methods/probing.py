@@ -75,17 +75,45 @@ def linear_probe(train: tuple, val: tuple, test: tuple, lrs: Sequence[float] = L
     train / val / test: ``(X (N, F), y (N,))``. Features are standardised with the training mean
     and std. Returns ``{"test_accuracy", "val_accuracy", "lr"}``.
     """
+    clf, best = fit_linear(train, val, lrs, epochs, batch_size, seed,
+                           n_classes=int(max(train[1].max(), val[1].max(), test[1].max())) + 1)
+    return {"val_accuracy": best["val_accuracy"], "test_accuracy": _accuracy(clf, *test), "lr": best["lr"]}
+
+
+def fit_linear(train: tuple, val: tuple, lrs: Sequence[float] = LEARNING_RATES, epochs: int = 20,
+               batch_size: int = 64, seed: int = 0, n_classes: int | None = None):
+    """The classifier of :func:`linear_probe`: ``(clf, {"val_accuracy", "lr"})``.
+
+    train / val: ``(X (N, F), y (N,))``. ``clf`` is an ``nn.Linear(F, classes)`` that takes raw
+    features ``X``: the training mean and std it was trained with are applied inside it.
+    n_classes: default one more than the largest label of train and val.
+    """
     with one_thread():   # thousands of tiny steps: threading costs more than it saves
-        return _linear_probe(train, val, test, lrs, epochs, batch_size, seed)
+        return _fit_linear(train, val, lrs, epochs, batch_size, seed, n_classes)
 
 
-def _linear_probe(train, val, test, lrs, epochs, batch_size, seed) -> dict:
+class _Standardised(nn.Module):
+    def __init__(self, mu, sd, linear):
+        super().__init__()
+        self.register_buffer("mu", mu)
+        self.register_buffer("sd", sd)
+        self.linear = linear
+
+    def forward(self, X):
+        return self.linear((X - self.mu) / self.sd)
+
+
+def _fit_linear(train, val, lrs, epochs, batch_size, seed, n_classes):
     Xtr, ytr = train
-    mu, sd = Xtr.mean(0), Xtr.std(0).clamp_min(1e-8)
-    norm = lambda X: (X - mu) / sd  # noqa: E731
-    Xtr, Xva, Xte = norm(Xtr), norm(val[0]), norm(test[0])
-    n_classes = int(max(ytr.max(), val[1].max(), test[1].max())) + 1
-    best = None
+    if len(Xtr) == 0 or len(val[0]) == 0:
+        raise ValueError(f"train and val need at least one item each, got {len(Xtr)} and {len(val[0])}")
+    # one training item has no spread: its features are only centred
+    mu = Xtr.mean(0)
+    sd = Xtr.std(0).clamp_min(1e-8) if len(Xtr) > 1 else torch.ones_like(mu)
+    Xtr = (Xtr - mu) / sd
+    if n_classes is None:
+        n_classes = int(max(ytr.max(), val[1].max())) + 1
+    best, best_clf = None, None
     for lr in lrs:
         g = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)
@@ -96,9 +124,8 @@ def _linear_probe(train, val, test, lrs, epochs, batch_size, seed) -> dict:
                 opt.zero_grad()
                 nn.functional.cross_entropy(clf(Xtr[idx]), ytr[idx]).backward()
                 opt.step()
-        va = _accuracy(clf, Xva, val[1])
+        model = _Standardised(mu, sd, clf).eval()
+        va = _accuracy(model, *val)
         if best is None or va > best["val_accuracy"]:
-            best = {"val_accuracy": va, "test_accuracy": _accuracy(clf, Xte, test[1]), "lr": lr}
-    return best
-
-
+            best, best_clf = {"val_accuracy": va, "lr": lr}, model
+    return best_clf, best

@@ -231,28 +231,56 @@ def plot_matrix(A, ax=None, title: str = "attention matrix A", annotate: bool | 
     return ax
 
 
+def overlay(image, m, alpha: float = 0.6, cmap: str = "inferno") -> np.ndarray:
+    """A map drawn over its image: ``(H, W, 3)`` RGB in [0, 1].
+
+    image: ``(3, H, W)`` in [0, 1]; m: ``(h, w)`` map over the image's patch grid, min-max scaled,
+    upsampled bilinearly to ``(H, W)`` and coloured with ``cmap``. Each pixel is
+    ``(1 - alpha) * image + alpha * colour``: ``alpha = 0`` gives the image, ``1`` the map alone.
+    """
+    img = torch.as_tensor(image).detach().float().cpu()
+    m = torch.as_tensor(m).detach().float().cpu()
+    if img.ndim != 3 or img.shape[0] != 3 or m.ndim != 2:
+        raise ValueError(f"need an image (3, H, W) and a map (h, w), got {tuple(img.shape)} and {tuple(m.shape)}")
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    m = (m - m.min()) / (m.max() - m.min()).clamp_min(1e-12)
+    up = torch.nn.functional.interpolate(m[None, None], size=img.shape[1:], mode="bilinear",
+                                         align_corners=False)[0, 0].clamp(0, 1)
+    colour = plt.get_cmap(cmap)(up.numpy())[..., :3]
+    return (1 - alpha) * img.permute(1, 2, 0).clamp(0, 1).numpy() + alpha * colour
+
+
 def plot_maps(maps, row_labels: Sequence[str], col_labels: Sequence[str], images=None,
-              title: str = "", cmap: str = "inferno", cell: float = 1.6):
+              title: str = "", cmap: str = "inferno", cell: float = 1.6, alpha: float | None = None):
     """A grid of 2-D maps, each min-max scaled on its own (only the shape of a map matters).
 
     maps: ``(R, C, h, w)``; row_labels: R names, col_labels: C names. images: optional
-    ``(R, 3, H, W)`` in [0, 1] shown in an extra first column (the input of each row).
-    Returns the figure.
+    ``(R, 3, H, W)`` in [0, 1] shown in an extra first column (the input of each row). alpha
+    (needs ``images``): each map is drawn over its row's image with this opacity
+    (:func:`overlay`); None draws the maps alone. Returns the figure.
     """
     M = torch.as_tensor(maps).detach().float().cpu()
     if M.ndim != 4 or len(row_labels) != M.shape[0] or len(col_labels) != M.shape[1]:
         raise ValueError(f"need maps (R, C, h, w) with R row and C column labels, got "
                          f"{tuple(M.shape)}, {len(row_labels)} and {len(col_labels)}")
+    if alpha is not None and images is None:
+        raise ValueError("alpha draws each map over its image: pass images (R, 3, H, W)")
     R, C = M.shape[:2]
     extra = images is not None
+    if extra and len(images) != R:
+        raise ValueError(f"need one image per row ({R}), got {len(images)}")
     fig, axes = plt.subplots(R, C + extra, figsize=(cell * (C + extra), cell * R + 0.5), squeeze=False)
     for r in range(R):
         if extra:
             axes[r, 0].imshow(torch.as_tensor(images[r]).permute(1, 2, 0).cpu().clamp(0, 1).numpy())
         for c in range(C):
             m = M[r, c]
-            m = (m - m.min()) / (m.max() - m.min()).clamp_min(1e-12)
-            axes[r, c + extra].imshow(m.numpy(), cmap=cmap, vmin=0, vmax=1)
+            if alpha is None:
+                m = (m - m.min()) / (m.max() - m.min()).clamp_min(1e-12)
+                axes[r, c + extra].imshow(m.numpy(), cmap=cmap, vmin=0, vmax=1)
+            else:
+                axes[r, c + extra].imshow(overlay(images[r], m, alpha, cmap))
         axes[r, 0].set_ylabel(row_labels[r], fontsize=9)
     for c, label in enumerate((["input"] if extra else []) + list(col_labels)):
         axes[0, c].set_title(label, fontsize=9)
@@ -309,7 +337,7 @@ def bounce_explorer(A, max_steps: int = 10, start=4, steps: int = 2, interactive
 
 
 def attention_explorer(views: dict, interactive: bool = True):
-    """Pick model / layer / head / method / bounces / alpha and see the map next to the image.
+    """Pick model / layer / head / method / bounces / alpha and see the map over the image, next to it.
 
     views: ``{model name: (attentions, layout, image)}`` with ``attentions`` a list over layers
     of one image's ``(H, n, n)`` attention, its :class:`~chains_lite.core.layout.TokenLayout` and the
@@ -334,7 +362,7 @@ def attention_explorer(views: dict, interactive: bool = True):
         m = explore_map(atts[layer], layout, h, method, bounces, alpha)
         fig, axes = plt.subplots(1, 2, figsize=(6, 3))
         axes[0].imshow(torch.as_tensor(image).permute(1, 2, 0).cpu().clamp(0, 1).numpy())
-        axes[1].imshow(m.cpu().numpy(), cmap="inferno")
+        axes[1].imshow(overlay(image, m))
         axes[0].set_title(model, fontsize=9)
         axes[1].set_title(describe(layer, h, method, bounces, alpha), fontsize=9)
         for ax in axes:
@@ -351,7 +379,8 @@ def attention_explorer(views: dict, interactive: bool = True):
         atts, layout, image = views[model]
         layer = min(layer, len(atts) - 1)
         m = explore_map(mixed(model, layer, head), layout, 0, method, 2, DEFAULT_ALPHA)
-        return [png(image), png(m), f"{model} | {describe(layer, head, method, 2, DEFAULT_ALPHA)}"]
+        return [png(image), png(overlay(image, m)),
+                f"{model} | {describe(layer, head, method, 2, DEFAULT_ALPHA)}"]
 
     first = next(iter(views))
     n_layers = max(len(v[0]) for v in views.values())
