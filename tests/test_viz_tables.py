@@ -81,3 +81,12 @@ def test_glue_text_stores_the_text_under_its_key(monkeypatch):
         tables.glue_text("not a key", "x")
     monkeypatch.setitem(sys.modules, "myst_nb", None)   # the import fails: nothing stored
     assert tables.glue_text("other", "y") is False
+
+
+def test_sig_takes_one_element_tensors_and_numpy_scalars():
+    import numpy as np
+    import torch
+    assert tables.sig(torch.tensor(0.6261)) == "0.626" and tables.sig(np.float32(90.133)) == "90.1"
+    assert tables.sig(torch.tensor(float("nan"))) == "–"
+    with pytest.raises(ValueError, match="real"):
+        tables.sig(torch.ones(2))

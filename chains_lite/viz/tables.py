@@ -25,11 +25,18 @@ def sig(x: float, digits: int = 3, signed: bool = False) -> str:
     ``1230``); ``signed`` writes a ``+`` before positive numbers. NaN and None give a dash."""
     if isinstance(digits, bool) or not isinstance(digits, int) or digits < 1:
         raise ValueError(f"digits must be an int >= 1, got {digits!r}")
-    if x is None or (isinstance(x, Real) and math.isnan(x)):
+    if x is None:
         return DASH
-    if not isinstance(x, Real):
-        raise ValueError(f"sig needs a real number, got {x!r}")
+    if not isinstance(x, Real):       # one-element tensors and NumPy scalars convert; text does not
+        try:
+            if isinstance(x, (str, bytes)):
+                raise TypeError
+            x = float(x)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"sig needs a real number, got {x!r}") from None
     x = float(x)
+    if math.isnan(x):
+        return DASH
     if math.isinf(x):
         return ("+" if signed and x > 0 else "") + ("inf" if x > 0 else "-inf")
     if x == 0:
