@@ -90,7 +90,8 @@ POWER_TOLS = (1e-5, 3e-6, 1e-6, 3e-7, 1e-7, 3e-8, 1e-8, 1e-9, 1e-10)
 
 
 def sync(device):
-    if device == "cuda":
+    """Wait for the device's queued work (a no-op on the CPU)."""
+    if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
 
 

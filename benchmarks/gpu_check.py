@@ -38,7 +38,6 @@ import json
 import math
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -46,6 +45,9 @@ import torch
 import chains_lite as cl
 from chains_lite.core.numerics import batched_solve
 from chains_lite.core.synthetic import attention_like
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_core import sync, timed  # noqa: E402  (benchmarks/ is not a package)
 
 ALPHA = 0.99
 TARGET = 1e-6
@@ -64,11 +66,6 @@ SD15_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block
 DINOV2 = "vit_base_patch14_reg4_dinov2"
 
 
-def sync(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
 def measure(fn, device, repeats: int) -> dict:
     """``fn()`` once to warm up, then ``repeats`` times: min / max seconds and peak GPU memory
     (GiB, since the warm-up's start; None on a CPU)."""
@@ -77,13 +74,7 @@ def measure(fn, device, repeats: int) -> dict:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     out = fn()
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
+    times = timed(fn, repeats, device)
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
     return {"t_min": min(times), "t_max": max(times), "peak_gib": peak, "out": out}
 
