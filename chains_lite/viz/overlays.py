@@ -10,6 +10,8 @@ from typing import Sequence
 import matplotlib.pyplot as plt
 import torch
 
+from .plots import label_grid
+
 __all__ = ["upsample", "overlay_grid"]
 
 
@@ -61,13 +63,4 @@ def overlay_grid(maps, images, row_labels: Sequence[str], col_labels: Sequence[s
                 ax.contour(m, levels=[0.5], colors="lime", linewidths=0.8)
             else:
                 ax.imshow(up[r, c].numpy(), cmap=cmap, alpha=alpha, vmin=0, vmax=1)
-        axes[r, 0].set_ylabel(row_labels[r], fontsize=9)
-    for c, label in enumerate([image_label] + list(col_labels)):
-        axes[0, c].set_title(label, fontsize=9)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+    return label_grid(fig, axes, row_labels, [image_label] + list(col_labels), title)

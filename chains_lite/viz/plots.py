@@ -281,8 +281,15 @@ def plot_maps(maps, row_labels: Sequence[str], col_labels: Sequence[str], images
                 axes[r, c + extra].imshow(m.numpy(), cmap=cmap, vmin=0, vmax=1)
             else:
                 axes[r, c + extra].imshow(overlay(images[r], m, alpha, cmap))
-        axes[r, 0].set_ylabel(row_labels[r], fontsize=9)
-    for c, label in enumerate((["input"] if extra else []) + list(col_labels)):
+    return label_grid(fig, axes, row_labels, (["input"] if extra else []) + list(col_labels), title)
+
+
+def label_grid(fig, axes, row_labels: Sequence[str], col_labels: Sequence[str], title: str = ""):
+    """Finish a grid of image panels ``axes`` ``(R, C)``: row names on the first column, column
+    titles on the first row, no ticks, the figure's title. Returns ``fig``."""
+    for r, label in enumerate(row_labels):
+        axes[r, 0].set_ylabel(label, fontsize=9)
+    for c, label in enumerate(col_labels):
         axes[0, c].set_title(label, fontsize=9)
     for ax in axes.flat:
         ax.set_xticks([])
