@@ -128,6 +128,11 @@ class ContrastiveMIM(nn.Module):
         self.projector = nn.Sequential(nn.Linear(dim, 256), nn.GELU(), nn.Linear(256, proj_dim))
         self.decoder = nn.Linear(dim, 3 * self.patch ** 2)  # a patch token -> its pixels (SimMIM)
 
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` -> the ViT's tokens ``(B, prefix + N, D)`` (what :meth:`loss` reads;
+        the module a training loop compiles)."""
+        return self.vit.forward_features(images)
+
     def loss(self, images: torch.Tensor, gen: torch.Generator) -> dict:
         """The objective on ``images`` ``(B, 3, H, W)`` in [0, 1], random draws from ``gen``.
 
@@ -140,7 +145,7 @@ class ContrastiveMIM(nn.Module):
         masks = [random_masks(len(images), n, gen).to(images.device) for _ in views]
         z, mim = [], 0.0
         for v, m in zip(views, masks):
-            tokens = self.vit.forward_features(mask_pixels(v, m, self.patch))   # (B, p + N, D)
+            tokens = self(mask_pixels(v, m, self.patch))                       # (B, p + N, D)
             z.append(self.projector(tokens[:, 0]))
             target = patchify(v, self.patch)[m]                                # (masked, 3 p p)
             err = (self.decoder(tokens[:, p:][m]) - target).pow(2).mean()

@@ -8,6 +8,8 @@ its ``ship_on`` list worse, one better; or ``--force``), so a worse run never ov
     python -m chains_lite.zoo.training shapes-vit --steps 1500
     python -m chains_lite.zoo.training shapes-flux --init --steps 1000   # train the shipped model further
     python -m chains_lite.zoo.training shapes-vit-ssl --resume           # continue runs/shapes-vit-ssl/
+    python -m chains_lite.zoo.training shapes-unet --precision bf16 --compile   # the fast CPU step
+    python -m chains_lite.zoo.training shapes-unet --gpu-budget 10       # 10 minutes of a lent GPU
 
 Every few minutes (``--save-minutes``) and after the last step the run saves its resumable state
 in ``runs/NAME/state/`` (weights, optimiser moments, generator states, step, losses; files under
@@ -34,6 +36,7 @@ from ..load import load
 from ..models import LITE_SPECS, build, spec
 from ..registry import CHECKPOINT_DIR, card_path, load_weights, read_card, render_card, save_checkpoint
 from ..shapeworld import shapeworld
+from .fast import PRECISIONS, compiled_forward, precision_context
 from .objectives import TRAINING, improves
 from .resume import load_state, save_state
 
@@ -60,7 +63,8 @@ def _lr(step, steps, lr, warmup=WARMUP, done=0.0):
 
 
 # Options that set a run's trajectory: a resumed run takes them from its state.
-TRAJECTORY = ("steps", "batch", "lr", "pool", "size", "seed", "ema", "minutes", "cond_dropout", "config", "init")
+TRAJECTORY = ("steps", "batch", "lr", "pool", "size", "seed", "ema", "minutes", "cond_dropout", "config", "init",
+              "precision")
 
 
 def _run_state(model, opt, ema, gen, dgen, step, elapsed, losses, args) -> dict:
@@ -78,6 +82,9 @@ def _loop(model, loss_fn, pool_size, args, device, state_dir=None, resume=None):
     with a time budget the cosine follows the larger of the two shares done, so a run cut by
     the clock still ends at the low learning rate. With ``args.ema`` > 0 the returned model
     holds the exponential moving average of the weights (decay ``args.ema``, warmed up).
+
+    Each step's forward and loss run in ``args.precision`` (:func:`.fast.precision_context`),
+    and with ``args.compile`` the model's forward is compiled for the loop (:mod:`.fast`).
 
     With ``state_dir`` the resumable state (:mod:`.resume`) is saved there every
     ``args.save_minutes`` minutes (at a step boundary; 0: every step) and after the last step;
@@ -113,32 +120,34 @@ def _loop(model, loss_fn, pool_size, args, device, state_dir=None, resume=None):
     start = time.time()
     last_save = start if resume is not None else -math.inf  # a new run replaces an old state at once
     bar = progress_bar(total=args.steps, initial=step, desc=f"train {args.name}")
-    while step < args.steps:
-        if state_dir is not None and time.time() - last_save >= 60 * args.save_minutes:
-            save()
-            last_save = time.time()
-        used = (elapsed + time.time() - start) / (60 * args.minutes) if args.minutes else 0.0
-        if used >= 1:
-            break
-        for group in opt.param_groups:
-            group["lr"] = _lr(step, args.steps, args.lr, done=used)
-        idx = torch.randint(pool_size, (args.batch,), generator=gen)
-        loss = loss_fn(idx.to(device), dgen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP_NORM)
-        opt.step()
-        if ema is not None:
-            # The decay warms up as (1 + step) / (10 + step), as diffusers' EMAModel does, so
-            # the average forgets the initial weights within a short run too.
-            decay = min(args.ema, (1 + step) / (10 + step))
-            with torch.no_grad():
-                torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
-        losses.append(loss.detach())
-        if step % 20 == 0:  # the only host synchronisation of the loop
-            bar.set_postfix(loss=f"{torch.stack(losses[-20:]).mean().item():.4f}")
-        bar.update(1)
-        step += 1
+    with compiled_forward(model, device, enabled=args.compile):
+        while step < args.steps:
+            if state_dir is not None and time.time() - last_save >= 60 * args.save_minutes:
+                save()
+                last_save = time.time()
+            used = (elapsed + time.time() - start) / (60 * args.minutes) if args.minutes else 0.0
+            if used >= 1:
+                break
+            for group in opt.param_groups:
+                group["lr"] = _lr(step, args.steps, args.lr, done=used)
+            idx = torch.randint(pool_size, (args.batch,), generator=gen)
+            with precision_context(device, args.precision):
+                loss = loss_fn(idx.to(device), dgen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP_NORM)
+            opt.step()
+            if ema is not None:
+                # The decay warms up as (1 + step) / (10 + step), as diffusers' EMAModel does, so
+                # the average forgets the initial weights within a short run too.
+                decay = min(args.ema, (1 + step) / (10 + step))
+                with torch.no_grad():
+                    torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
+            losses.append(loss.detach())
+            if step % 20 == 0:  # the only host synchronisation of the loop
+                bar.set_postfix(loss=f"{torch.stack(losses[-20:]).mean().item():.4f}")
+            bar.update(1)
+            step += 1
     bar.close()
     if state_dir is not None:
         save()
@@ -156,6 +165,41 @@ def _loop(model, loss_fn, pool_size, args, device, state_dir=None, resume=None):
 def loss_curve(losses: torch.Tensor, points: int = 10) -> list:
     """``(steps,)`` losses -> the mean loss of each of ``points`` consecutive equal parts of the run."""
     return [round(part.mean().item(), 4) for part in losses.tensor_split(min(points, len(losses)))]
+
+
+GPU_BATCH = 512        # --gpu-budget's batch unless --batch says otherwise
+BUDGET_STEPS = 10**6   # --gpu-budget's step limit unless --steps says otherwise: the clock ends the run
+
+
+def _gpu_budget(args) -> None:
+    """Set ``args`` for ``--gpu-budget MIN``: a run of MIN minutes on the GPU (``--device``, when
+    given, overrides, so the command can be tried on the CPU) at batch ``GPU_BATCH``, bf16, the
+    forward compiled (CUDA graphs on a GPU), its learning-rate schedule fitted into the budget.
+    It continues the run folder's unfinished run of the same kind of device if there is one
+    (``--resume``, with that run's options and budget); otherwise it starts from the shipped
+    checkpoint (``--init``; random weights if none is shipped)."""
+    if args.gpu_budget <= 0:
+        raise ValueError(f"--gpu-budget must be a positive number of minutes, got {args.gpu_budget}")
+    if args.device is None:
+        if not torch.cuda.is_available():
+            raise SystemExit("--gpu-budget needs a CUDA device and found none "
+                             "(add --device cpu to try the command on the CPU)")
+        args.device = "cuda"
+    args.compile = True
+    state_dir = Path(args.out) / args.name / STATE_DIR
+    if (state_dir / "state.pt").exists():
+        state = load_state(state_dir)
+        budget = 60 * state["args"].get("minutes", 0)
+        if (state["device"] == torch.device(args.device).type and state["step"] < state["args"]["steps"]
+                and (not budget or state["elapsed"] < budget)):
+            print(f"--gpu-budget: continuing the unfinished run in {state_dir.parent} "
+                  f"(step {state['step']}, {state['elapsed'] / 60:.1f} of its {budget / 60:g} minutes)")
+            args.resume = True
+            return
+    args.minutes, args.precision = args.gpu_budget, "bf16"
+    args.batch = args.batch or GPU_BATCH
+    args.steps = args.steps or BUDGET_STEPS
+    args.init = card_path(args.name, Path(args.checkpoint_dir)).exists()
 
 
 def _initial_model(args):
@@ -188,10 +232,11 @@ def _resumed_args(args, parser) -> dict:
         raise ValueError(f"the state in {args.out}/{args.name} is of {saved['name']}, not {args.name}")
     for k in TRAJECTORY:
         given = getattr(args, k, None)  # ``size`` has no option: it is the spec's
-        if given != parser.get_default(k) and given != saved[k]:
+        used = saved.get(k, parser.get_default(k))  # a state saved before the option existed: its default
+        if given != parser.get_default(k) and given != used:
             raise ValueError(f"--resume continues the run as it was started: it used --{k.replace('_', '-')} "
-                             f"{saved[k]!r}, the command line says {given!r}")
-        setattr(args, k, saved[k])
+                             f"{used!r}, the command line says {given!r}")
+        setattr(args, k, used)
     if state["device"] != args.device_type:
         raise ValueError(f"the run was on {state['device']}; it resumes on the same kind of device, "
                          f"not {args.device_type} (its random generators are that device's)")
@@ -281,6 +326,15 @@ def main(argv=None):
                    help="JSON object of model-config entries that replace the lite config's, e.g. "
                         "'{\"num_layers\": 3}' (the card records the config used; `zoo.load` builds "
                         "from LITE_CONFIGS, so a checkpoint with another config ships with that edit)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="bf16: each step's forward under bf16 autocast (weights and optimiser stay float32; "
+                        "on the CPU attention stays float32), see zoo/training/fast.py")
+    p.add_argument("--compile", action="store_true",
+                   help="run the model's forward through torch.compile during the loop")
+    p.add_argument("--gpu-budget", type=float, metavar="MIN",
+                   help="train for MIN minutes on the GPU: batch 512 (or --batch), bf16, compiled with CUDA "
+                        "graphs; continues the run folder's unfinished run, else starts from the shipped "
+                        "checkpoint (--device cpu tries the command on the CPU)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in OUT/NAME from its last saved state (weights, optimiser, "
                         "schedule, generators), with the options it was started with")
@@ -306,6 +360,8 @@ def main(argv=None):
         return refresh_card(args.name, reevaluate=args.reevaluate, n=args.eval_n,
                             guidance=args.guidance if args.guidance != 1 else None)
     s, plan = spec(args.name), TRAINING[args.name]
+    if args.gpu_budget is not None:
+        _gpu_budget(args)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     args.device_type = device.type
     run_dir = Path(args.out) / args.name
@@ -336,6 +392,7 @@ def main(argv=None):
                      **({"head": stats["head"]} if "head" in stats else {}),
                      **({"ema": args.ema} if args.ema else {}),
                      **({"minutes": args.minutes} if args.minutes else {}),
+                     "precision": args.precision, **({"compiled": True} if args.compile else {}),
                      **({"cond_dropout": args.cond_dropout} if s.text_encoder else {})},
         "wall_time_s": stats["train_seconds"] + (previous["wall_time_s"] if previous else 0),
         "hardware": f"{device.type}: " + (torch.cuda.get_device_name(device) if device.type == "cuda"

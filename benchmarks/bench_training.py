@@ -1,0 +1,132 @@
+"""Seconds per training step of each lite model, by precision and compilation.
+
+    python benchmarks/bench_training.py [--models shapes-unet shapes-flux] [--batch 64]
+                                        [--repeats 5] [--device cpu|cuda]
+
+A step is what the training loop (``chains_lite.zoo.training.train``) does per step: a batch drawn
+from the objective's precomputed pool, forward and loss, backward, gradient clipping, AdamW.
+Variants:
+
+* ``fp32``: everything in float32 (the loop's default);
+* ``bf16 attn bf16``: bf16 autocast around forward and loss, attention included;
+* ``bf16``: the loop's ``--precision bf16`` (``training.fast.precision_context``: on the CPU the
+  attention stays float32);
+* ``bf16 + compile``: the same with the model's forward compiled (``--compile``);
+* ``fp32 + compile``.
+
+Each variant is warmed up by 3 steps (compilation included), then timed for ``--repeats`` steps;
+the table shows the minimum seconds per step and the speed-up against ``fp32`` in the same run.
+
+Measured on the 2-core CPU (AMX-BF16), torch 2.14.1, 2 threads, batch 64, no other job running,
+2026-12-06 (seconds per step, min of 5; speed-up against fp32):
+
+==============  ===============  ===============  ===============  ===============  ===============
+model           fp32             bf16 attn bf16   bf16             bf16 + compile   fp32 + compile
+==============  ===============  ===============  ===============  ===============  ===============
+shapes-unet     0.640 (1.00x)    0.476 (1.35x)    0.406 (1.57x)    0.385 (1.66x)    0.699 (0.92x)
+shapes-flux     0.938 (1.00x)    0.845 (1.11x)    0.729 (1.29x)    0.502 (1.87x)    0.854 (1.10x)
+shapes-vit      0.205 (1.00x)    0.247 (0.83x)    0.135 (1.51x)    0.122 (1.68x)    0.190 (1.08x)
+shapes-vit-ssl  0.422 (1.00x)    0.493 (0.86x)    0.289 (1.46x)    0.252 (1.67x)    0.415 (1.02x)
+==============  ===============  ===============  ===============  ===============  ===============
+
+In bf16 the convolutions and matrix products of shapes-unet run on AMX; its attention in bf16 took
+longer than in float32 (the ``bf16 attn bf16`` column, and the ViTs' slowdown there).
+channels_last weights and inputs made the bf16 shapes-unet step slower in a profiling run, so the
+loop does not use them.
+
+The shipped cards of shapes-unet and shapes-flux give 1.7 s and 5.7 s per step: their wall time
+divided by their steps (1159 s / 700 and 13579 s / 2400), on the machine as it was loaded then.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+import types
+
+import torch
+
+from chains_lite.zoo.models import build
+from chains_lite.zoo.training.fast import compiled_forward, precision_context
+from chains_lite.zoo.training.objectives import TRAINING
+from chains_lite.zoo.training.train import CLIP_NORM
+
+VARIANTS = {  # name -> (precision or "autocast" for bf16 autocast alone, compile)
+    "fp32": ("fp32", False),
+    "bf16 attn bf16": ("autocast", False),
+    "bf16": ("bf16", False),
+    "bf16 + compile": ("bf16", True),
+    "fp32 + compile": ("fp32", True),
+}
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def step_time(name: str, variant: str, batch: int, repeats: int, device: torch.device, pool: int = 256) -> float:
+    """Minimum seconds of one training step of ``name`` in ``variant`` over ``repeats`` timed steps."""
+    precision, compile_ = VARIANTS[variant]
+    plan = TRAINING[name]
+    args = types.SimpleNamespace(name=name, pool=pool, seed=0, size=plan.training.size, cond_dropout=0.1,
+                                 config={}, init=False)
+    torch.manual_seed(0)
+    model, loss_fn, _ = plan.objective(args, device, lambda: build(name).to(device).train())
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    gen = torch.Generator().manual_seed(0)
+    dgen = gen if device.type == "cpu" else torch.Generator(device).manual_seed(1)
+
+    def context():
+        if precision == "autocast":
+            return torch.autocast(device.type, dtype=torch.bfloat16)
+        return precision_context(device, precision)
+
+    def step():
+        idx = torch.randint(pool, (batch,), generator=gen).to(device)
+        with context():
+            loss = loss_fn(idx, dgen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP_NORM)
+        opt.step()
+
+    times = []
+    with compiled_forward(model, device, enabled=compile_):
+        for _ in range(3):
+            step()
+        for _ in range(repeats):
+            sync(device)
+            t0 = time.perf_counter()
+            step()
+            sync(device)
+            times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["shapes-unet", "shapes-flux", "shapes-vit", "shapes-vit-ssl"])
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} batch={args.batch} "
+          f"repeats={args.repeats}")
+    if "fp32" not in args.variants:
+        args.variants = ["fp32", *args.variants]
+    width = max(map(len, args.variants)) + 12
+    header = f"{'model':<16}" + "".join(f"{v:>{width}}" for v in args.variants)
+    print(header)
+    print("-" * len(header))
+    for name in args.models:
+        secs = {}
+        for v in args.variants:
+            secs[v] = step_time(name, v, args.batch, args.repeats, device)
+        cells = [f"{secs[v]:.3f} s ({secs['fp32'] / secs[v]:.2f}x)" for v in args.variants]
+        print(f"{name:<16}" + "".join(f"{c:>{width}}" for c in cells), flush=True)
+
+
+if __name__ == "__main__":
+    main()
