@@ -89,6 +89,12 @@ def test_init_continues_from_the_shipped_checkpoint(tmp_path, monkeypatch):
     second = read_card("shapes-vit", tmp_path / "b" / "shapes-vit")
     assert second["training"]["init"] == "the shipped checkpoint" and second["training"]["total_steps"] == 4
     assert second["wall_time_s"] >= first["wall_time_s"]
+    # the card remembers the checkpoint it would replace, and its Markdown shows both
+    assert first["history"] == [] and second["history"] == [
+        {"date": first["date"], "total_steps": 2, "wall_time_s": first["wall_time_s"],
+         "validation": {"accuracy": first["validation"]["accuracy"]}}]
+    md = (tmp_path / "b" / "shapes-vit" / "shapes-vit.md").read_text()
+    assert "## History" in md and md.count(f"| {first['date']}") == 2  # the old row and "(this)"
     a = load_weights(build("shapes-vit"), "shapes-vit", ship).state_dict()
     b = load_weights(build("shapes-vit"), "shapes-vit", tmp_path / "b" / "shapes-vit").state_dict()
     assert not torch.equal(a["head.weight"], b["head.weight"])  # it trained further

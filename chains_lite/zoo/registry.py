@@ -67,6 +67,22 @@ def read_card(name: str, folder: Path = CHECKPOINT_DIR) -> dict:
     return json.loads(card_path(name, folder).read_text())
 
 
+HISTORY = 5  # earlier checkpoints a card remembers
+
+
+def history(shipped: dict | None, keys) -> list:
+    """The ``history`` of a card that replaces ``shipped`` (a card, or None): the shipped card's
+    own history and one entry for the shipped card itself (date, total steps, wall time and its
+    validation numbers under ``keys``), the last :data:`HISTORY` of them."""
+    if shipped is None:
+        return []
+    training = shipped.get("training", {})
+    entry = {"date": shipped.get("date", "?"), "total_steps": training.get("total_steps", training.get("steps")),
+             "wall_time_s": shipped.get("wall_time_s", 0.0),
+             "validation": {k: shipped["validation"][k] for k in keys if k in shipped["validation"]}}
+    return [*shipped.get("history", []), entry][-HISTORY:]
+
+
 def render_card(card: dict) -> str:
     """The model card as Markdown."""
     lines = [f"# {card['name']}", "",
@@ -79,6 +95,15 @@ def render_card(card: dict) -> str:
              "| metric | value |", "|---|---|"]
     fmt = lambda v: ", ".join(f"{k} {x}" for k, x in v.items()) if isinstance(v, dict) else v  # noqa: E731
     lines += [f"| {k} | {fmt(v)} |" for k, v in card["validation"].items()]
+    if card.get("history"):
+        lines += ["", "## History", "", "The checkpoints this one replaced, oldest first, and this one:", ""]
+        keys = list(dict.fromkeys(k for h in card["history"] for k in h["validation"]))
+        lines += ["| date | steps | wall time | " + " | ".join(keys) + " |", "|---" * (3 + len(keys)) + "|"]
+        now = {"date": card["date"], "total_steps": card["training"].get("total_steps", card["training"]["steps"]),
+               "wall_time_s": card["wall_time_s"], "validation": card["validation"]}
+        for h in [*card["history"], now]:
+            lines.append(f"| {h['date']}{' (this)' if h is now else ''} | {h['total_steps']} | "
+                         f"{h['wall_time_s']:.0f} s | " + " | ".join(str(h["validation"].get(k, "")) for k in keys) + " |")
     lines += ["", "## Samples", "", f"![{card['name']} samples]({card['name']}-samples.png)",
               "", "## Config", "", "```json", json.dumps(card["config"], indent=1), "```", ""]
     return "\n".join(lines)

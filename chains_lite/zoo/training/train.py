@@ -34,7 +34,7 @@ from .. import generate
 from ..judge import classify
 from ..load import load
 from ..models import LITE_SPECS, build, spec
-from ..registry import CHECKPOINT_DIR, card_path, load_weights, read_card, render_card, save_checkpoint
+from ..registry import CHECKPOINT_DIR, card_path, history, load_weights, read_card, render_card, save_checkpoint
 from ..shapeworld import shapeworld
 from .fast import PRECISIONS, compiled_forward, precision_context
 from .objectives import TRAINING, improves
@@ -403,6 +403,9 @@ def main(argv=None):
         "headline": plan.headline,
         "date": time.strftime("%Y-%m-%d"),
     }
+    shipped = card_path(args.name, Path(args.checkpoint_dir))
+    card["history"] = history(json.loads(shipped.read_text()) if shipped.exists() else None,
+                              [k for k, _ in plan.ship_on])
     save_checkpoint(model, card, run_dir)
     encoder = generate.TextEncoder(device=device) if s.text_encoder else None
     save_sample_grid(args.name, model, run_dir / f"{args.name}-samples.png", encoder=encoder,
@@ -410,7 +413,6 @@ def main(argv=None):
     print(json.dumps(card["validation"], indent=1))
 
     ship_dir = Path(args.checkpoint_dir)
-    shipped = card_path(args.name, ship_dir)
     old = json.loads(shipped.read_text())["validation"] if shipped.exists() else None
     better, why = improves(metrics, old, plan.ship_on)
     print(f"{'improves on' if better else 'does not improve on'} the shipped card: {why}")
