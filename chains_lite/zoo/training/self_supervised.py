@@ -162,23 +162,16 @@ def cls_features(vit: nn.Module, images: torch.Tensor, batch: int = 256) -> torc
                       for x in images.split(batch)])
 
 
-def fit_linear_head(vit: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                    weight_decay: float = 1e-3) -> dict:
-    """Fit ``vit.head`` (``nn.Linear(D, C)``) as a linear probe on frozen CLS features.
-
-    ``images`` ``(N, 3, H, W)``, ``labels`` ``(N,)`` in ``[0, C)``. Multinomial logistic
-    regression on the standardised features with an L2 penalty ``weight_decay * |W|^2``, full
-    batch, L-BFGS (deterministic); the standardisation is folded into the head's weights, so
-    ``vit(images)`` gives the probe's logits. Returns ``{"train_accuracy", "n_train",
-    "weight_decay"}``.
-    """
-    if len(images) != len(labels):
-        raise ValueError(f"{len(images)} images but {len(labels)} labels")
-    classes = vit.head.out_features
+def fit_probe(features: torch.Tensor, labels: torch.Tensor, classes: int, weight_decay: float = 1e-3):
+    """Multinomial logistic regression on ``features`` ``(N, D)`` for ``labels`` ``(N,)`` in
+    ``[0, classes)``: standardised features, an L2 penalty ``weight_decay * |W|^2``, full batch,
+    L-BFGS (deterministic). Returns ``(weight (classes, D), bias (classes,), train accuracy)`` in
+    float64, with the standardisation folded in: ``features @ weight.T + bias`` are the logits."""
+    if len(features) != len(labels):
+        raise ValueError(f"{len(features)} feature rows but {len(labels)} labels")
     if labels.min() < 0 or labels.max() >= classes:
         raise ValueError(f"labels must lie in [0, {classes}), got [{int(labels.min())}, {int(labels.max())}]")
-    x = cls_features(vit, images).double()
-    y = labels.cpu()
+    x, y = features.double(), labels.cpu()
     mu, sd = x.mean(0), x.std(0).clamp_min(1e-6)
     z = (x - mu) / sd
     w = torch.zeros(classes, z.shape[1], dtype=torch.float64, requires_grad=True)
@@ -195,7 +188,22 @@ def fit_linear_head(vit: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     with torch.no_grad():
         weight = w / sd                       # logits = ((x - mu) / sd) w^T + b = x (w / sd)^T + b'
         bias = b - weight @ mu
+        acc = ((z @ w.T + b).argmax(-1) == y).double().mean().item()
+    return weight.detach(), bias.detach(), acc
+
+
+def fit_linear_head(vit: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                    weight_decay: float = 1e-3) -> dict:
+    """Fit ``vit.head`` (``nn.Linear(D, C)``) as a linear probe on frozen CLS features
+    (:func:`fit_probe`), so that ``vit(images)`` gives the probe's logits.
+
+    ``images`` ``(N, 3, H, W)``, ``labels`` ``(N,)`` in ``[0, C)``. Returns ``{"train_accuracy",
+    "n_train", "weight_decay"}``.
+    """
+    if len(images) != len(labels):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    weight, bias, acc = fit_probe(cls_features(vit, images), labels, vit.head.out_features, weight_decay)
+    with torch.no_grad():
         vit.head.weight.copy_(weight.to(vit.head.weight))
         vit.head.bias.copy_(bias.to(vit.head.bias))
-        acc = ((z @ w.T + b).argmax(-1) == y).double().mean().item()
-    return {"train_accuracy": round(acc, 4), "n_train": len(y), "weight_decay": weight_decay}
+    return {"train_accuracy": round(acc, 4), "n_train": len(labels), "weight_decay": weight_decay}
