@@ -138,9 +138,9 @@ def test_driver_method_lists_come_from_the_registry():
     for names in (maps.GLOBAL_METHODS, maps.EXPLORE_METHODS, masking.PER_HEAD, probing.PROBE_METHODS,
                   segmentation.BOUNCE_METHODS):
         assert set(names) <= set(NAMES)
-    # chapter 3's other maps: the two steady states and ConceptAttention's output-space map
+    # chapter 3's other maps: the two steady states and ConceptAttention's two output-space maps
     assert segmentation.METHODS == (segmentation.BOUNCE_METHODS + tuple(segmentation.STEADY)
-                                    + (segmentation.OUTPUT_SPACE,))
+                                    + (segmentation.OUTPUT_SPACE, segmentation.CONCEPT))
     assert masking.HEAD_WEIGHTING == ("tokenrank_uniform", "tokenrank_random", "tokenrank_lambda2")
     assert masking.STRATEGIES[-1] == "tokenrank_lambda2"
     assert maps.HEAD_MIX == ("uniform", "lambda2") and probing.HEAD_SCHEMES == scores.HEAD_SCHEMES

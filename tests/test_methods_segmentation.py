@@ -5,7 +5,8 @@ import pytest
 import torch
 from diffusers.models.embeddings import apply_rotary_emb
 
-from chains_lite.methods.segmentation import (BOUNCE_METHODS, Setting, capture_joint, capture_output_space,
+from chains_lite.methods.segmentation import (BOUNCE_METHODS, Setting, capture_concepts, capture_joint,
+                                             capture_output_space,
                                              last_blocks, noised_attention, output_space_map, start_vectors,
                                              step_tokenrank, word_map, word_tokens)
 from chains_lite.zoo.load import load_full
@@ -216,6 +217,28 @@ def test_output_space_hook_reads_the_attention_outputs(flux):
         empty.mean()
 
 
+def test_concept_tokens_equal_to_the_text_follow_the_text_stream_and_change_nothing(flux):
+    """ConceptAttention's concept stream run on concepts equal to the caption's own text tokens is
+    the model's text stream: its saliency equals the output-space hook's o_img @ o_txt^T, block by
+    block (layers), and the model's output is the same with the concepts as without."""
+    model, inputs = flux
+    with torch.no_grad():
+        ref = model(**inputs).sample
+        for layers in (None, [-1], [0]):
+            with capture_output_space(model, layers=layers) as want, \
+                    capture_concepts(model, inputs["encoder_hidden_states"], layers=layers) as got:
+                out = model(**inputs).sample
+            assert torch.equal(out, ref)
+            assert got.calls == want.calls == (2 if layers is None else 1)
+            torch.testing.assert_close(got.mean(), want.mean(), rtol=1e-4, atol=1e-5)
+        # other concepts: K of them, each a map over the image; the model's output is unchanged
+        concepts = torch.randn(B, 3, 8, generator=torch.Generator().manual_seed(2))
+        with capture_concepts(model, concepts) as acc:
+            assert torch.equal(model(**inputs).sample, ref)
+    assert acc.mean().shape == (B, GRID * GRID, 3)
+    assert not torch.allclose(acc.mean()[..., 0], acc.mean()[..., 1])
+
+
 def test_per_step_records_average_to_the_whole_run_and_give_each_steps_tokenrank(flux):
     from types import SimpleNamespace
     from chains_lite.core.chain import tokenrank
@@ -239,6 +262,8 @@ def test_per_step_records_average_to_the_whole_run_and_give_each_steps_tokenrank
 
 def test_output_space_setting():
     assert Setting("output_space").name == "output_space"
+    assert Setting("concept_attention", heads="uniform").name == "concept_attention"
     assert Setting.parse("tokenrank_out").name == "tokenrank_out:lambda2"
-    with pytest.raises(ValueError, match="double"):
-        Setting("output_space", blocks="single")
+    for method in ("output_space", "concept_attention"):
+        with pytest.raises(ValueError, match="double"):
+            Setting(method, blocks="single")

@@ -53,8 +53,8 @@ def test_classifier_meets_its_card_on_fresh_images(name, test_key):
 
 
 @pytest.mark.xfail(strict=True, reason="the shipped shapes-vit-ssl misses the issue's target: its CLS "
-                                       "features learned in a CPU-sized run do not separate the shapes "
-                                       "(see its card); strict, so a model that meets it shows up here")
+                                       "features hold the colour, not the shape (benchmarks/lite_vits.py); "
+                                       "strict, so a model that meets it shows up here")
 def test_self_supervised_probe_meets_the_target():
     loaded = load("shapes-vit-ssl", mode="lite", device="cpu", verbose=False)
     assert evaluate.vit_metrics(loaded.model, split="test", n=600, seed=1)["accuracy"] >= 0.9

@@ -26,7 +26,9 @@ land on the patches that belong to it.
   row of the ablation (method, head mixing, double- or single-stream blocks).
 * ConceptAttention's map in the attention output space (:func:`capture_output_space`,
   method ``"output_space"``): the dot product of each image token's attention output with the
-  word's, averaged over blocks and steps, beside the bounces.
+  word's, averaged over blocks and steps, beside the bounces; and ConceptAttention proper
+  (:func:`capture_concepts`, method ``"concept_attention"``): the same product with a concept token
+  that runs through the blocks in a residual stream of its own, the word encoded on its own.
 * :func:`step_tokenrank`: TokenRank of each denoising step's chain (the paper's Fig. 17).
 
 The pipeline functions take a loaded model: anything with ``.model`` (the FLUX transformer) and
@@ -201,10 +203,12 @@ BOUNCE_METHODS = scores.select("row_select", "column_select", "incoming_2", "inc
                                "outgoing_3")
 #: ConceptAttention's attention-output-space map (:func:`capture_output_space`), not a bounce
 OUTPUT_SPACE = "output_space"
+#: ConceptAttention proper: the same map for a concept token with its own stream (:func:`capture_concepts`)
+CONCEPT = "concept_attention"
 #: n -> infinity: the steady state (TokenRank, Sec. 4.3) of the incoming or the outgoing chain,
 #: which does not depend on the start (the outgoing one ranks the "hubs", App. C.1)
 STEADY = {"tokenrank_in": "incoming", "tokenrank_out": "outgoing"}
-METHODS = BOUNCE_METHODS + tuple(STEADY) + (OUTPUT_SPACE,)
+METHODS = BOUNCE_METHODS + tuple(STEADY) + (OUTPUT_SPACE, CONCEPT)
 PAPER_METHOD = "outgoing_2"
 
 
@@ -223,8 +227,8 @@ class Setting:
             raise ValueError(f"heads must be one of {HEAD_MIX}, got {self.heads!r}")
         if self.blocks not in BLOCKS:
             raise ValueError(f"blocks must be one of {BLOCKS}, got {self.blocks!r}")
-        if self.method == OUTPUT_SPACE and self.blocks != "double":
-            raise ValueError("the output-space map reads the double-stream blocks' text and image "
+        if self.method in (OUTPUT_SPACE, CONCEPT) and self.blocks != "double":
+            raise ValueError(f"the {self.method} map reads the double-stream blocks' attention "
                              "outputs; blocks must be 'double'")
 
     @classmethod
@@ -238,8 +242,8 @@ class Setting:
 
     @property
     def name(self) -> str:
-        if self.method == OUTPUT_SPACE:  # no chain, so no head mixing
-            return OUTPUT_SPACE
+        if self.method in (OUTPUT_SPACE, CONCEPT):  # no chain, so no head mixing
+            return self.method
         return ":".join([self.method, self.heads] + ([self.blocks] if self.blocks != "double" else []))
 
 
@@ -333,6 +337,98 @@ def capture_output_space(model: nn.Module, layers=None, device=None):
             h.remove()
 
 
+def _heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
+    return x.unflatten(-1, (-1, head_dim))  # (B, n, H * d) -> (B, n, H, d)
+
+
+def _concept_attention(block: nn.Module, c: torch.Tensor, x: torch.Tensor, temb: torch.Tensor, rotary):
+    """One double-stream ``block`` on concept tokens ``c`` ``(B, K, D)`` beside the image tokens
+    ``x`` ``(B, n_img, D)`` it receives: the concepts' attention output ``(B, K, D)`` (after
+    ``to_add_out``) and their residual stream after the block ``(B, K, D)``.
+
+    The concepts go through the block's text-stream weights (``norm1_context``, ``add_*_proj``,
+    ``norm_added_*``, ``to_add_out``, ``ff_context``) and attend to themselves and to the image
+    tokens (keys and values of the image as the block computes them, RoPE included); no token of
+    the model attends to them. With ``c`` equal to the block's text tokens this is the block's own
+    text stream (``tests/test_methods_segmentation.py`` checks it).
+    """
+    from diffusers.models.embeddings import apply_rotary_emb
+    attn, d = block.attn, block.attn.head_dim
+    norm_x = block.norm1(x, emb=temb)[0]
+    norm_c, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1_context(c, emb=temb)
+    k_x, v_x = attn.norm_k(_heads(attn.to_k(norm_x), d)), _heads(attn.to_v(norm_x), d)
+    if rotary is not None:  # the image tokens' rotary embedding is the last n_img rows
+        k_x = apply_rotary_emb(k_x, tuple(r[-x.shape[1]:] for r in rotary), sequence_dim=1)
+    q_c = attn.norm_added_q(_heads(attn.add_q_proj(norm_c), d))
+    k_c = attn.norm_added_k(_heads(attn.add_k_proj(norm_c), d))
+    v_c = _heads(attn.add_v_proj(norm_c), d)
+    # text positions are 0 in FLUX, where RoPE is the identity: the concepts get none either
+    k, v = torch.cat([k_c, k_x], 1), torch.cat([v_c, v_x], 1)
+    o = torch.nn.functional.scaled_dot_product_attention(q_c.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    o_c = attn.to_add_out(o.transpose(1, 2).flatten(2).to(c.dtype))
+    c = c + gate_msa.unsqueeze(1) * o_c
+    h = block.norm2_context(c) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
+    return o_c, c + gate_mlp.unsqueeze(1) * block.ff_context(h)
+
+
+@contextlib.contextmanager
+def capture_concepts(model: nn.Module, concepts: torch.Tensor, layers=None, device=None):
+    """ConceptAttention proper (Helbling et al. 2025, Sec. 3): concept tokens with a residual
+    stream of their own through the double-stream blocks, and the saliency ``o_img @ o_concept^T``
+    in the attention output space (Eq. 11 without its softmax over concepts).
+
+    ``concepts``: ``(B, K, D_text)`` the text encoder's embedding of K concept words per image
+    (each encoded on its own, :func:`concept_embeddings`); the model's ``context_embedder`` maps
+    them in at every model call. Each double-stream block then updates them with its text-stream
+    weights (:func:`_concept_attention`); they attend to the image, nothing attends to them, so the
+    model's outputs are unchanged. ``layers``: the blocks whose saliency is averaged (indices
+    among the double-stream blocks, negative from the end; ``None`` = all); the concept stream runs
+    through every block. Yields an :class:`OutputSpace` of ``(B, n_img, K)``.
+    """
+    model = getattr(model, "model", model)
+    blocks = list(model.transformer_blocks)
+    chosen = set(range(len(blocks))) if layers is None else {int(i) % len(blocks) for i in layers}
+    acc, state = OutputSpace(), {}
+
+    @torch.no_grad()
+    def start(_module, _args, _kwargs):
+        state["c"] = model.context_embedder(concepts.to(next(model.parameters())))
+
+    def attn_out(_module, _args, out):
+        state["o_img"] = out[0]
+
+    def after_block(i):
+        @torch.no_grad()
+        def hook(_block, args, kwargs, _out):
+            names = ("hidden_states", "encoder_hidden_states", "temb", "image_rotary_emb")
+            given = {**dict(zip(names, args)), **kwargs}
+            o_c, state["c"] = _concept_attention(_block, state["c"], given["hidden_states"], given["temb"],
+                                                 given.get("image_rotary_emb"))
+            if i in chosen:
+                sim = state["o_img"].float() @ o_c.float().transpose(-1, -2)
+                acc.add(sim if device is None else sim.to(device))
+        return hook
+
+    handles = [model.register_forward_pre_hook(start, with_kwargs=True)]
+    for i, block in enumerate(blocks):
+        handles.append(block.attn.register_forward_hook(attn_out))
+        handles.append(block.register_forward_hook(after_block(i), with_kwargs=True))
+    try:
+        yield acc
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def concept_embeddings(loaded, words: list[str], size: int, encoder=None) -> torch.Tensor:
+    """``(len(words), D_text)``: each word encoded on its own by the model's text encoder (the same
+    path as a caption, :func:`encode_inputs`), averaged over the word's tokens: ConceptAttention's
+    concept tokens. ``size``: the image side the encoder path expects (its images are blank)."""
+    inputs = encode_inputs(loaded, torch.zeros(len(words), 3, size, size), list(words), encoder)
+    return torch.stack([inputs.text[i, word_tokens(inputs.tokens, i, w, w)].float().mean(0)
+                        for i, w in enumerate(words)])
+
+
 def output_space_map(sim: torch.Tensor, layout: TokenLayout, start: torch.Tensor) -> torch.Tensor:
     """The output-space map of a word: ``sim`` ``(B, n_img, n_txt)`` (:meth:`OutputSpace.mean`)
     read at the word's text tokens, weighted by ``start`` ``(B, n)`` (its text part): ``(B, h, w)``."""
@@ -390,6 +486,8 @@ def task_maps(loaded, images: torch.Tensor, captions: list[str], words: dict[str
     """:func:`word_maps` for several word lists on the same noised passes (the chain depends on
     the image and caption, not on the word): ``words`` ``{task: one word per image}`` ->
     ``{task: {setting.name: (B, h, w)}}``, e.g. the shape word and the colour word of each image.
+    ``"concept_attention"`` runs the tasks' words of an image as its concepts together (they attend
+    to each other, as ConceptAttention's concepts do), so its maps depend on the set of tasks.
     """
     settings = [Setting.parse(s) if isinstance(s, str) else s for s in settings]
     if not words:
@@ -400,24 +498,32 @@ def task_maps(loaded, images: torch.Tensor, captions: list[str], words: dict[str
     tokens = {k: [word_tokens(inputs.tokens, i, c, w) for i, (c, w) in enumerate(zip(captions, ws))]
               for k, ws in words.items()}
     out = {k: {} for k in words}
+    chosen = layers if layers is not None else last_blocks(getattr(loaded, "model", loaded))
     for blocks in dict.fromkeys(s.blocks for s in settings):
         want_os = any(s.method == OUTPUT_SPACE for s in settings if s.blocks == blocks)
-        with (capture_output_space(loaded, layers if layers is not None else
-                                   last_blocks(getattr(loaded, "model", loaded)), "cpu")
-              if want_os else contextlib.nullcontext()) as os_rec:
+        want_c = any(s.method == CONCEPT for s in settings if s.blocks == blocks)
+        with contextlib.ExitStack() as stack:
+            os_rec = stack.enter_context(capture_output_space(loaded, chosen, "cpu")) if want_os else None
+            if want_c:  # one concept per task and image: its word, encoded on its own
+                concepts = torch.stack([concept_embeddings(loaded, ws, images.shape[-1], encoder)
+                                        for ws in words.values()], 1)
+                c_rec = stack.enter_context(capture_concepts(loaded, concepts, chosen, "cpu"))
             rec = noised_attention(loaded, inputs, t, steps, blocks, layers, store, seed)
         n = rec.layout.patch_start + rec.layout.n_patches
         chains = {}
         for s in settings:
             if s.blocks != blocks:
                 continue
-            if s.method != OUTPUT_SPACE and s.heads not in chains:
+            if s.method not in (OUTPUT_SPACE, CONCEPT) and s.heads not in chains:
                 chains[s.heads] = rec.chain(s.heads)
-            for k, lists in tokens.items():
+            for j, (k, lists) in enumerate(tokens.items()):
                 start = start_vectors(lists, n)
-                out[k][s.name] = (output_space_map(os_rec.mean(), rec.layout, start)
-                                  if s.method == OUTPUT_SPACE
-                                  else word_map(chains[s.heads], rec.layout, start, s.method))
+                if s.method == CONCEPT:
+                    out[k][s.name] = rec.layout.to_grid(c_rec.mean()[..., j])
+                elif s.method == OUTPUT_SPACE:
+                    out[k][s.name] = output_space_map(os_rec.mean(), rec.layout, start)
+                else:
+                    out[k][s.name] = word_map(chains[s.heads], rec.layout, start, s.method)
     return out
 
 
