@@ -40,8 +40,9 @@ divided by their steps (1159 s / 700 and 13579 s / 2400), on the machine as it w
 from __future__ import annotations
 
 import argparse
-import time
+import sys
 import types
+from pathlib import Path
 
 import torch
 
@@ -50,6 +51,9 @@ from chains_lite.zoo.training.fast import compiled_forward, precision_context
 from chains_lite.zoo.training.objectives import TRAINING
 from chains_lite.zoo.training.train import CLIP_NORM
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_core import timed  # noqa: E402  (benchmarks/ is not a package)
+
 VARIANTS = {  # name -> (precision or "autocast" for bf16 autocast alone, compile)
     "fp32": ("fp32", False),
     "bf16 attn bf16": ("autocast", False),
@@ -57,11 +61,6 @@ VARIANTS = {  # name -> (precision or "autocast" for bf16 autocast alone, compil
     "bf16 + compile": ("bf16", True),
     "fp32 + compile": ("fp32", True),
 }
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def step_time(name: str, variant: str, batch: int, repeats: int, device: torch.device, pool: int = 256) -> float:
@@ -90,17 +89,10 @@ def step_time(name: str, variant: str, batch: int, repeats: int, device: torch.d
         torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP_NORM)
         opt.step()
 
-    times = []
     with compiled_forward(model, device, enabled=compile_):
         for _ in range(3):
             step()
-        for _ in range(repeats):
-            sync(device)
-            t0 = time.perf_counter()
-            step()
-            sync(device)
-            times.append(time.perf_counter() - t0)
-    return min(times)
+        return min(timed(step, repeats, str(device)))
 
 
 def main(argv=None):
