@@ -8,8 +8,9 @@
 
 Every setting is ``METHOD[:HEADS[:BLOCKS]]`` (``chains_lite.methods.segmentation.Setting``); the default
 runs every row of the paper's supp. Table 7. Also available: ``tokenrank_in`` and ``tokenrank_out`` (the
-steady states of the incoming and outgoing chains, n -> infinity) and ``output_space`` (ConceptAttention's
-attention-output-space map with the caption's word as the concept). Maps come from ``chains_lite.methods.segmentation.word_maps``:
+steady states of the incoming and outgoing chains, n -> infinity), ``concept_attention``
+(ConceptAttention: a concept token per word, with its own stream through the double-stream blocks) and
+``output_space`` (the same attention-output-space map with the caption's own word as the concept). Maps come from ``chains_lite.methods.segmentation.word_maps``:
 encode the image, noise to ``t`` (0.5), ``--steps`` (2) denoising steps with the caption, joint
 attention averaged over the last 10 blocks of the kind (fewer if the model has fewer) and the
 steps, heads mixed (λ2 or uniform), bounces from the word's token; scored as
@@ -114,7 +115,7 @@ def main(argv=None):
     ap = cli.parser(__doc__)
     ap.add_argument("--methods", default=DEFAULT_SETTINGS,
                     help="comma list of METHOD[:HEADS[:BLOCKS]] (default: supp. Table 7's rows; also "
-                         "tokenrank_in, tokenrank_out, output_space)")
+                         "tokenrank_in, tokenrank_out, concept_attention, output_space)")
     ap.add_argument("--n-images", type=int, default=None, help="default: 500 (lite), all (full)")
     ap.add_argument("--t", type=float, default=0.5, help="normalised noise level")
     ap.add_argument("--steps", type=int, default=2, help="denoising steps recorded from t")
