@@ -76,11 +76,15 @@ def history(shipped: dict | None, keys) -> list:
     validation numbers under ``keys``), the last :data:`HISTORY` of them."""
     if shipped is None:
         return []
-    training = shipped.get("training", {})
-    entry = {"date": shipped.get("date", "?"), "total_steps": training.get("total_steps", training.get("steps")),
-             "wall_time_s": shipped.get("wall_time_s", 0.0),
-             "validation": {k: shipped["validation"][k] for k in keys if k in shipped["validation"]}}
-    return [*shipped.get("history", []), entry][-HISTORY:]
+    return [*shipped.get("history", []), _history_entry(shipped, keys)][-HISTORY:]
+
+
+def _history_entry(card: dict, keys) -> dict:
+    """One row of a card's history: its date, total steps, wall time and validation numbers under ``keys``."""
+    training = card.get("training", {})
+    return {"date": card.get("date", "?"), "total_steps": training.get("total_steps", training.get("steps")),
+            "wall_time_s": card.get("wall_time_s", 0.0),
+            "validation": {k: card["validation"][k] for k in keys if k in card["validation"]}}
 
 
 def render_card(card: dict) -> str:
@@ -99,8 +103,7 @@ def render_card(card: dict) -> str:
         lines += ["", "## History", "", "The checkpoints this one replaced, oldest first, and this one:", ""]
         keys = list(dict.fromkeys(k for h in card["history"] for k in h["validation"]))
         lines += ["| date | steps | wall time | " + " | ".join(keys) + " |", "|---" * (3 + len(keys)) + "|"]
-        now = {"date": card["date"], "total_steps": card["training"].get("total_steps", card["training"]["steps"]),
-               "wall_time_s": card["wall_time_s"], "validation": card["validation"]}
+        now = _history_entry(card, keys)
         for h in [*card["history"], now]:
             lines.append(f"| {h['date']}{' (this)' if h is now else ''} | {h['total_steps']} | "
                          f"{h['wall_time_s']:.0f} s | " + " | ".join(str(h["validation"].get(k, "")) for k in keys) + " |")

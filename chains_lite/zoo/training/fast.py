@@ -4,8 +4,9 @@
   products and convolutions in bfloat16 (on a CPU with AMX or AVX-512 BF16, and on a GPU, several
   times faster than float32), weights, gradients and the optimiser in float32.
 * On the CPU, scaled-dot-product attention is left in float32 (:func:`float32_attention`): torch's
-  CPU flash-attention backward in bfloat16 is slower than in float32 (shapes-unet: the attention
-  took 3x the time of the float32 kernel, ``benchmarks/bench_training.py``).
+  CPU flash-attention backward in bfloat16 is slower than in float32 (in a profile of shapes-unet's
+  step it took 3x the time of the float32 kernel; the ``bf16 attn bf16`` column of
+  ``benchmarks/bench_training.py`` gives what it costs a whole step).
 * ``compile=True``: the model's ``forward`` goes through ``torch.compile`` for the loop (fused
   element-wise work; on a GPU ``mode="reduce-overhead"`` also replays the step's kernels as a CUDA
   graph, which is what a tiny model needs there, as it is launch-bound).
