@@ -61,3 +61,20 @@ def test_gmres_solves_easy_systems_first():
     x, _ = gmres(operator, b, rtol=1e-12, restart=5)
     torch.testing.assert_close(x[0], b[0])
     assert [1] in seen  # the identity system left after its first cycle
+
+
+def test_extend_takes_row_vectors_with_or_without_their_middle_axis():
+    """extend(V, H, j, w) gives the same step for w (B, n) and w (B, 1, n)."""
+    from chains_lite.core.krylov import extend
+    g = torch.Generator().manual_seed(0)
+    V = torch.zeros(3, 5, 40)
+    V[:, 0] = torch.nn.functional.normalize(torch.randn(3, 40, generator=g), dim=-1)
+    w = torch.randn(3, 40, generator=g)
+    out = []
+    for shape in ((3, 40), (3, 1, 40)):
+        V_, H_ = V.clone(), torch.zeros(3, 5, 4)
+        extend(V_, H_, 0, w.reshape(shape))
+        out.append((V_, H_))
+    torch.testing.assert_close(out[0][0], out[1][0], rtol=0, atol=0)
+    torch.testing.assert_close(out[0][1], out[1][1], rtol=0, atol=0)
+    assert abs(float(out[0][0][:, 1].norm(dim=-1).mean()) - 1) < 1e-6

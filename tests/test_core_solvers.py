@@ -182,3 +182,30 @@ def test_a_converged_chain_stops_changing(monkeypatch):
     monkeypatch.setattr(solvers, "next_read", lambda step, predicted: step + solvers.SYNC_MAX)
     both = cl.tokenrank(torch.cat([fast, slow]), alpha=0.99, method="power")
     torch.testing.assert_close(both[0], alone[0], atol=1e-13, rtol=0)
+
+
+def test_top_ritz_residuals_match_eig(monkeypatch):
+    """lambda2's check takes the top Ritz pair's residual from eigvals and one inverse-iteration
+    solve: it equals |h_{k+1,k} s_k| for the unit eigenvector s of numpy's eig, and so does the
+    eig fallback used when the shifted matrix is singular."""
+    from chains_lite.core import solvers
+    from chains_lite.core.krylov import arnoldi
+    A = attention_like(6, 150, seed=3).double()
+    P = A / A.sum(-1, keepdim=True)
+    v = torch.randn(6, 150, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    _, H = arnoldi(lambda x: (x.unsqueeze(-2) @ P).squeeze(-2), v - v.mean(-1, keepdim=True), 8)
+    H = H.numpy()
+    k = H.shape[-1]
+    values, S = np.linalg.eig(H[:, :k, :k])
+    i = np.abs(values).argmax(-1)
+    expected = np.abs(H[:, k, k - 1]) * np.abs(S[np.arange(6), k - 1, i])
+    top, residual, dist = solvers._top_ritz(H)
+    np.testing.assert_allclose(top, np.abs(values).max(-1), rtol=1e-12)
+    assert expected.min() > 1e-6  # not yet converged: the residuals are well above rounding
+    np.testing.assert_allclose(residual, expected, rtol=1e-6)
+    np.testing.assert_allclose(dist, np.abs(values - 1).min(-1), rtol=1e-12)
+
+    def singular(*args):
+        raise np.linalg.LinAlgError("Singular matrix")
+    monkeypatch.setattr(solvers, "_last_component", singular)
+    np.testing.assert_allclose(solvers._top_ritz(H)[1], expected, rtol=1e-10)

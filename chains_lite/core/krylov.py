@@ -51,22 +51,26 @@ def arnoldi(matvec: Matvec, v0: torch.Tensor, m: int,
 
 
 def extend(V: torch.Tensor, H: torch.Tensor, j: int, w: torch.Tensor) -> None:
-    """Arnoldi step ``j`` in place: orthonormalise ``w = V[:, j] M`` ``(B, n)`` against ``V[:, :j+1]``.
+    """Arnoldi step ``j`` in place: orthonormalise ``w = V[:, j] M`` ``(B, n)`` or ``(B, 1, n)``
+    against ``V[:, :j+1]``.
 
     Writes column ``j`` of ``H`` ``(B, m+1, m)`` and the new direction ``V[:, j+1]`` of ``V``
     ``(B, m+1, n)``. Classical Gram-Schmidt done twice (stable, and batched as matrix products);
-    a direction that vanishes (the space is exhausted) stays zero.
+    a direction that vanishes (the space is exhausted) stays zero. Every operation is batched
+    and few, as at small ``n`` a step's cost is the number of operations, not their size.
     """
     basis = V[:, : j + 1]
-    w = w.unsqueeze(-2)  # (B, 1, n)
+    w = w.reshape(w.shape[0], 1, w.shape[-1])  # (B, 1, n)
     h = torch.bmm(w, basis.mT)  # (B, 1, j+1)
     w = torch.baddbmm(w, h, basis, alpha=-1)
     again = torch.bmm(w, basis.mT)
-    w = torch.baddbmm(w, again, basis, alpha=-1).squeeze(-2)
-    H[:, : j + 1, j] = (h + again).squeeze(-2)
-    norm = w.norm(dim=-1)
-    H[:, j + 1, j] = norm
-    V[:, j + 1] = torch.where((norm > 1e-30)[:, None], w / norm.clamp_min(1e-30)[:, None], 0.0)
+    w = torch.baddbmm(w, again, basis, alpha=-1)
+    norm = torch.linalg.vector_norm(w, dim=-1, keepdim=True)  # (B, 1, 1)
+    column = H.mT[:, j : j + 1]  # (B, 1, m+1): column j of H, as a row
+    column[..., : j + 1] = h + again
+    column[..., j + 1 : j + 2] = norm
+    # a vanishing direction (norm 0) divides to zeros
+    torch.div(w, norm.clamp_min(1e-30), out=V[:, j + 1 : j + 2])
 
 
 def _least_squares(H: torch.Tensor, beta: torch.Tensor):

@@ -474,8 +474,9 @@ def _arnoldi(A, direction, tol, max_iter, krylov_dim, rows=None):
 
     One batched Arnoldi process; a chain whose top Ritz pair has converged leaves the batch at
     the check that finds it, so fast-mixing heads stop bouncing after a dozen steps while slow
-    ones go on. A check copies the small projected matrices ``H`` to the host (its one read) and
-    takes their ``eig`` there; checks come ``_check_every`` steps apart.
+    ones go on. A check copies the small projected matrices ``H`` to the host (its one read)
+    and takes their Ritz values there (``_top_ritz``); checks come ``_check_every`` steps
+    apart.
 
     The distance to 1 is 0 when the eigenvalue 1 is repeated (a reducible chain with several
     closed classes). ``rows``: the row sums ``(B, n)`` of ``A`` if known."""
@@ -502,18 +503,18 @@ def _arnoldi(A, direction, tol, max_iter, krylov_dim, rows=None):
         V[:, 0] = v / v.norm(dim=-1, keepdim=True).clamp_min(1e-30)
         k, check = 0, _FIRST_CHECK
         while k < m and spent + k < max_iter:
-            y = step(V[:, k].unsqueeze(-2)).squeeze(-2)
+            y = step(V[:, k : k + 1])
             extend(V, H, k, y - y.mean(-1, keepdim=True))  # re-projected: rounding leaks into e
             k += 1
             if k < min(check, m, max_iter - spent):
                 continue
+            check = k + _check_every(k, n)
             Hk = H[:, : k + 1, :k].cpu().numpy().astype(np.float64)  # the check's one read
             if not np.isfinite(Hk).all():  # a lazy chain's overflowing products
                 raise not_finite("lambda2")
-            top, theta, S, residual, dist = _top_ritz(Hk)
+            top, residual, dist = _top_ritz(Hk)
             # k = n - 1 steps span the whole zero-sum space: the Ritz values are exact
             done = (residual <= tol) | (k == n - 1)
-            check = k + _check_every(k, n)
             if not done.any():
                 continue
             ids = np.asarray(todo)
@@ -524,7 +525,7 @@ def _arnoldi(A, direction, tol, max_iter, krylov_dim, rows=None):
             todo = ids[keep].tolist()
             sel = index(np.flatnonzero(keep).tolist(), device)
             A, rows, V, H = A[sel], rows[sel], V[sel], H[sel]
-            top, theta, S, dist = top[keep], theta[keep], S[keep], dist[keep]
+            top, dist, Hk = top[keep], dist[keep], Hk[keep]
             step = stepper(A, direction, rows=rows, dangling=dangling)
         spent += k
         if spent >= max_iter:
@@ -532,7 +533,7 @@ def _arnoldi(A, direction, tol, max_iter, krylov_dim, rows=None):
                           "increase max_iter or krylov_dim", RuntimeWarning, stacklevel=4)
             lam[todo], near[todo] = top, dist
             return lam, near
-        v = _restart_vector(theta, S, V[:, : k + 1])
+        v = _restart_vector(Hk, V[:, : k + 1])
 
 
 _FIRST_CHECK = 8  # Arnoldi steps before lambda2's first convergence check
@@ -554,33 +555,56 @@ def _check_every(k: int, n: int) -> int:
 _CHECK_SHARE = 4  # checks at least every k / _CHECK_SHARE Arnoldi steps
 
 
-def _restart_vector(theta: np.ndarray, S: np.ndarray, V: torch.Tensor, keep: int = 4) -> torch.Tensor:
+def _restart_vector(H: np.ndarray, V: torch.Tensor, keep: int = 4) -> torch.Tensor:
     """A restart vector ``(B, n)`` holding the ``keep`` largest Ritz directions.
 
-    ``theta`` ``(B, k)`` and ``S`` ``(B, k, k)``: the Ritz values and vectors of the last check
-    (host), ``V`` ``(B, k+1, n)`` the Arnoldi basis. Restarting from the top Ritz vector alone
-    can lock onto a wrong eigenvalue when the top Ritz value is not yet the true lambda_2; the
-    real + imaginary parts of the leading few keep their planes (complex pairs included) in the
-    next Krylov space.
+    ``H`` ``(B, k+1, k)``: the projected matrices of the last check (host), ``V`` ``(B, k+1, n)``
+    the Arnoldi basis. Restarting from the top Ritz vector alone can lock onto a wrong
+    eigenvalue when the top Ritz value is not yet the true lambda_2; the real + imaginary parts
+    of the leading few keep their planes (complex pairs included) in the next Krylov space.
     """
-    k = S.shape[-1]
+    k = H.shape[-1]
+    theta, S = np.linalg.eig(H[:, :k, :k])
     top = np.argsort(-np.abs(theta), axis=-1, kind="stable")[:, : min(keep, k)]  # (B, keep)
     S = np.take_along_axis(S, top[:, None, :], axis=-1)  # (B, k, keep), unit columns
     y = torch.from_numpy((S.real + S.imag).sum(-1)).to(device=V.device, dtype=V.dtype)  # (B, k)
     return (y.unsqueeze(-2) @ V[:, :k]).squeeze(-2)
 
 
+_START = np.random.default_rng(0).standard_normal(1024)  # inverse iteration's start
+
+
+def _last_component(Hk: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """``|s_k|`` ``(B,)`` for the unit vector ``s`` from one step of inverse iteration on
+    ``Hk`` ``(B, k, k)`` with ``shift`` ``(B,)`` (complex), an eigenvalue of ``Hk``: its
+    eigenvector.
+
+    The shift is moved a relative ``1e-10`` off, so that an eigenvalue computed to rounding
+    does not make the solve singular; one that still is raises ``LinAlgError``."""
+    k = Hk.shape[-1]
+    shift = shift * (1 + 1e-10) + 1e-30
+    s = np.linalg.solve(Hk - shift[:, None, None] * np.eye(k), np.resize(_START, (k, 1)))[..., 0]
+    return np.abs(s[:, -1]) / np.linalg.norm(s, axis=-1)
+
+
 def _top_ritz(H: np.ndarray):
-    """``(top, theta, S, residual, dist)`` on the host for ``H`` ``(B, k+1, k)`` float64 from
-    Arnoldi: the largest Ritz value modulus ``(B,)``, the Ritz values ``(B, k)`` and unit
-    vectors ``(B, k, k)``, the residual ``(B,)`` of the top Ritz pair and the distance ``(B,)``
-    from 1 to the nearest Ritz value.
+    """``(top, residual, dist)`` on the host for ``H`` ``(B, k+1, k)`` float64 from Arnoldi:
+    the largest Ritz value modulus ``(B,)``, the residual ``(B,)`` of its Ritz pair and the
+    distance ``(B,)`` from 1 to the nearest Ritz value.
 
     The residual of the Ritz pair ``(theta, V_k^T s)`` is ``|h_{k+1,k}| |s_k|`` for a unit
-    eigenvector ``s`` of the square part of ``H``.
+    eigenvector ``s`` of the square part ``H_k`` of ``H``. Only the Ritz values come from
+    ``eigvals``; ``s`` comes from one step of inverse iteration (``_last_component``: the
+    vectors of a full ``eig`` cost as much again as its values).
     """
-    k = H.shape[-1]
-    theta, S = np.linalg.eig(H[:, :k, :k])
-    i = np.abs(theta).argmax(-1)
-    residual = np.abs(H[:, k, k - 1]) * np.abs(S[np.arange(len(S)), k - 1, i])
-    return np.abs(theta).max(-1), theta, S, residual, np.abs(theta - 1).min(-1)
+    B, k = H.shape[0], H.shape[-1]
+    Hk = H[:, :k, :k]
+    values = np.linalg.eigvals(Hk)  # (B, k)
+    theta = values[np.arange(B), np.abs(values).argmax(-1)]
+    try:
+        last = _last_component(Hk, theta)
+    except np.linalg.LinAlgError:  # an exactly singular shifted H_k: the vectors of eig
+        values, S = np.linalg.eig(Hk)
+        last = np.abs(S[np.arange(B), k - 1, np.abs(values).argmax(-1)])
+    residual = np.abs(H[:, k, k - 1]) * last
+    return np.abs(theta), residual, np.abs(values - 1).min(-1)
