@@ -4,13 +4,14 @@
                                         [--repeats 5] [--device cpu|cuda]
 
 A step is what the training loop (``chains_lite.zoo.training.train``) does per step: a batch drawn
-from the objective's precomputed pool, forward and loss, backward, gradient clipping, AdamW.
-Variants:
+from the objective's precomputed pool, forward and loss, backward, gradient clipping, AdamW (fused,
+``training.fast.optimizer``). Variants:
 
 * ``fp32``: everything in float32 (the loop's default);
-* ``bf16 attn bf16``: bf16 autocast around forward and loss, attention included;
+* ``bf16 attn bf16``: bf16 autocast around forward and loss, attention by torch's
+  scaled-dot-product kernel in bf16;
 * ``bf16``: the loop's ``--precision bf16`` (``training.fast.precision_context``: on the CPU the
-  attention stays float32);
+  attention as plain matrix products, bf16 around a float32 softmax);
 * ``bf16 + compile``: the same with the model's forward compiled (``--compile``);
 * ``fp32 + compile``.
 
@@ -23,16 +24,17 @@ Measured on the 2-core CPU (AMX-BF16), torch 2.14.1, 2 threads, batch 64, no oth
 ==============  ===============  ===============  ===============  ===============  ===============
 model           fp32             bf16 attn bf16   bf16             bf16 + compile   fp32 + compile
 ==============  ===============  ===============  ===============  ===============  ===============
-shapes-unet     0.640 (1.00x)    0.476 (1.35x)    0.406 (1.57x)    0.385 (1.66x)    0.699 (0.92x)
-shapes-flux     0.938 (1.00x)    0.845 (1.11x)    0.729 (1.29x)    0.502 (1.87x)    0.854 (1.10x)
-shapes-vit      0.205 (1.00x)    0.247 (0.83x)    0.135 (1.51x)    0.122 (1.68x)    0.190 (1.08x)
-shapes-vit-ssl  0.422 (1.00x)    0.493 (0.86x)    0.289 (1.46x)    0.252 (1.67x)    0.415 (1.02x)
+shapes-unet     0.657 (1.00x)    0.461 (1.42x)    0.394 (1.67x)    0.336 (1.95x)    0.680 (0.97x)
+shapes-flux     0.927 (1.00x)    0.847 (1.09x)    0.749 (1.24x)    0.488 (1.90x)    0.870 (1.07x)
+shapes-vit      0.196 (1.00x)    0.229 (0.86x)    0.115 (1.70x)    0.103 (1.91x)    0.192 (1.02x)
+shapes-vit-ssl  0.424 (1.00x)    0.499 (0.85x)    0.251 (1.69x)    0.222 (1.91x)    0.393 (1.08x)
 ==============  ===============  ===============  ===============  ===============  ===============
 
-In bf16 the convolutions and matrix products of shapes-unet run on AMX; its attention in bf16 took
-longer than in float32 (the ``bf16 attn bf16`` column, and the ViTs' slowdown there).
-channels_last weights and inputs made the bf16 shapes-unet step slower in a profiling run, so the
-loop does not use them.
+In bf16 the convolutions and matrix products run on AMX; torch's attention kernel in bf16 took
+longer than in float32 (the ``bf16 attn bf16`` column, and the ViTs' slowdown there), while the
+same attention as plain matrix products gains with the rest. channels_last weights and inputs
+made the bf16 shapes-unet step slower in a profiling run, so the loop does not use them; nor did
+compiling the whole loss (model, noise and loss) beat compiling the model's forward.
 
 The shipped cards of shapes-unet and shapes-flux give 1.7 s and 5.7 s per step: their wall time
 divided by their steps (1159 s / 700 and 13579 s / 2400), on the machine as it was loaded then.
@@ -47,9 +49,9 @@ from pathlib import Path
 import torch
 
 from chains_lite.zoo.models import build
-from chains_lite.zoo.training.fast import compiled_forward, precision_context
+from chains_lite.zoo.training.fast import compiled_forward, optimizer, precision_context
 from chains_lite.zoo.training.objectives import TRAINING
-from chains_lite.zoo.training.train import CLIP_NORM
+from chains_lite.zoo.training.train import CLIP_NORM, WEIGHT_DECAY
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_core import timed  # noqa: E402  (benchmarks/ is not a package)
@@ -71,7 +73,7 @@ def step_time(name: str, variant: str, batch: int, repeats: int, device: torch.d
                                  config={}, init=False)
     torch.manual_seed(0)
     model, loss_fn, _ = plan.objective(args, device, lambda: build(name).to(device).train())
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = optimizer(model.parameters(), lr=1e-4, weight_decay=WEIGHT_DECAY)
     gen = torch.Generator().manual_seed(0)
     dgen = gen if device.type == "cpu" else torch.Generator(device).manual_seed(1)
 

@@ -64,7 +64,9 @@ def test_segmentation_records_do_not_depend_on_the_batch_and_merge_to_the_scores
                                  size=32, seed=seeds[2:], **kw)
     key = "outgoing_2:uniform"
     assert alone[0][key]["correct"] == together[2][key]["correct"]
-    assert alone[0][key]["ap"] == pytest.approx(together[2][key]["ap"], abs=1e-6)
+    # equal up to float32 rounding: the products of a batch of 3 and of 1 round differently
+    # (1.5e-6 apart on one thread)
+    assert alone[0][key]["ap"] == pytest.approx(together[2][key]["ap"], abs=1e-5)
     maps = word_maps(loaded, batch.images, batch.captions, words, seed=seeds, **kw)[key]
     assert merge_records(together)[key] == binary_segmentation(maps, masks, size=32)
     # the seed matters: other noise, other maps

@@ -1,35 +1,51 @@
-"""The fast training step: bf16 autocast with float32 attention on the CPU, a compiled forward
-that leaves the module as it was, and ``--gpu-budget`` tried on the CPU."""
+"""The fast training step: bf16 autocast with attention as plain products on the CPU, a compiled
+forward that leaves the module as it was, and ``--gpu-budget`` tried on the CPU."""
 import json
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from chains_lite.zoo.training.fast import compiled_forward, float32_attention, precision_context
+from chains_lite.zoo.training.fast import compiled_forward, matmul_attention, precision_context
 
 
-def test_float32_attention_computes_in_float32_under_autocast_and_restores_the_function():
+@pytest.mark.parametrize("kwargs", [{}, {"is_causal": True}, {"scale": 0.3}, {"mask": "bool"},
+                                    {"mask": "float"}])
+def test_matmul_attention_equals_sdpa_and_restores_the_function(kwargs):
+    """In float32, the plain-products attention equals torch's kernel (causal, scale, boolean
+    and additive masks); under bf16 autocast it computes in bf16, near the float32 result."""
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 3, 16, 8, generator=g) for _ in range(3))
+    kwargs = dict(kwargs)
+    mask = kwargs.pop("mask", None)
+    if mask == "bool":
+        kwargs["attn_mask"] = torch.rand(16, 16, generator=g) > 0.3
+        kwargs["attn_mask"][:, 0] = True  # no row fully masked
+    elif mask == "float":
+        kwargs["attn_mask"] = torch.randn(2, 1, 16, 16, generator=g)
     original = F.scaled_dot_product_attention
-    reference = original(q, k, v)  # float32, no autocast
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        plain = F.scaled_dot_product_attention(q, k, v)
-        with float32_attention():
-            assert F.scaled_dot_product_attention is not original
-            kept = F.scaled_dot_product_attention(q.bfloat16(), k.bfloat16(), value=v.bfloat16())
+    reference = original(q, k, v, **kwargs)
+    with matmul_attention():
+        assert F.scaled_dot_product_attention is not original
+        ours = F.scaled_dot_product_attention(q, k, value=v, **kwargs)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = F.scaled_dot_product_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), **kwargs)
     assert F.scaled_dot_product_attention is original
-    assert plain.dtype == torch.bfloat16 and kept.dtype == torch.float32
-    # the inputs were rounded to bf16, the softmax and products were not: closer than bf16 attention
-    err_kept, err_plain = (reference - kept).abs().max(), (reference - plain.float()).abs().max()
-    assert err_kept < 0.02 and err_kept < err_plain
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+    assert low.dtype == torch.bfloat16 and (low.float() - reference).abs().max() < 0.05
 
 
-def test_float32_attention_restores_the_function_after_an_error():
+def test_matmul_attention_leaves_dropout_to_torch_and_restores_after_an_error():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 8, 4, generator=g) for _ in range(3))
     original = F.scaled_dot_product_attention
+    with matmul_attention():
+        torch.manual_seed(0)
+        ours = F.scaled_dot_product_attention(q, k, v, dropout_p=0.5)
+    torch.manual_seed(0)
+    torch.testing.assert_close(ours, original(q, k, v, dropout_p=0.5))
     with pytest.raises(RuntimeError):
-        with float32_attention():
+        with matmul_attention():
             raise RuntimeError("boom")
     assert F.scaled_dot_product_attention is original
 
