@@ -115,20 +115,25 @@ def test_processors_restored_after_an_exception(flux):
     assert last_blocks(model, 10) == [0, 1] and last_blocks(model, 1, "single") == [1]
 
 
+def _joint_chain(seed, n_text, grid, power):
+    """A random row-stochastic joint chain ``(n, n)`` over ``n_text`` text tokens and a patch
+    ``grid`` (entries ``u ** power``, u uniform), with its layout."""
+    from chains_lite.core.layout import TokenLayout
+    n = n_text + grid[0] * grid[1]
+    A = np.random.default_rng(seed).random((n, n)) ** power
+    return A / A.sum(1, keepdims=True), TokenLayout(None, (), grid, n_text)
+
+
 def test_word_map_methods_are_the_hand_computed_bounces():
-    g = np.random.default_rng(0)
     n_text, grid = 3, (2, 2)
-    n = n_text + 4
-    A = g.random((n, n)) ** 3
-    A /= A.sum(1, keepdims=True)
+    A, layout = _joint_chain(0, n_text, grid, 3)
+    n = len(A)
     j = 1
     A_l = A / A.sum(0, keepdims=True)            # column-normalised: A_l v is the outgoing bounce
     e = np.eye(n)[j]
     want = {"row_select": e @ A, "column_select": A_l @ e, "incoming_2": e @ A @ A,
             "incoming_3": e @ A @ A @ A, "outgoing_2": A_l @ (A_l @ e),
             "outgoing_3": A_l @ (A_l @ (A_l @ e))}
-    from chains_lite.core.layout import TokenLayout
-    layout = TokenLayout(None, (), grid, n_text)
     for method in BOUNCE_METHODS:
         w = want[method] / want[method].sum()
         got = word_map(torch.tensor(A), layout, torch.tensor(e), method)
@@ -168,13 +173,9 @@ def _steady(P):
 
 def test_steady_state_maps_are_numpys_stationary_distributions_whatever_the_start():
     from chains_lite.core.chain import DEFAULT_ALPHA
-    from chains_lite.core.layout import TokenLayout
-    g = np.random.default_rng(3)
     n_text, grid = 3, (2, 3)
-    n = n_text + 6
-    A = g.random((n, n)) ** 2
-    A /= A.sum(1, keepdims=True)
-    layout = TokenLayout(None, (), grid, n_text)
+    A, layout = _joint_chain(3, n_text, grid, 2)
+    n = len(A)
     tele = lambda P: DEFAULT_ALPHA * P + (1 - DEFAULT_ALPHA) / n  # noqa: E731
     A_l = A / A.sum(0, keepdims=True)
     for method, P in (("tokenrank_in", A), ("tokenrank_out", A_l.T)):
