@@ -174,3 +174,35 @@ def test_overlay_blends_the_upsampled_map_over_its_image():
     plt.close(fig)
     with pytest.raises(ValueError, match="images"):
         viz.plot_maps(torch.rand(2, 3, 4, 4), ["a", "b"], ["x", "y", "z"], alpha=0.5)
+
+
+def test_overlay_nearest_keeps_each_patch_one_block():
+    """interpolation="nearest": each patch of the min-max scaled map covers its block of pixels,
+    by hand; a constant map carries no shape (all 0)."""
+    from chains_lite.viz.plots import overlay
+    img = torch.zeros(3, 4, 4)
+    m = torch.tensor([[1.0, 3.0], [5.0, 9.0]])
+    got = overlay(img, m, alpha=1.0, cmap="gray", interpolation="nearest")[..., 0]
+    want = torch.tensor([[0.0, 0.25], [0.5, 1.0]]).repeat_interleave(2, 0).repeat_interleave(2, 1)
+    np.testing.assert_allclose(got, want.numpy(), atol=1 / 255)  # a colour map has 256 levels
+    flat = overlay(img, torch.full((2, 2), 2.0), alpha=1.0, cmap="gray", interpolation="nearest")
+    assert np.all(flat == 0)
+    with pytest.raises(ValueError, match="unknown interpolation"):
+        overlay(img, m, interpolation="cubic")
+
+
+def test_plot_maps_draws_masks_as_regions_over_the_image():
+    import matplotlib.pyplot as plt
+    maps, images = torch.rand(2, 3, 4, 4), torch.rand(2, 3, 16, 16)
+    fig = viz.plot_maps(maps, ["a", "b"], ["x", "y", "mask"], images=images, alpha=0.6,
+                        binary=[2], image_label="gen")
+    axes = fig.axes
+    assert len(axes) == 2 * 4 and axes[0].get_title() == "gen"
+    # the image column and the overlays hold one image each; a mask panel the image and the mask
+    assert [len(ax.images) for ax in axes[:4]] == [1, 1, 1, 2]
+    assert len(axes[3].collections) > 0          # the mask's contour
+    plt.close(fig)
+    with pytest.raises(ValueError, match="images"):
+        viz.plot_maps(maps, ["a", "b"], ["x", "y", "mask"], binary=[2])
+    with pytest.raises(ValueError, match="one image"):
+        viz.plot_maps(maps, ["a", "b"], ["x", "y", "z"], images=images[:1], alpha=0.5)

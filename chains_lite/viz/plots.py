@@ -231,11 +231,27 @@ def plot_matrix(A, ax=None, title: str = "attention matrix A", annotate: bool | 
     return ax
 
 
-def overlay(image, m, alpha: float = 0.6, cmap: str = "inferno") -> np.ndarray:
+INTERPOLATIONS = ("bilinear", "nearest")
+
+
+def _scaled_up(m: torch.Tensor, size, interpolation: str) -> torch.Tensor:
+    """A map ``(h, w)`` min-max scaled to [0, 1] (a constant map becomes 0) and resized to
+    ``size`` ``(H, W)``: ``"bilinear"`` smooths, ``"nearest"`` keeps each patch one block."""
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"unknown interpolation {interpolation!r}; choose from {INTERPOLATIONS}")
+    m = (m - m.min()) / (m.max() - m.min()).clamp_min(1e-12)
+    extra = {"align_corners": False} if interpolation == "bilinear" else {}
+    return torch.nn.functional.interpolate(m[None, None], size=tuple(size), mode=interpolation,
+                                           **extra)[0, 0].clamp(0, 1)
+
+
+def overlay(image, m, alpha: float = 0.6, cmap: str = "inferno",
+            interpolation: str = "bilinear") -> np.ndarray:
     """A map drawn over its image: ``(H, W, 3)`` RGB in [0, 1].
 
     image: ``(3, H, W)`` in [0, 1]; m: ``(h, w)`` map over the image's patch grid, min-max scaled,
-    upsampled bilinearly to ``(H, W)`` and coloured with ``cmap``. Each pixel is
+    resized to ``(H, W)`` (``interpolation``: ``"bilinear"`` or ``"nearest"``, which keeps each
+    patch one block of pixels) and coloured with ``cmap``. Each pixel is
     ``(1 - alpha) * image + alpha * colour``: ``alpha = 0`` gives the image, ``1`` the map alone.
     """
     img = torch.as_tensor(image).detach().float().cpu()
@@ -244,44 +260,52 @@ def overlay(image, m, alpha: float = 0.6, cmap: str = "inferno") -> np.ndarray:
         raise ValueError(f"need an image (3, H, W) and a map (h, w), got {tuple(img.shape)} and {tuple(m.shape)}")
     if not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    m = (m - m.min()) / (m.max() - m.min()).clamp_min(1e-12)
-    up = torch.nn.functional.interpolate(m[None, None], size=img.shape[1:], mode="bilinear",
-                                         align_corners=False)[0, 0].clamp(0, 1)
-    colour = plt.get_cmap(cmap)(up.numpy())[..., :3]
+    colour = plt.get_cmap(cmap)(_scaled_up(m, img.shape[1:], interpolation).numpy())[..., :3]
     return (1 - alpha) * img.permute(1, 2, 0).clamp(0, 1).numpy() + alpha * colour
 
 
 def plot_maps(maps, row_labels: Sequence[str], col_labels: Sequence[str], images=None,
-              title: str = "", cmap: str = "inferno", cell: float = 1.6, alpha: float | None = None):
+              title: str = "", cmap: str = "inferno", cell: float = 1.6, alpha: float | None = None,
+              interpolation: str = "bilinear", binary: Sequence[int] = (), image_label: str = "input"):
     """A grid of 2-D maps, each min-max scaled on its own (only the shape of a map matters).
 
     maps: ``(R, C, h, w)``; row_labels: R names, col_labels: C names. images: optional
-    ``(R, 3, H, W)`` in [0, 1] shown in an extra first column (the input of each row). alpha
-    (needs ``images``): each map is drawn over its row's image with this opacity
-    (:func:`overlay`); None draws the maps alone. Returns the figure.
+    ``(R, 3, H, W)`` in [0, 1] shown in an extra first column (the input of each row), titled
+    ``image_label``. alpha (needs ``images``): each map is drawn over its row's image with this
+    opacity (:func:`overlay`, resized by ``interpolation``); None draws the maps alone.
+    ``binary`` (needs ``images``): indices of columns holding masks (0/1), drawn over the image
+    as a tinted region with a contour. Returns the figure.
     """
     M = torch.as_tensor(maps).detach().float().cpu()
     if M.ndim != 4 or len(row_labels) != M.shape[0] or len(col_labels) != M.shape[1]:
         raise ValueError(f"need maps (R, C, h, w) with R row and C column labels, got "
                          f"{tuple(M.shape)}, {len(row_labels)} and {len(col_labels)}")
-    if alpha is not None and images is None:
-        raise ValueError("alpha draws each map over its image: pass images (R, 3, H, W)")
+    if (alpha is not None or binary) and images is None:
+        raise ValueError("alpha and binary draw maps over their image: pass images (R, 3, H, W)")
     R, C = M.shape[:2]
     extra = images is not None
-    if extra and len(images) != R:
-        raise ValueError(f"need one image per row ({R}), got {len(images)}")
+    if extra:
+        X = torch.as_tensor(images).detach().float().cpu()
+        if X.ndim != 4 or X.shape[1] != 3 or len(X) != R:
+            raise ValueError(f"need one image (3, H, W) per row ({R}), got {tuple(X.shape)}")
     fig, axes = plt.subplots(R, C + extra, figsize=(cell * (C + extra), cell * R + 0.5), squeeze=False)
     for r in range(R):
         if extra:
-            axes[r, 0].imshow(torch.as_tensor(images[r]).permute(1, 2, 0).cpu().clamp(0, 1).numpy())
+            img = X[r].permute(1, 2, 0).clamp(0, 1).numpy()
+            axes[r, 0].imshow(img)
         for c in range(C):
-            m = M[r, c]
-            if alpha is None:
+            ax, m = axes[r, c + extra], M[r, c]
+            if c in binary:
+                mask = (_scaled_up(m, X.shape[-2:], "nearest") > 0.5).float().numpy()
+                ax.imshow(img)
+                ax.imshow(mask, cmap="Greens", alpha=0.45 * mask, vmin=0, vmax=1)
+                ax.contour(mask, levels=[0.5], colors="lime", linewidths=0.8)
+            elif alpha is None:
                 m = (m - m.min()) / (m.max() - m.min()).clamp_min(1e-12)
-                axes[r, c + extra].imshow(m.numpy(), cmap=cmap, vmin=0, vmax=1)
+                ax.imshow(m.numpy(), cmap=cmap, vmin=0, vmax=1)
             else:
-                axes[r, c + extra].imshow(overlay(images[r], m, alpha, cmap))
-    return label_grid(fig, axes, row_labels, (["input"] if extra else []) + list(col_labels), title)
+                ax.imshow(overlay(X[r], m, alpha, cmap, interpolation))
+    return label_grid(fig, axes, row_labels, ([image_label] if extra else []) + list(col_labels), title)
 
 
 def label_grid(fig, axes, row_labels: Sequence[str], col_labels: Sequence[str], title: str = ""):
