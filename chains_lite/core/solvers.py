@@ -542,14 +542,14 @@ _FIRST_CHECK = 8  # Arnoldi steps before lambda2's first convergence check
 def _check_every(k: int, n: int) -> int:
     """Arnoldi steps between lambda2's checks at step ``k`` for chains of ``n`` states.
 
-    A check (``eig`` of the ``k x k`` projected matrices, ~``k^3``, on the host) costs about
-    ``50 k^3 / n^2`` bounces (~``n^2``) on a CPU core: 1 ms at ``k = 48``, five bounces of a
-    1024-token head. Checks come about that many steps apart, so they cost at most about one
-    bounce each, but at least every ``max(4, k // 4)`` steps, and never closer than
-    ``SYNC_MIN`` (each is a host read). The schedule depends on ``k`` and ``n`` only: a chain
+    A check (``eigvals`` of the ``k x k`` projected matrices, ~``k^3``, and one solve, on the
+    host) costs about ``10 k^3 / n^2`` bounces (~``n^2``) per chain on a CPU core: 0.2 ms at
+    ``k = 48``, one bounce of a 1024-token head. Checks come about that many steps apart, so
+    they cost at most about one bounce each, but at least every ``max(4, k // 4)`` steps, and
+    never closer than ``SYNC_MIN`` (each is a host read). The schedule depends on ``k`` and ``n`` only: a chain
     stops at the same step whatever batch it is in, so its answer does not depend on the batch.
     """
-    return max(SYNC_MIN, min(max(4, k // _CHECK_SHARE), round(50 * k ** 3 / n ** 2)))
+    return max(SYNC_MIN, min(max(4, k // _CHECK_SHARE), round(10 * k ** 3 / n ** 2)))
 
 
 _CHECK_SHARE = 4  # checks at least every k / _CHECK_SHARE Arnoldi steps
