@@ -38,10 +38,10 @@ lambda2 (|error| <= 1e-6; tolerance used, head-bounces or matvecs):
 =============  =====================  =====================  =====================  ============
 heads x n      ours                   ARPACK fp64            ARPACK fp32            ours vs best
 =============  =====================  =====================  =====================  ============
-12 x 197       0.012 (1e-5, 350)      0.012 (1e-5, 551)      not reached (1.5e-6)   0.95x
-12 x 1024      0.082 (1e-5, 296)      0.165 (1e-4, 408)      not reached (1.3e-6)   2.00x
-1 x 4096       0.060 (1e-4, 20)       0.215 (1e-2, 21)       0.067 (1e-2, 21)       1.13x
-1 x 4096 @4    0.072 (1e-3, 24)       0.214 (1e-2, 36)       0.154 (1e-4, 53)       2.14x
+12 x 197       0.014 (1e-5, 350)      0.012 (1e-5, 519)      0.011 (1e-6, 602)      0.78x
+12 x 1024      0.093 (1e-5, 296)      0.182 (1e-4, 440)      0.105 (1e-5, 470)      1.13x
+1 x 4096       0.062 (1e-4, 20)       0.193 (1e-2, 21)       0.068 (1e-2, 21)       1.09x
+1 x 4096 @4    0.075 (1e-3, 24)       0.320 (1e-3, 52)       0.189 (1e-5, 69)       2.52x
 =============  =====================  =====================  =====================  ============
 
 TokenRank (alpha = 0.99, L1 error <= 1e-6; ours at tol 1e-6 gave L1 error <= 2.4e-8 on every row):
@@ -49,24 +49,27 @@ TokenRank (alpha = 0.99, L1 error <= 1e-6; ours at tol 1e-6 gave L1 error <= 2.4
 =============  ======  ===================================  ============
 heads x n      ours    best peer                            ours vs best
 =============  ======  ===================================  ============
-12 x 197       0.006   dense fp64 0.008                     1.36x
-12 x 1024      0.152   ARPACK k=1 fp64 0.164 (282 matvecs)  1.08x
-1 x 4096       0.050   power fp32 0.054 (8 steps)           1.08x
-1 x 4096 @4    0.220   dense fp64 0.910                     4.14x
+12 x 197       0.004   dense fp64 0.004                     1.02x
+12 x 1024      0.145   ARPACK k=1 fp64 0.167 (282 matvecs)  1.15x
+1 x 4096       0.045   power fp32 0.056 (8 steps)           1.26x
+1 x 4096 @4    0.232   dense fp64 0.957                     4.13x
 =============  ======  ===================================  ============
 
-ARPACK starts from a random vector, so its tolerance and matvec count vary between runs (12 x 197:
-457 matvecs at tol 1e-4 in an earlier run, 551 at tol 1e-5 in this one; 1 x 4096 @4: 36 to 52).
+ARPACK starts from a random vector, so whether ARPACK fp32 reaches the target at all, and the
+tolerance and matvecs each peer needs, vary between runs. An earlier run of the same code the same
+day did not reach it in fp32 at 12 x 197 and 12 x 1024; there lambda2 came out 0.95x of ARPACK fp64
+at 12 x 197 (0.012 s each) and 2.00x at 12 x 1024.
 
 Where the targets stand (ours at least as fast as the best peer, at equal accuracy, at every size):
 
-* TokenRank holds at all four sizes.
-* lambda2 holds at 12 x 1024, 1 x 4096 and 1 x 4096 @4, and misses at 12 x 197 (0.95x, parity
-  within ARPACK's run-to-run spread). Ours does fewer bounces than ARPACK does matvecs (350
-  head-bounces against 457 to 551); what the row loses on is fixed cost: a batched step of 12
-  heads costs about 0.1 ms whatever its size (torch dispatch on 197 x 197 pieces), and the
-  convergence checks' host ``eigvals`` of the ``k x k`` projected matrices take about a third
-  of the call (a profile of ``cl.lambda2(A, tol=1e-5)`` on this row).
+* TokenRank holds at all four sizes. At 12 x 197 ``method="auto"`` takes the same float64 dense
+  solve as the dense peer, so its 1.02x is parity.
+* lambda2 holds at 12 x 1024, 1 x 4096 and 1 x 4096 @4, and misses at 12 x 197 (0.78x to
+  0.95x over two runs). Ours does fewer bounces than ARPACK does matvecs (350 head-bounces
+  against 519 to 602); what the row loses on is fixed cost: a batched step of 12 heads costs
+  about 0.1 ms whatever its size (torch dispatch on 197 x 197 pieces), and the convergence
+  checks' host ``eigvals`` of the ``k x k`` projected matrices take about a third of the call
+  (a profile of ``cl.lambda2(A, tol=1e-5)`` on this row).
 """
 from __future__ import annotations
 

@@ -543,13 +543,15 @@ def _check_every(k: int, n: int) -> int:
     """Arnoldi steps between lambda2's checks at step ``k`` for chains of ``n`` states.
 
     A check (``eigvals`` of the ``k x k`` projected matrices, ~``k^3``, and one solve, on the
-    host) costs about ``10 k^3 / n^2`` bounces (~``n^2``) per chain on a CPU core: 0.2 ms at
-    ``k = 48``, one bounce of a 1024-token head. Checks come about that many steps apart, so
-    they cost at most about one bounce each, but at least every ``max(4, k // 4)`` steps, and
-    never closer than ``SYNC_MIN`` (each is a host read). The schedule depends on ``k`` and ``n`` only: a chain
-    stops at the same step whatever batch it is in, so its answer does not depend on the batch.
+    host) takes about 0.2 ms per chain at ``k = 48`` on a CPU core, about one bounce of a
+    1024-token head. Checks come ``50 k^3 / n^2`` steps apart (five at ``k = 48`` for 1024
+    tokens: the constant balances the checks against the steps a chain bounces past its
+    convergence, tuned with ``benchmarks/bench_core.py``), but at least every
+    ``max(4, k // 4)`` steps, and never closer than ``SYNC_MIN`` (each is a host read). The
+    schedule depends on ``k`` and ``n`` only: a chain stops at the same step whatever batch it
+    is in, so its answer does not depend on the batch.
     """
-    return max(SYNC_MIN, min(max(4, k // _CHECK_SHARE), round(10 * k ** 3 / n ** 2)))
+    return max(SYNC_MIN, min(max(4, k // _CHECK_SHARE), round(50 * k ** 3 / n ** 2)))
 
 
 _CHECK_SHARE = 4  # checks at least every k / _CHECK_SHARE Arnoldi steps
