@@ -18,6 +18,14 @@ def ref_lambda2(P):
     return mods[1] if len(mods) > 1 else 0.0
 
 
+def ref_outgoing(A):
+    """A_l^T with A_l = A / colsum; an all-zero column (masked key) jumps uniformly."""
+    n = A.shape[-1]
+    cols = A.sum(-2, keepdims=True)
+    A_l = np.where(cols > 0, A / np.where(cols > 0, cols, 1), 1.0 / n)
+    return np.swapaxes(A_l, -1, -2)
+
+
 def ref_teleport(P, alpha, p=None):
     n = P.shape[-1]
     p = np.full(n, 1.0 / n) if p is None else np.asarray(p) / np.sum(p)

@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 import chains_lite as cl
 from chains_lite.core.synthetic import attention_like
-from references import ref_lambda2, ref_steady_state, ref_teleport
+from references import ref_lambda2, ref_outgoing, ref_steady_state, ref_teleport
 
 TOY = np.array([[0.01, 0.04, 0.02, 0.85, 0.08],
                 [0.82, 0.04, 0.07, 0.01, 0.06],
@@ -18,10 +18,6 @@ TOY = np.array([[0.01, 0.04, 0.02, 0.85, 0.08],
 
 
 # ----------------------------------------------------------------------------- references
-
-
-def ref_outgoing(P):
-    return (P / P.sum(0, keepdims=True)).T
 
 
 @st.composite

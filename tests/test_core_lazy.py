@@ -16,7 +16,7 @@ from hypothesis import given, settings, strategies as st
 import chains_lite as cl
 from chains_lite.core import lazy as cl_lazy
 from chains_lite.core.synthetic import attention_qk
-from references import ref_lambda2
+from references import ref_lambda2, ref_outgoing
 
 # budgets that force each tiling: whole matrices of several heads, blocks of query rows
 # against every key, and blocks of keys (normalisers in two passes); the default also
@@ -35,14 +35,6 @@ def ref_attention(q, k, scale=None, mask=None):
     S = S - S.max(-1, keepdims=True)
     E = np.exp(S)
     return E / E.sum(-1, keepdims=True)
-
-
-def ref_outgoing(A):
-    """A_l^T with A_l = A / colsum; an all-zero column (masked key) jumps uniformly."""
-    n = A.shape[-1]
-    cols = A.sum(-2, keepdims=True)
-    A_l = np.where(cols > 0, A / np.where(cols > 0, cols, 1), 1.0 / n)
-    return np.swapaxes(A_l, -1, -2)
 
 
 def ref_tokenrank(P, alpha):

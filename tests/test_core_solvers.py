@@ -7,7 +7,7 @@ import torch
 
 import chains_lite as cl
 from chains_lite.core.synthetic import attention_like
-from references import ref_lambda2, ref_steady_state, ref_teleport
+from references import ref_lambda2, ref_outgoing, ref_steady_state, ref_teleport
 
 TOY = np.array([[0.01, 0.04, 0.02, 0.85, 0.08],
                 [0.82, 0.04, 0.07, 0.01, 0.06],
@@ -37,6 +37,25 @@ def test_auto_tokenrank_power_first_then_gmres(monkeypatch, temperature, gmres):
     calls.clear()  # below the float32 pieces' rounding floor: GMRES with float64 residuals
     pi = cl.tokenrank(A, alpha=0.99, tol=1e-9)
     assert calls and np.abs(pi.double().numpy() - ref).sum(-1).max() <= 1e-7  # float32 output
+
+
+@pytest.mark.parametrize("direction", ["incoming", "outgoing"])
+def test_lambda2_bounces_through_p_minus_j_over_n_or_stepper_alike(monkeypatch, direction):
+    """Small chains bounce through an explicit ``P - J / n``, large ones through ``stepper`` less
+    the mean: both give float64 eigvals' |lambda_2|, a column nobody attends to included."""
+    from chains_lite.core import solvers
+    A = attention_like(6, 90, seed=4).double()
+    A[2, :, 7] = 0.0  # state 7 of head 2 dangles in the outgoing chain
+    A = A / A.sum(-1, keepdim=True)
+    P = A.numpy()
+    if direction == "outgoing":
+        P = np.stack([ref_outgoing(p) for p in P])
+    ref = np.array([ref_lambda2(p) for p in P])
+    deflated = cl.lambda2(A, direction=direction, tol=1e-10)
+    monkeypatch.setattr(solvers, "_DEFLATE_MAX_N", 1)
+    projected = cl.lambda2(A, direction=direction, tol=1e-10)
+    np.testing.assert_allclose(deflated, ref, atol=1e-9)
+    np.testing.assert_allclose(projected, ref, atol=1e-9)
 
 
 def test_lambda2_fast_heads_leave_the_batch(monkeypatch):
@@ -132,6 +151,12 @@ def count_bounces(monkeypatch):
 
     monkeypatch.setattr(solvers, "stepper", counted(solvers.stepper, True))
     monkeypatch.setattr(solvers, "chunked_times", counted(solvers.chunked_times, False))
+    bounce = solvers._DeflatedBounce.__call__  # lambda2's products at small n
+
+    def deflated(self, V):
+        calls[0] += 1
+        return bounce(self, V)
+    monkeypatch.setattr(solvers._DeflatedBounce, "__call__", deflated)
     return calls
 
 

@@ -494,8 +494,10 @@ def _arnoldi(A, direction, tol, max_iter, krylov_dim, rows=None):
     v = (v - v.mean()).expand(B, n)
     m = max(1, min(krylov_dim, n - 1))
     spent = 0
-    step = stepper(A, direction, rows=rows)
-    dangling = step.dangling
+    if is_lazy(A) or n > _DEFLATE_MAX_N:
+        step = _ZeroSumBounce(A, direction, rows)
+    else:
+        step = _DeflatedBounce(A, direction, rows)
 
     while True:
         V = v.new_zeros(len(todo), m + 1, n)
@@ -503,8 +505,7 @@ def _arnoldi(A, direction, tol, max_iter, krylov_dim, rows=None):
         V[:, 0] = v / v.norm(dim=-1, keepdim=True).clamp_min(1e-30)
         k, check = 0, _FIRST_CHECK
         while k < m and spent + k < max_iter:
-            y = step(V[:, k : k + 1])
-            extend(V, H, k, y - y.mean(-1, keepdim=True))  # re-projected: rounding leaks into e
+            extend(V, H, k, step(V[:, k : k + 1]))
             k += 1
             if k < min(check, m, max_iter - spent):
                 continue
@@ -524,9 +525,8 @@ def _arnoldi(A, direction, tol, max_iter, krylov_dim, rows=None):
                 return lam, near
             todo = ids[keep].tolist()
             sel = index(np.flatnonzero(keep).tolist(), device)
-            A, rows, V, H = A[sel], rows[sel], V[sel], H[sel]
+            V, H, step = V[sel], H[sel], step.subset(sel)
             top, dist, Hk = top[keep], dist[keep], Hk[keep]
-            step = stepper(A, direction, rows=rows, dangling=dangling)
         spent += k
         if spent >= max_iter:
             warnings.warn(f"lambda2 did not converge to tol={tol} in max_iter={max_iter} bounces; "
@@ -537,6 +537,49 @@ def _arnoldi(A, direction, tol, max_iter, krylov_dim, rows=None):
 
 
 _FIRST_CHECK = 8  # Arnoldi steps before lambda2's first convergence check
+
+_DEFLATE_MAX_N = 512  # up to this many states lambda2 bounces through an explicit copy of P - J / n
+
+
+class _ZeroSumBounce:
+    """``V -> V P`` less its mean, ``(B, 1, n)`` zero-sum row vectors in and out (the mean is the
+    component along the eigenvalue 1, which rounding leaks into), through ``stepper``: no copy
+    of ``A``. ``subset(sel)``: the same for the chains ``sel`` only."""
+
+    def __init__(self, A, direction, rows, dangling=None):
+        self.A, self.direction, self.rows = A, direction, rows
+        self.step = stepper(A, direction, rows=rows, dangling=dangling)
+
+    def __call__(self, V):
+        y = self.step(V)
+        return y - y.mean(-1, keepdim=True)
+
+    def subset(self, sel):
+        return _ZeroSumBounce(self.A[sel], self.direction, self.rows[sel], self.step.dangling)
+
+
+class _DeflatedBounce:
+    """``V -> V (P - J / n)`` ``(B, 1, n)``, the ``(B, n, n)`` matrix formed once (a copy of
+    ``A``): for zero-sum ``V`` it is the bounce ``V P`` less its mean, in one product, as at
+    small ``n`` a step costs its number of operations. ``P 1 = 1``, so the eigenvalues of
+    ``P - J / n`` are those of ``P`` with the eigenvalue 1 replaced by 0, and every product is
+    zero-sum up to rounding. ``subset(sel)``: the same for the chains ``sel`` only."""
+
+    def __init__(self, A, direction, rows, D=None):
+        if D is None:
+            n = A.shape[-1]
+            R = A / rows.to(A.dtype).unsqueeze(-1)  # row-stochastic: the incoming chain
+            if direction == "outgoing":  # rows of R^T over their sums; a dangling state jumps uniformly
+                cols = R.sum(-2).unsqueeze(-1)  # (B, n, 1)
+                R = torch.where(cols > 0, R.mT / cols.clamp_min(torch.finfo(A.dtype).tiny), 1.0 / n)
+            D = R - 1.0 / n
+        self.D = D
+
+    def __call__(self, V):
+        return torch.bmm(V, self.D)
+
+    def subset(self, sel):
+        return _DeflatedBounce(None, None, None, self.D[sel])
 
 
 def _check_every(k: int, n: int) -> int:
