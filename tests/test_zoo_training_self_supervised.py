@@ -33,18 +33,38 @@ def test_views_are_seeded_random_crops_in_range():
 
 
 def test_a_full_crop_without_jitter_is_the_image_or_its_mirror(monkeypatch):
-    """With the draws forced to area 1, aspect 1, no jitter, the identity channel order and no
+    """With the draws forced to area 1, aspect 1, no jitter, the identity colour transform and no
     overlay, a view is the image itself (no flip) or torch.flip of it, up to the bilinear
     resampling (exact here)."""
     images = torch.rand(2, 3, 8, 8)
     monkeypatch.setattr(self_supervised, "overlay", lambda b, size, gen: torch.zeros(b, 1, size, size))
     for flip_draw, expected in ((0.9, images), (0.1, images.flip(-1))):
-        draws = [torch.tensor([[1.0, 0.5, 0.5, 0.5, flip_draw, 0.5, 0.5]] * 2),   # area, aspect, x, y, flip, c, b
-                 torch.tensor([[0.1, 0.2, 0.3]] * 2)]                              # channel order: identity
+        # area, aspect, x, y, flip, contrast, brightness; hue 0, saturation 1, no mirror
+        draws = [torch.tensor([[1.0, 0.5, 0.5, 0.5, flip_draw, 0.5, 0.5, 0.0, 0.6, 0.9]] * 2)]
         with monkeypatch.context() as m:
             m.setattr(torch, "rand", lambda *a, draws=draws, **k: draws.pop(0))
             out = augment(images, _gen(), scale=(0.35, 1.0))
         assert torch.allclose(out, expected, atol=1e-5)
+
+
+def test_colour_transforms_keep_grey_levels_and_include_every_channel_order():
+    import itertools
+    u = torch.rand(500, 3, generator=_gen(), dtype=torch.float64)
+    m = self_supervised.colour_matrices(u)
+    x = torch.rand(500, 3, dtype=torch.float64)
+    y = (m @ x[:, :, None])[..., 0]
+    assert torch.allclose(y.mean(1), x.mean(1))                                    # grey level kept
+    chroma = lambda v: v - v.mean(1, keepdim=True)
+    sat = torch.where(u[:, 1] < 0.2, 0.0, 0.5 + (u[:, 1] - 0.2) / 0.8)
+    assert torch.allclose(chroma(y).norm(dim=1), sat * chroma(x).norm(dim=1))      # saturation scales
+    assert (sat == 0).float().mean().item() == pytest.approx(0.2, abs=0.06)
+    ident = self_supervised.colour_matrices(torch.tensor([[0.0, 0.6, 0.9]], dtype=torch.float64))
+    assert torch.allclose(ident[0], torch.eye(3, dtype=torch.float64))
+    draws = [(a, 0.6, r) for a in (0.0, 1 / 3, 2 / 3) for r in (0.1, 0.9)]     # 3 turns x mirror or not
+    mats = self_supervised.colour_matrices(torch.tensor(draws, dtype=torch.float64))
+    perms = [torch.eye(3, dtype=torch.float64)[list(p)] for p in itertools.permutations(range(3))]
+    for p in perms:
+        assert any(torch.allclose(p, q, atol=1e-12) for q in mats), p
 
 
 def test_overlay_is_a_seeded_grey_pattern_that_scales_with_its_amplitude():

@@ -39,7 +39,7 @@ def vit_objective(args, device, make_model):
 
 
 def ssl_objective(args, device, make_model):
-    """Contrastive CLS tokens of two views (SimCLR) + pixels of masked patches from their tokens (SimMIM), no labels."""
+    """Contrastive CLS tokens of two views, hues turned (SimCLR) + pixels of masked patches from their tokens (SimMIM), no labels."""
     images = shapeworld(args.pool, seed=args.seed, split="train", size=args.size).images.to(device)
     model = ContrastiveMIM(make_model()).to(device)
 

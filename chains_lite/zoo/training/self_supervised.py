@@ -1,7 +1,7 @@
 """Contrastive views and masked patches: how ``shapes-vit-ssl`` learns without labels.
 
-Each image gives two augmented views (crop, flip, colour-channel order, contrast, brightness, an
-added grey pattern), and
+Each image gives two augmented views (crop, flip, a random hue rotation and saturation, contrast,
+brightness, an added grey pattern), and
 in each view a random share of the 8 x 8 patches is hidden (set to 0 in pixel space). One ViT
 encodes both, and two simple heads read it:
 
@@ -35,14 +35,14 @@ def augment(images: torch.Tensor, gen: torch.Generator, scale=CROP_SCALE) -> tor
     """One random view of each image: ``(B, 3, H, W)`` in [0, 1] -> ``(B, 3, H, W)`` in [0, 1].
 
     A random resized crop (area share uniform in ``scale``, aspect ratio 3/4 to 4/3, resampled
-    bilinearly to ``H x W``), a horizontal flip with probability 1/2, a random permutation of
-    the colour channels, contrast (x0.7 to x1.3) and brightness (-0.1 to +0.1) jitter, and a
-    grey pattern of its own added (:func:`overlay`). Every draw comes from ``gen``.
+    bilinearly to ``H x W``), a horizontal flip with probability 1/2, a random colour transform
+    (:func:`colour_matrices`), contrast (x0.7 to x1.3) and brightness (-0.1 to +0.1) jitter, and
+    a grey pattern of its own added (:func:`overlay`). Every draw comes from ``gen``.
     """
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
     b, dev = len(images), images.device
-    u = torch.rand(b, 7, generator=gen, device=gen.device).to(dev)
+    u = torch.rand(b, 10, generator=gen, device=gen.device).to(dev)
     area = scale[0] + (scale[1] - scale[0]) * u[:, 0]
     ratio = torch.exp((2 * u[:, 1] - 1) * math.log(4 / 3))
     w, h = (area * ratio).sqrt().clamp(max=1), (area / ratio).sqrt().clamp(max=1)  # shares of the side
@@ -52,13 +52,37 @@ def augment(images: torch.Tensor, gen: torch.Generator, scale=CROP_SCALE) -> tor
     theta = torch.stack([torch.stack([w * flip, zero, cx], 1), torch.stack([zero, h, cy], 1)], 1)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     x = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    perm = torch.rand(b, 3, generator=gen, device=gen.device).argsort(1).to(dev)
-    x = x.gather(1, perm[:, :, None, None].expand_as(x))
+    x = torch.einsum("bij,bjhw->bihw", colour_matrices(u[:, 7:]), x)
     mean = x.mean((1, 2, 3), keepdim=True)
     contrast = (0.7 + 0.6 * u[:, 5])[:, None, None, None]
     brightness = (0.2 * u[:, 6] - 0.1)[:, None, None, None]
     x = (x - mean) * contrast + mean + brightness
     return (x + overlay(b, x.shape[-1], gen).to(dev)).clamp(0, 1)
+
+
+def colour_matrices(u: torch.Tensor) -> torch.Tensor:
+    """``(B, 3)`` uniform draws -> ``(B, 3, 3)`` colour transforms that keep each pixel's grey
+    level (the mean of its channels) and move its hue and saturation.
+
+    The chroma (a pixel minus its grey level, a vector in the plane orthogonal to (1, 1, 1)) is
+    turned by an angle ``2 pi u[:, 0]``, mirrored (two channels swapped) when ``u[:, 2] < 1/2``,
+    and scaled by the saturation ``s``: 0 (a grey view) when ``u[:, 1] < 0.2``, else
+    ``0.5 + (u[:, 1] - 0.2) / 0.8`` in [0.5, 1.5]. Every channel permutation is among these
+    transforms. A view keeps only its image's grey levels: what tells an image from the others
+    must survive the transform, and an object's hue does not (a permutation of the channels
+    alone keeps the set of channel values, so it kept a colour's saturation and brightness).
+    """
+    grey = torch.full((3, 3), 1 / 3, dtype=u.dtype, device=u.device)
+    axis = torch.tensor([1.0, 1.0, 1.0], dtype=u.dtype, device=u.device) / math.sqrt(3)
+    k = torch.tensor([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]],
+                     dtype=u.dtype, device=u.device)                   # cross product with the axis
+    angle = 2 * math.pi * u[:, 0, None, None]
+    eye = torch.eye(3, dtype=u.dtype, device=u.device)
+    turn = eye + torch.sin(angle) * k + (1 - torch.cos(angle)) * (k @ k)  # Rodrigues' rotation
+    swap = torch.tensor([[0.0, 1, 0], [1, 0, 0], [0, 0, 1]], dtype=u.dtype, device=u.device)
+    turn = torch.where(u[:, 2, None, None] < 0.5, turn @ swap, turn)
+    sat = torch.where(u[:, 1] < 0.2, 0.0, 0.5 + (u[:, 1] - 0.2) / 0.8)[:, None, None]
+    return grey + sat * turn @ (eye - grey)
 
 
 def overlay(b: int, size: int, gen: torch.Generator, amplitude: float = OVERLAY) -> torch.Tensor:
