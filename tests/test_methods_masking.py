@@ -1,6 +1,7 @@
 """Token masking: the right columns vanish in the masked layers only, special tokens survive, a 0%
 fraction is the clean model, and the AUC integrates hand-made curves correctly."""
 import math
+import warnings
 
 import pytest
 import torch
@@ -88,6 +89,12 @@ def test_normalized_auc_on_hand_made_curves():
     with pytest.raises(ValueError, match="increasing"):
         normalized_auc([0.0, 0.0], [1, 1], 1)
     assert math.isfinite(normalized_auc([0, 0.1], [0.5, 0.25], 0.5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no division by zero on the way
+        assert math.isnan(normalized_auc(f, [0.0, 0.0, 0.0], 0.0))
+    for clean in (-0.1, float("nan")):
+        with pytest.raises(ValueError, match="clean accuracy"):
+            normalized_auc(f, [0.0, 0.0, 0.0], clean)
 
 
 def test_clip_zero_shot_masking_through_multihead_attention():

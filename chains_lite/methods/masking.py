@@ -168,8 +168,13 @@ def check_fractions(fractions: Sequence[float]) -> None:
 def normalized_auc(fractions: Sequence[float], accuracy: Sequence[float], clean: float) -> float:
     """Area under accuracy / clean accuracy over the fraction axis (trapezoid), divided by the
     fraction range: 1 = no drop anywhere, 0 = nothing right from the first step. Lower = the
-    ranking found more important tokens."""
+    ranking found more important tokens. NaN when ``clean`` is 0: a model that gets nothing
+    right unmasked has no drop to measure (random weights, in a dry run)."""
     check_fractions(fractions)
+    if not (np.isfinite(clean) and clean >= 0):
+        raise ValueError(f"clean accuracy must be a finite share >= 0, got {clean!r}")
+    if clean == 0:
+        return float("nan")
     f = np.asarray(fractions, dtype=float)
     a = np.asarray(accuracy, dtype=float) / clean
     return float(np.trapezoid(a, f) / (f[-1] - f[0]))

@@ -94,7 +94,7 @@ def image_tensor(image) -> torch.Tensor:
     a = np.asarray(image)
     if a.ndim != 3 or a.shape[-1] != 3 or a.dtype != np.uint8:
         raise ValueError(f"expected an RGB image of (H, W, 3) uint8, got {a.shape} {a.dtype}")
-    return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).float() / 255
+    return torch.from_numpy(np.array(a)).permute(2, 0, 1).float() / 255  # a writable copy
 
 
 def pipeline_images(loaded, prompts: list[str], seed: int = 0, size: int = 512, steps: int = 4) -> torch.Tensor:
