@@ -27,6 +27,7 @@ and ``lambda2``'s docstrings.
 """
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from typing import Callable
@@ -541,7 +542,8 @@ def _arnoldi(A, direction, tol, max_iter, krylov_dim, rows=None):
 _FIRST_CHECK = 8  # Arnoldi steps before lambda2's first convergence check
 
 # up to this many states lambda2 bounces through P - J / n formed once: a copy of A, at most
-# 1 MiB per head, buys one operation per step in place of four (about 12 % of a call at 12 x 197)
+# 512^2 entries per head, buys one operation per step in place of four (about 12 % of a call at
+# 12 x 197)
 _DEFLATE_MAX_N = 512
 
 
@@ -569,21 +571,21 @@ class _DeflatedBounce:
     ``P - J / n`` are those of ``P`` with the eigenvalue 1 replaced by 0, and every product is
     zero-sum up to rounding. ``subset(sel)``: the same for the chains ``sel`` only."""
 
-    def __init__(self, A, direction, rows, D=None):
-        if D is None:
-            n = A.shape[-1]
-            R = A / rows.to(A.dtype).unsqueeze(-1)  # row-stochastic: the incoming chain
-            if direction == "outgoing":  # rows of R^T over their sums; a dangling state jumps uniformly
-                cols = R.sum(-2).unsqueeze(-1)  # (B, n, 1)
-                R = torch.where(cols > 0, R.mT / cols.clamp_min(torch.finfo(A.dtype).tiny), 1.0 / n)
-            D = R - 1.0 / n
-        self.D = D
+    def __init__(self, A, direction, rows):
+        n = A.shape[-1]
+        R = A / rows.to(A.dtype).unsqueeze(-1)  # row-stochastic: the incoming chain
+        if direction == "outgoing":  # rows of R^T over their sums; a dangling state jumps uniformly
+            cols = R.sum(-2).unsqueeze(-1)  # (B, n, 1)
+            R = torch.where(cols > 0, R.mT / cols.clamp_min(torch.finfo(A.dtype).tiny), 1.0 / n)
+        self.D = R - 1.0 / n
 
     def __call__(self, V):
         return torch.bmm(V, self.D)
 
     def subset(self, sel):
-        return _DeflatedBounce(None, None, None, self.D[sel])
+        out = copy.copy(self)
+        out.D = self.D[sel]
+        return out
 
 
 def _check_every(k: int, n: int) -> int:
@@ -595,11 +597,9 @@ def _check_every(k: int, n: int) -> int:
     tokens: the constant balances the checks against the steps a chain bounces past its
     convergence, tuned with ``benchmarks/bench_core.py``), but at least every
     ``max(4, k // 3)`` steps (this cap sets the schedule below about 600 tokens, where a check
-    costs as much as ten batched steps: ``k // 3`` in place of ``k // 4`` was 6 % faster at
-    12 x 197 and no different at 12 x 1024), and never closer than ``SYNC_MIN`` (each is a
-    host read). The
-    schedule depends on ``k`` and ``n`` only: a chain stops at the same step whatever batch it
-    is in, so its answer does not depend on the batch.
+    costs as much as ten batched steps; its divisor is tuned at 12 x 197), and never closer than
+    ``SYNC_MIN`` (each is a host read). The schedule depends on ``k`` and ``n`` only: a chain
+    stops at the same step whatever batch it is in, so its answer does not depend on the batch.
     """
     return max(SYNC_MIN, min(max(4, k // _CHECK_SHARE), round(50 * k ** 3 / n ** 2)))
 
