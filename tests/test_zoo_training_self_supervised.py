@@ -2,6 +2,7 @@
 its views and masks, its two losses against references, that it learns, that no label reaches it,
 and the linear-probe head."""
 import dataclasses
+import itertools
 import math
 
 import pytest
@@ -48,7 +49,6 @@ def test_a_full_crop_without_jitter_is_the_image_or_its_mirror(monkeypatch):
 
 
 def test_colour_transforms_keep_grey_levels_and_include_every_channel_order():
-    import itertools
     u = torch.rand(500, 3, generator=_gen(), dtype=torch.float64)
     m = self_supervised.colour_matrices(u)
     x = torch.rand(500, 3, dtype=torch.float64)

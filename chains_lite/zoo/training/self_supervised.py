@@ -70,7 +70,8 @@ def colour_matrices(u: torch.Tensor) -> torch.Tensor:
     ``0.5 + (u[:, 1] - 0.2) / 0.8`` in [0.5, 1.5]. Every channel permutation is among these
     transforms. A view keeps only its image's grey levels: what tells an image from the others
     must survive the transform, and an object's hue does not (a permutation of the channels
-    alone keeps the set of channel values, so it kept a colour's saturation and brightness).
+    alone would keep the set of channel values, and with it a colour's saturation and
+    brightness).
     """
     grey = torch.full((3, 3), 1 / 3, dtype=u.dtype, device=u.device)
     axis = torch.tensor([1.0, 1.0, 1.0], dtype=u.dtype, device=u.device) / math.sqrt(3)
