@@ -56,10 +56,10 @@ heads x n      ours    best peer                            ours vs best
 =============  ======  ===================================  ============
 
 ARPACK starts from a seeded vector (``arpack_start``), so its timed runs repeat the ladder run that
-measured their accuracy. With scipy's random start they did not: in a run of the same day ARPACK
-fp32 met the target at tol 1e-2 at 1 x 4096 @4 in its ladder run (36 matvecs, ours 0.99x), while
-other runs needed tol 1e-5 (69 matvecs, ours 2.52x). Which tolerance a start vector needs still
-varies with the vector: at 12 x 197 this one lets ARPACK fp64 stop at tol 1e-3.
+measured their accuracy. With scipy's random start they would not: at 1 x 4096 @4 one random start
+met the target in fp32 at tol 1e-2 (36 matvecs; ours 0.99x), others needed tol 1e-5 (69 matvecs;
+ours 2.52x). Which tolerance a start vector needs varies with the vector: at 12 x 197 this one lets
+ARPACK fp64 stop at tol 1e-3.
 
 Where the targets stand (ours at least as fast as the best peer, at equal accuracy, at every size):
 
@@ -71,8 +71,9 @@ Where the targets stand (ours at least as fast as the best peer, at equal accura
   30 us plus 7 us per head in the batch (torch dispatch on 197 x 197 pieces), and the
   convergence checks' host ``eigvals`` of the ``k x k`` projected matrices take about 35 % of
   the call (3.5 of 10 ms; LAPACK's Hessenberg QR itself, ``dhseqr``, took as long as numpy's
-  ``eigvals``). Up to 512 states the step is one product with ``P - J / n`` formed once, and
-  checks come at least every ``k / 3`` steps: 12.2 -> 10.7 ms and 6 % more, measured on this row.
+  ``eigvals``). Up to 512 states a step is one product with ``P - J / n`` formed once (10.7 ms
+  a call on this row, against 12.2 ms with a step of four operations), and checks come at least
+  every ``k / 3`` steps (6 % faster than every ``k / 4`` here).
 """
 from __future__ import annotations
 
