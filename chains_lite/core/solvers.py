@@ -572,12 +572,10 @@ class _DeflatedBounce:
     zero-sum up to rounding. ``subset(sel)``: the same for the chains ``sel`` only."""
 
     def __init__(self, A, direction, rows):
-        n = A.shape[-1]
         R = A / rows.to(A.dtype).unsqueeze(-1)  # row-stochastic: the incoming chain
-        if direction == "outgoing":  # rows of R^T over their sums; a dangling state jumps uniformly
-            cols = R.sum(-2).unsqueeze(-1)  # (B, n, 1)
-            R = torch.where(cols > 0, R.mT / cols.clamp_min(torch.finfo(A.dtype).tiny), 1.0 / n)
-        self.D = R - 1.0 / n
+        if direction == "outgoing":
+            R = outgoing_matrix(R)
+        self.D = R - 1.0 / A.shape[-1]
 
     def __call__(self, V):
         return torch.bmm(V, self.D)
