@@ -40,19 +40,21 @@ COND = dict(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, bl
 
 
 @pytest.fixture(scope="module")
-def unet():
-    """A small random-weight unconditional UNet with self-attention at two resolutions."""
+def unet(request):
+    """A small random-weight unconditional UNet with self-attention at two resolutions (seed 0,
+    eval mode); a test module's ``UNET_CONFIG`` replaces ``UNET``."""
     from diffusers import UNet2DModel
     torch.manual_seed(0)
-    return UNet2DModel(**UNET).eval()
+    return UNet2DModel(**getattr(request.module, "UNET_CONFIG", UNET)).eval()
 
 
 @pytest.fixture(scope="module")
-def cond_unet():
-    """A small random-weight text-conditioned UNet (cross-attention to 12-dim states)."""
+def cond_unet(request):
+    """A small random-weight text-conditioned UNet (cross-attention to 12-dim states; seed 0,
+    eval mode); a test module's ``COND_CONFIG`` replaces ``COND``."""
     from diffusers import UNet2DConditionModel
     torch.manual_seed(0)
-    return UNet2DConditionModel(**COND).eval()
+    return UNet2DConditionModel(**getattr(request.module, "COND_CONFIG", COND)).eval()
 
 
 @pytest.fixture(scope="module")

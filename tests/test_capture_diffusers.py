@@ -3,29 +3,18 @@ assembled by hand from each attention module's weights and the input it was call
 import pytest
 import torch
 import torch.nn.functional as F
-from diffusers import UNet2DConditionModel, UNet2DModel
 
 from chains_lite import capture
 from chains_lite.capture import attention_layers
-from chains_lite.zoo.models import UNET_CONFIG
+from chains_lite.zoo import models
 
+# conftest's unet and cond_unet fixtures build these configs for the tests here
+UNET_CONFIG = models.UNET_CONFIG  # the lite shapes-unet's
 COND_CONFIG = dict(sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
                    block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=24,
                    attention_head_dim=8, norm_num_groups=8)
 B, TEXT = 2, 7
-
-
-@pytest.fixture(scope="module")
-def unet():
-    torch.manual_seed(0)
-    return UNet2DModel(**UNET_CONFIG).eval()
-
-
-@pytest.fixture(scope="module")
-def cond_unet():
-    torch.manual_seed(0)
-    return UNet2DConditionModel(**COND_CONFIG).eval()
 
 
 def _inputs_seen(modules):
