@@ -209,6 +209,31 @@ def test_a_converged_chain_stops_changing(monkeypatch):
     torch.testing.assert_close(both[0], alone[0], atol=1e-13, rtol=0)
 
 
+def test_thick_restart_keeps_a_krylov_schur_relation():
+    """After a restart the basis is orthonormal, bounces by the new projected matrix
+    (``V_p P = H^T V_{p+1}`` in row form, as Arnoldi's), and that matrix holds the larger half of
+    the old Ritz values (complex pairs whole); a chain with fewer kept rows gets zero rows."""
+    from chains_lite.core import solvers
+    from chains_lite.core.krylov import arnoldi
+    A = attention_like(3, 80, seed=6).double()
+    P = A / A.sum(-1, keepdim=True)
+    v = torch.randn(3, 80, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    bounce = lambda x: (x.unsqueeze(-2) @ P).squeeze(-2)  # noqa: E731
+    V, H = arnoldi(bounce, v - v.mean(-1, keepdim=True), 12)
+    V_new, H_new, p = solvers._thick_restart(H.numpy(), V, H)
+    Vp = V_new[:, : p + 1]
+    torch.testing.assert_close(Vp @ Vp.mT, torch.eye(p + 1, dtype=torch.float64).expand(3, -1, -1),
+                               atol=1e-12, rtol=0)
+    torch.testing.assert_close(V_new[:, :p] @ P, H_new[:, : p + 1, :p].mT @ Vp, atol=1e-12, rtol=0)
+    assert not V_new[:, p + 1 :].any() and not H_new[:, p + 1 :].any()
+    for h_old, h_new in zip(H.numpy(), H_new.numpy()):
+        old = np.sort(np.abs(np.linalg.eigvals(h_old[:12, :12])))[::-1]
+        new = np.sort(np.abs(np.linalg.eigvals(h_new[:p, :p])))[::-1]
+        kept = int((new > 1e-12).sum())  # rows padded to the batch's p hold zeros
+        assert kept >= 6 and kept <= p
+        np.testing.assert_allclose(new[:kept], old[:kept], rtol=1e-10)
+
+
 def test_top_ritz_residuals_match_eig(monkeypatch):
     """lambda2's check takes the top Ritz pair's residual from eigvals and one inverse-iteration
     solve: it equals |h_{k+1,k} s_k| for the unit eigenvector s of numpy's eig, and so does the

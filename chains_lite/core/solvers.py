@@ -20,7 +20,7 @@ to finish, but at least :data:`SYNC_MIN` and at most :data:`SYNC_MAX` steps late
 comes short costs at most ``k - 1`` steps of frozen chains. So a solve of ``S`` steps reads the
 host at most about ``ceil(S / SYNC_MIN)`` times plus a constant (``tests/test_core_solvers.py``
 counts them), and usually far fewer. Host-to-device copies (the indices of the chains that stay,
-a restart vector) come right after a read, when the device's queue is empty.
+a restarted basis) come right after a read, when the device's queue is empty.
 
 Accuracy and the reasons behind each choice are in :func:`~chains_lite.core.chain.tokenrank`'s
 and ``lambda2``'s docstrings.
@@ -33,6 +33,7 @@ import warnings
 from typing import Callable
 
 import numpy as np
+import scipy.linalg
 import torch
 
 from .krylov import extend, gmres
@@ -479,7 +480,10 @@ def _arnoldi(A, direction, tol, max_iter, krylov_dim, rows=None):
     and takes their Ritz values there (``_top_ritz``); checks come ``_check_every`` steps
     apart. A bounce is one product with ``P - J / n`` formed once (``_DeflatedBounce``, a copy
     of ``A``) up to ``_DEFLATE_MAX_N`` states, and ``stepper``'s product less its mean above
-    (``_ZeroSumBounce``; lazy chains always).
+    (``_ZeroSumBounce``; lazy chains always). Chains left when the basis is full
+    (``krylov_dim`` steps) restart from its leading Schur vectors (``_thick_restart``); ``H``
+    then has a full row under its first ``p`` columns, but each row below the steps taken since
+    holds one entry, ``h_{k+1,k}``, as ``_top_ritz``'s residual needs.
 
     The distance to 1 is 0 when the eigenvalue 1 is repeated (a reducible chain with several
     closed classes). ``rows``: the row sums ``(B, n)`` of ``A`` if known."""
@@ -502,15 +506,16 @@ def _arnoldi(A, direction, tol, max_iter, krylov_dim, rows=None):
     else:
         step = _DeflatedBounce(A, direction, rows)
 
+    V = v.new_zeros(B, m + 1, n)
+    H = v.new_zeros(B, m + 1, m)
+    V[:, 0] = v / v.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+    k = start = 0  # k: the basis's size; start: where this cycle's bounces began
+    check = _FIRST_CHECK
     while True:
-        V = v.new_zeros(len(todo), m + 1, n)
-        H = v.new_zeros(len(todo), m + 1, m)
-        V[:, 0] = v / v.norm(dim=-1, keepdim=True).clamp_min(1e-30)
-        k, check = 0, _FIRST_CHECK
-        while k < m and spent + k < max_iter:
+        while k < m and spent + k - start < max_iter:
             extend(V, H, k, step(V[:, k : k + 1]))
             k += 1
-            if k < min(check, m, max_iter - spent):
+            if k < min(check, m, start + max_iter - spent):
                 continue
             check = k + _check_every(k, n)
             Hk = H[:, : k + 1, :k].cpu().numpy().astype(np.float64)  # the check's one read
@@ -530,13 +535,14 @@ def _arnoldi(A, direction, tol, max_iter, krylov_dim, rows=None):
             sel = index(np.flatnonzero(keep).tolist(), device)
             V, H, step = V[sel], H[sel], step.subset(sel)
             top, dist, Hk = top[keep], dist[keep], Hk[keep]
-        spent += k
+        spent += k - start
         if spent >= max_iter:
             warnings.warn(f"lambda2 did not converge to tol={tol} in max_iter={max_iter} bounces; "
                           "increase max_iter or krylov_dim", RuntimeWarning, stacklevel=4)
             lam[todo], near[todo] = top, dist
             return lam, near
-        v = _restart_vector(Hk, V[:, : k + 1])
+        V, H, k = _thick_restart(Hk, V, H)
+        start, check = k, k + _check_every(k, n)
 
 
 _FIRST_CHECK = 8  # Arnoldi steps before lambda2's first convergence check
@@ -605,20 +611,42 @@ def _check_every(k: int, n: int) -> int:
 _CHECK_SHARE = 3  # checks at least every k / _CHECK_SHARE Arnoldi steps
 
 
-def _restart_vector(H: np.ndarray, V: torch.Tensor, keep: int = 4) -> torch.Tensor:
-    """A restart vector ``(B, n)`` holding the ``keep`` largest Ritz directions.
+def _thick_restart(Hk: np.ndarray, V: torch.Tensor, H: torch.Tensor):
+    """A Krylov-Schur restart of a full Arnoldi basis: ``(V, H, p)`` to go on from step ``p``.
 
-    ``H`` ``(B, k+1, k)``: the projected matrices of the last check (host), ``V`` ``(B, k+1, n)``
-    the Arnoldi basis. Restarting from the top Ritz vector alone can lock onto a wrong
-    eigenvalue when the top Ritz value is not yet the true lambda_2; the real + imaginary parts
-    of the leading few keep their planes (complex pairs included) in the next Krylov space.
+    ``Hk`` ``(B, m+1, m)``: the projected matrices (host, float64); ``V`` ``(B, m+1, n)`` and
+    ``H`` ``(B, m+1, m)`` the basis and projected matrix on the device. With the real Schur
+    form ``H_m = Z T Z^T`` ordered so that the ``m // 2`` largest Ritz values lead (a complex
+    pair kept whole, ``s`` of them), the rows ``Z[:, :s]^T V_m`` span their invariant subspace
+    and ``P`` maps them to ``T[:s, :s]`` on themselves plus ``h_{m+1,m} Z[m-1, :s]`` times the
+    last Arnoldi vector. So the new basis is those ``s`` rows and the last vector, the new
+    projected matrix ``T[:s, :s]`` over the row ``h_{m+1,m} Z[m-1, :s]``, and Arnoldi goes on
+    from there keeping what the basis knew of the leading eigenvalues (Stewart, 2001). Chains
+    whose ``s`` is below the batch's largest, ``p``, get zero rows (eigenvalue 0 in ``H``).
     """
-    k = H.shape[-1]
-    theta, S = np.linalg.eig(H[:, :k, :k])
-    top = np.argsort(-np.abs(theta), axis=-1, kind="stable")[:, : min(keep, k)]  # (B, keep)
-    S = np.take_along_axis(S, top[:, None, :], axis=-1)  # (B, k, keep), unit columns
-    y = torch.from_numpy((S.real + S.imag).sum(-1)).to(device=V.device, dtype=V.dtype)  # (B, k)
-    return (y.unsqueeze(-2) @ V[:, :k]).squeeze(-2)
+    B, m = Hk.shape[0], Hk.shape[-1]
+    keep = max(1, m // 2)
+    Z = np.zeros((B, m, m))
+    T = np.zeros((B, m, m))
+    last = np.zeros((B, m))  # the row below T: h_{m+1,m} Z[m-1, :s]
+    sizes = []
+    for b in range(B):
+        square = Hk[b, :m, :m]
+        cut = np.sort(np.abs(np.linalg.eigvals(square)))[-keep] * (1 - 1e-9)
+        Tb, Zb, s = scipy.linalg.schur(square, output="real",
+                                       sort=lambda re, im: math.hypot(re, im) >= cut)
+        Z[b, :, :s], T[b, :s, :s] = Zb[:, :s], Tb[:s, :s]
+        last[b, :s] = Hk[b, m, m - 1] * Zb[m - 1, :s]
+        sizes.append(s)
+    # a kept complex pair can fill a basis of 2 (krylov_dim=2): go on from the last vector alone
+    p = max(sizes) if max(sizes) < m else 0
+    V_new, H_new = torch.zeros_like(V), torch.zeros_like(H)
+    V_new[:, p] = V[:, m]
+    if p:
+        V_new[:, :p] = torch.from_numpy(Z[:, :, :p]).to(V).mT @ V[:, :m]
+        H_new[:, :p, :p] = torch.from_numpy(T[:, :p, :p]).to(H)
+        H_new[:, p, :p] = torch.from_numpy(last[:, :p]).to(H)
+    return V_new, H_new, p
 
 
 _START = np.random.default_rng(0).standard_normal(1024)  # inverse iteration's start
