@@ -354,22 +354,23 @@ def lambda2(A, direction: str = "incoming", tol: float = 1e-4, max_iter: int = 4
     Arnoldi (``chains_lite.core.krylov``) from a zero-sum start builds the space of its bounces;
     the eigenvalues of the small projected matrix ``H`` (Ritz values; complex pairs come out
     as pairs) converge to the largest eigenvalues in a few dozen bounces, instead of the
-    ``O(n^3)`` of a full ``eigvals``. A chain stops when its top Ritz pair's residual
-    ``|h_{k+1,k} s_k|`` is below ``tol`` and leaves the batch, so fast-mixing heads stop after a
-    dozen bounces while slow ones go on. A chain still unconverged after ``krylov_dim`` bounces
-    restarts from the Schur vectors of its larger half of Ritz values (Krylov-Schur: the space
-    keeps what it knew of the leading eigenvalues), and lambda2 warns if ``max_iter`` bounces
-    are not enough.
+    ``O(n^3)`` of a full ``eigvals``. A chain stops when its top Ritz pair ``(theta, s)`` has
+    a residual ``|h_{k+1,k} s_k|`` below ``tol * |theta|`` (relative, as ARPACK's; absolute,
+    ``tol * 0.01``, below ``|theta| = 0.01``) and leaves the batch, so fast-mixing heads stop
+    after a dozen bounces while slow ones go on. A chain still unconverged after
+    ``krylov_dim`` bounces restarts from the Schur vectors of its larger half of Ritz values
+    (Krylov-Schur: the space keeps what it knew of the leading eigenvalues), and lambda2 warns
+    if ``max_iter`` bounces are not enough.
 
     Accuracy, measured against float64 ``eigvals`` on attention-like heads
     (``benchmarks/bench_core.py``; float32 bounces): the eigenvalue's error is about 0.1 to 1
     times the residual (the chains are not normal), so ``tol=1e-4`` (default) gave
-    |error| <= 1.1e-5 and ``tol=1e-5`` gave |error| <= 1.1e-6 (tests/test_chain.py); float32
-    rounding floors it near 3e-7, and a ``tol`` below about 3e-6 may not be reached in float32
-    (with restarts in a small space, ``krylov_dim=12``, ``tol=1e-5`` gave |error| <= 2.6e-7).
+    |error| <= 3e-6 and ``tol=1e-5`` gave |error| <= 2e-7 (tests/test_core_chain.py); float32
+    rounding floors it there (``tol=1e-6`` gave the same errors). With restarts in a small
+    space, ``krylov_dim=12``, ``tol=1e-5`` gave |error| <= 2.6e-7.
     A looser ``tol`` risks stopping on |lambda_3|: when the start vector has little of the
     lambda_2 direction, a head can converge to the next eigenvalue first (``tol=1e-3`` returned
-    a value 1e-2 low on one of twelve heads). Eigenvalues of nearly equal modulus (closer than
+    a value 2.6e-3 low on one of twelve heads). Eigenvalues of nearly equal modulus (closer than
     about ``tol``) can be confused the same way; lower ``tol`` for such spectra.
     """
     _check_direction(direction)
