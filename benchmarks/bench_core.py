@@ -38,10 +38,10 @@ lambda2 (|error| <= 1e-6; tolerance used, head-bounces or matvecs):
 =============  =====================  =====================  =====================  ============
 heads x n      ours                   ARPACK fp64            ARPACK fp32            ours vs best
 =============  =====================  =====================  =====================  ============
-12 x 197       0.0080 (3e-5, 336)     0.0080 (1e-3, 395)     not reached            0.99x
-12 x 1024      0.088 (3e-5, 293)      0.176 (1e-4, 454)      0.093 (1e-4, 454)      1.06x
-1 x 4096       0.057 (3e-4, 20)       0.247 (1e-4, 36)       0.099 (1e-4, 36)       1.73x
-1 x 4096 @4    0.072 (1e-3, 24)       0.450 (1e-2, 52)       0.151 (1e-2, 52)       2.08x
+12 x 197       0.0073 (3e-5, 336)     0.0081 (1e-3, 395)     not reached            1.11x
+12 x 1024      0.067 (3e-5, 293)      0.181 (1e-4, 454)      0.099 (1e-4, 454)      1.48x
+1 x 4096       0.060 (3e-4, 20)       0.327 (1e-4, 36)       0.103 (1e-4, 36)       1.71x
+1 x 4096 @4    0.074 (1e-3, 24)       0.459 (1e-2, 52)       0.147 (1e-2, 52)       1.99x
 =============  =====================  =====================  =====================  ============
 
 TokenRank (alpha = 0.99, L1 error <= 1e-6; ours at tol 1e-6 gave L1 error <= 2.4e-8 on every row):
@@ -49,10 +49,10 @@ TokenRank (alpha = 0.99, L1 error <= 1e-6; ours at tol 1e-6 gave L1 error <= 2.4
 =============  ======  ===================================  ============
 heads x n      ours    best peer                            ours vs best
 =============  ======  ===================================  ============
-12 x 197       0.004   dense fp64 0.006                     1.60x
-12 x 1024      0.140   ARPACK k=1 fp64 0.158 (282 matvecs)  1.13x
-1 x 4096       0.040   power fp32 0.048 (8 steps)           1.19x
-1 x 4096 @4    0.197   ARPACK k=1 fp64 0.273 (31 matvecs)   1.38x
+12 x 197       0.0038  dense fp64 0.0041                    1.08x
+12 x 1024      0.137   ARPACK k=1 fp64 0.164 (282 matvecs)  1.19x
+1 x 4096       0.047   power fp32 0.054 (8 steps)           1.14x
+1 x 4096 @4    0.214   ARPACK k=1 fp64 0.335 (31 matvecs)   1.57x
 =============  ======  ===================================  ============
 
 ARPACK starts from a seeded vector (``arpack_start``), so its timed runs repeat the ladder run that
@@ -62,20 +62,24 @@ tolerance a start vector needs varies with the vector: at 12 x 197 this one lets
 at tol 1e-3.
 
 Where the targets stand (ours at least as fast as the best peer, at equal accuracy, at every size):
+both hold at all four sizes in this run.
 
-* TokenRank holds at all four sizes. At 12 x 197 ``method="auto"`` takes the same float64 dense
-  solve as the dense peer: its ratio there is parity, and ran from 1.02x to 1.60x between runs.
-* lambda2 holds at 12 x 1024, 1 x 4096 and 1 x 4096 @4, and is at parity at 12 x 197: 0.99x
-  here, 0.95x and 1.01x in two more runs of that row (``--repeats 15``). Ours does fewer bounces
-  than ARPACK does matvecs (336 head-bounces against 395); what the row loses on is fixed cost. A
-  batched Arnoldi step costs about 27 us plus 6 us per head in the batch (torch dispatch on
-  197 x 197 pieces), and the convergence checks' host ``eigvals`` of the ``k x k`` projected
-  matrices take about 40 % of the call (3.2 of 7.7 ms; one 64 x 64 ``eigvals`` costs as much as
-  80 head-steps; LAPACK's Hessenberg QR itself, ``dhseqr``, took as long as numpy's
-  ``eigvals``). lambda2's criterion is relative (``tol * |theta|``, as ARPACK's): it holds the
-  fast heads, whose eigenvalues crowd at small moduli, to a tighter residual, so the loosest
-  tolerance that meets the target is 3e-5 where an absolute criterion needed 1e-5 (10.0 ms a
-  call then); the first check comes after 12 steps (3 % faster than 8 here, 2 % at 12 x 1024).
+* TokenRank: at 12 x 197 ``method="auto"`` takes the same float64 dense solve as the dense peer,
+  so its ratio there is parity (1.02x to 1.60x between runs).
+* lambda2 at 12 x 197 has the thinnest margin: 1.11x here, 1.14x and 1.05x in two more runs of
+  that row (``--repeats 15``). Ours does fewer bounces than ARPACK does matvecs (336
+  head-bounces against 395); the rest is fixed cost. A batched Arnoldi step costs about 27 us
+  plus 6 us per head in the batch (torch dispatch on 197 x 197 pieces), and the convergence
+  checks' host ``eigvals`` of the ``k x k`` projected matrices take about 40 % of the call (one
+  64 x 64 ``eigvals`` costs as much as 80 head-steps; LAPACK's Hessenberg QR itself,
+  ``dhseqr``, took as long as numpy's ``eigvals``). The alternatives, measured one at a time
+  on this row: an absolute criterion (``residual <= tol``) needs tol 1e-5 for the target, 10.0
+  ms a call against 8.3 ms with the relative one (``tol * |theta|``, as ARPACK's: it holds the
+  fast heads, whose eigenvalues crowd at small moduli, to a tighter residual, so tol 3e-5
+  meets the target); a first check after 8 steps instead of 16 is 7 % slower; copying the
+  matrices of the chains that stay when others leave (``A[index]``) instead of bouncing them
+  through views (``solvers.by_runs``, ``_to_front``) is 6 % slower here and at 12 x 1024
+  costs a third of the call (90 against 67 ms).
 """
 from __future__ import annotations
 

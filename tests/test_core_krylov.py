@@ -54,9 +54,9 @@ def test_gmres_solves_easy_systems_first():
     M[0] = torch.eye(40, dtype=torch.float64)
     seen = []
 
-    def operator(idx):
-        seen.append(idx.tolist())
-        return lambda v: (v.unsqueeze(-2) @ M[idx]).squeeze(-2)
+    def operator(ids):
+        seen.append(list(ids))
+        return lambda v: (v.unsqueeze(-2) @ M[ids]).squeeze(-2)
 
     x, _ = gmres(operator, b, rtol=1e-12, restart=5)
     torch.testing.assert_close(x[0], b[0])

@@ -209,6 +209,77 @@ def test_a_converged_chain_stops_changing(monkeypatch):
     torch.testing.assert_close(both[0], alone[0], atol=1e-13, rtol=0)
 
 
+def test_by_runs_calls_each_run_of_consecutive_chains_once_in_order():
+    """by_runs([0, 2, 3, 5], make) builds one function per run (0; 2-3; 5) on slices and hands
+    each its rows of the block, in order."""
+    from chains_lite.core.solvers import by_runs
+    built = []
+
+    def make(s):
+        built.append((s.start, s.stop))
+        return lambda X: X + s.start  # tells which run a row went through
+
+    out = by_runs([0, 2, 3, 5], make)(torch.zeros(4, 3))
+    assert built == [(0, 1), (2, 4), (5, 6)]
+    assert out[:, 0].tolist() == [0.0, 2.0, 2.0, 5.0]
+    assert by_runs([1, 2, 3], make)(torch.zeros(3, 1)).flatten().tolist() == [1.0] * 3
+
+
+def watch_copies(monkeypatch, A):
+    """A list that collects the indexings of ``A``'s memory (any view of it) by an index tensor
+    or list: the ones that copy its chains."""
+    copies, memory = [], A.untyped_storage().data_ptr()
+    getitem = torch.Tensor.__getitem__
+
+    def watching(self, idx):
+        parts = idx if isinstance(idx, tuple) else (idx,)
+        if (self.untyped_storage().data_ptr() == memory
+                and any(isinstance(i, (torch.Tensor, list)) for i in parts)):
+            copies.append(idx)
+        return getitem(self, idx)
+    monkeypatch.setattr(torch.Tensor, "__getitem__", watching)
+    return copies
+
+
+def test_auto_hands_its_slow_chains_to_gmres_on_views(monkeypatch):
+    """auto's chains that need GMRES after others have finished go to it on views of A (one
+    GMRES per run of consecutive chains), each from its last power iterate, and reach tol."""
+    from chains_lite.core import solvers
+    A = attention_like(5, 300, seed=3, temperature=(1.0, 4.0))
+    A64 = (A.double() / A.double().sum(-1, keepdim=True)).numpy()
+    ref = np.stack([ref_steady_state(ref_teleport(a, 0.99)) for a in A64])
+    verdict = solvers._power_verdict
+
+    def scripted(diffs, tol, max_rate):  # once a window is full: 0, 3 done; 1, 2, 4 to GMRES
+        steps_left = verdict(diffs, tol, max_rate)[2]
+        full = len(diffs) > solvers._WINDOW
+        done = torch.tensor([True, False, False, True, False]) & full
+        return done, ~done & full, steps_left
+    monkeypatch.setattr(solvers, "_power_verdict", scripted)
+    batches, krylov = [], solvers.krylov_steady_state
+    monkeypatch.setattr(solvers, "krylov_steady_state",
+                        lambda A_, *a: batches.append(A_.shape[0]) or krylov(A_, *a))
+    copies = watch_copies(monkeypatch, A)
+    pi = cl.tokenrank(A, alpha=0.99, method="auto", tol=1e-6)
+    assert sorted(batches) == [1, 2] and not copies
+    assert np.abs(pi.double().numpy() - ref).sum(-1)[[1, 2, 4]].max() <= 1e-6
+
+
+def test_leaving_chains_do_not_copy_the_batch(monkeypatch):
+    """When converged chains leave, lambda2, the power method and GMRES bounce the rest through
+    views of A (no A[index] copy) and give each chain what it gets alone."""
+    A = attention_like(6, 600, seed=2)  # above _DEFLATE_MAX_N: lambda2 bounces through stepper
+    alone_l2 = torch.cat([cl.lambda2(A[i : i + 1], tol=1e-6) for i in range(6)])
+    alone = {m: torch.cat([cl.tokenrank(A[i : i + 1], alpha=0.99, method=m) for i in range(6)])
+             for m in ("power", "krylov", "auto")}
+    copies = watch_copies(monkeypatch, A)
+    torch.testing.assert_close(cl.lambda2(A, tol=1e-6), alone_l2, atol=1e-6, rtol=0)
+    for method, pi in alone.items():
+        torch.testing.assert_close(cl.tokenrank(A, alpha=0.99, method=method), pi, atol=1e-6,
+                                   rtol=0)
+    assert not copies
+
+
 def test_thick_restart_keeps_a_krylov_schur_relation():
     """After a restart the basis is orthonormal, bounces by the new projected matrix
     (``V_p P = H^T V_{p+1}`` in row form, as Arnoldi's), and that matrix holds the larger half of

@@ -365,13 +365,14 @@ def lambda2(A, direction: str = "incoming", tol: float = 1e-4, max_iter: int = 4
     Accuracy, measured against float64 ``eigvals`` on attention-like heads
     (``benchmarks/bench_core.py``; float32 bounces): the eigenvalue's error is about 0.1 to 1
     times the residual (the chains are not normal), so ``tol=1e-4`` (default) gave
-    |error| <= 3e-6 and ``tol=1e-5`` gave |error| <= 2e-7 (tests/test_core_chain.py); float32
-    rounding floors it there (``tol=1e-6`` gave the same errors). With restarts in a small
-    space, ``krylov_dim=12``, ``tol=1e-5`` gave |error| <= 2.6e-7.
+    |error| <= 3e-6 and ``tol=1e-5`` gave |error| <= 2e-7 on the heads of
+    tests/test_core_chain.py (``tol=1e-4``: <= 5.3e-6 over eight sets of twelve 197-token
+    heads); float32 rounding floors it there (``tol=1e-6`` gave the same errors). With restarts
+    in a small space, ``krylov_dim=12``, ``tol=1e-5`` gave |error| <= 2.6e-7.
     A looser ``tol`` risks stopping on |lambda_3|: when the start vector has little of the
     lambda_2 direction, a head can converge to the next eigenvalue first (``tol=1e-3`` returned
-    a value 2.6e-3 low on one of twelve heads). Eigenvalues of nearly equal modulus (closer than
-    about ``tol``) can be confused the same way; lower ``tol`` for such spectra.
+    a value 1.9e-3 off on one of those 96 heads). Eigenvalues of nearly equal modulus (closer
+    than about ``tol``) can be confused the same way; lower ``tol`` for such spectra.
     """
     _check_direction(direction)
     if not (_is_real(tol) and 0 < tol < 1):

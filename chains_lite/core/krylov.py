@@ -90,14 +90,14 @@ def _least_squares(H: torch.Tensor, beta: torch.Tensor):
     return y.to(H.dtype), res.norm(dim=-1).to(H.dtype)
 
 
-def gmres(operator: Callable[[torch.Tensor], Matvec], b: torch.Tensor, rtol: float = 1e-5,
+def gmres(operator: Callable[[list[int]], Matvec], b: torch.Tensor, rtol: float = 1e-5,
           atol: torch.Tensor | float = 0.0, restart: int = 24, max_matvecs: int = 400,
           every: int = 4):
     """Solve ``x M = b`` for a batch of row vectors by restarted GMRES.
 
-    b: ``(B, n)``. ``operator(idx)`` returns the matvec ``x -> x M`` for the systems ``idx``
-    (an index tensor); it is called again only when systems that have converged leave the
-    batch (at a restart). A system is done when ``|b - x M|_2 <= max(rtol * |b|_2, atol)``;
+    b: ``(B, n)``. ``operator(ids)`` returns the matvec ``x -> x M`` for the systems ``ids`` (a
+    host list of their indices in ``b``, increasing); it is called again only when systems that
+    have converged leave the batch (at a restart). A system is done when ``|b - x M|_2 <= max(rtol * |b|_2, atol)``;
     ``atol`` may be a ``(B,)`` tensor. A cycle ends early once half its systems are solved,
     checked every ``every`` steps (each check is a host read; the residuals at a cycle's start
     are read on the host only where the last check found systems solved, which then leave at
@@ -108,7 +108,7 @@ def gmres(operator: Callable[[torch.Tensor], Matvec], b: torch.Tensor, rtol: flo
     limit = torch.maximum(rtol * b.norm(dim=-1), torch.as_tensor(atol, dtype=b.dtype, device=b.device))
     todo = list(range(B))  # on the host: which systems are still in the batch
     idx = torch.arange(B, device=b.device)
-    matvec = operator(idx)
+    matvec = operator(todo)
     m = max(1, min(restart, n))
     spent, expect_leave = 0, False
     while todo and spent < max_matvecs:
@@ -127,7 +127,7 @@ def gmres(operator: Callable[[torch.Tensor], Matvec], b: torch.Tensor, rtol: flo
                     break
                 sel = torch.tensor(stay, dtype=torch.long, device=b.device)
                 idx, r, beta, lim, solved = idx[sel], r[sel], beta[sel], lim[sel], solved[sel]
-                matvec = operator(idx)
+                matvec = operator(todo)
         r = torch.where(solved[:, None], 0.0, r)
         beta = torch.where(solved, 0.0, beta)
         flags = []
@@ -152,5 +152,5 @@ def gmres(operator: Callable[[torch.Tensor], Matvec], b: torch.Tensor, rtol: flo
             if not todo:
                 break
             idx = idx[torch.tensor(stay, dtype=torch.long, device=b.device)]
-            matvec = operator(idx)
+            matvec = operator(todo)
     return x, spent

@@ -146,6 +146,31 @@ def index(ids: list[int], device) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long, device=device)
 
 
+def by_runs(ids: list[int], make: Callable[[slice], Callable]) -> Callable:
+    """One function of row blocks ``X`` ``(len(ids), ...)`` for the chains ``ids`` (increasing
+    indices into a batch) from ``make(s)``, the function for the chains of a slice ``s``.
+
+    ``make`` builds on views of the batch (``A[s]``), so when converged chains leave, the
+    matrices of those that stay are not copied: a copy of ``A[ids]`` costs about two bounces
+    per chain, most of it in faults on the fresh memory (a third of a lambda2 call at
+    12 x 1024). Each run of consecutive ``ids`` is one call; their outputs are concatenated.
+    """
+    runs, start = [], 0
+    for i in range(1, len(ids) + 1):
+        if i == len(ids) or ids[i] != ids[i - 1] + 1:
+            runs.append(slice(ids[start], ids[i - 1] + 1))
+            start = i
+    parts = [make(run) for run in runs]
+    if len(parts) == 1:
+        return parts[0]
+    sizes = [run.stop - run.start for run in runs]
+
+    def joined(X):
+        return torch.cat([f(x) for f, x in zip(parts, X.split(sizes))])
+    joined.dangling = getattr(parts[0], "dangling", False)
+    return joined
+
+
 def pieces(A, dense: bool = False):
     """``(batch slice, chains)`` pieces of ``B`` chains ``(B, n, n)`` to solve one at a time.
 
@@ -197,20 +222,18 @@ def krylov_steady_state(A, p, alpha, direction, tol, max_iter, x0=None):
     exact_step = stepper(A, direction, True, rows)
     dangling = exact_step.dangling  # read once for the whole batch
 
-    def operator(A_, p_, step):
+    def operator(p_, step):
         return lambda x: (x - alpha * step(x.unsqueeze(-2)).squeeze(-2)
                           + alpha * x.sum(-1, keepdim=True) * p_)
 
-    def subset(idx):  # the float32 operator for the systems idx (they leave as they converge)
-        if len(idx) == A.shape[0]:
-            return operator(A, p, stepper(A, direction, rows=rows, dangling=dangling))
-        A_, rows_ = A[idx], rows[idx]
-        return operator(A_, p[idx], stepper(A_, direction, rows=rows_, dangling=dangling))
+    def subset(ids):  # the float32 operator for the systems ids (they leave as they converge)
+        return by_runs(ids, lambda s: operator(
+            p[s], stepper(A[s], direction, rows=rows[s], dangling=dangling)))
 
     # the error of x (and of x / sum(x)) is at most 3 |r|_1 / (1 - alpha) in L1: (I - alpha P)
     # has an inverse of L1 norm <= 1 / (1 - alpha), and sum(x) - 1 = -sum(r)
     certify = tol * max(1.0 - alpha, 1e-3) / 4
-    exact = operator(A, p.double(), exact_step)
+    exact = operator(p.double(), exact_step)
     x = torch.zeros_like(p, dtype=torch.float64) if x0 is None else x0.double()
     r = p.double() if x0 is None else p.double() - exact(x)
     spent, converged = 0, False
@@ -262,9 +285,9 @@ def auto_steady_state(A, p, alpha, direction, tol, max_iter, rows=None):
     out = p.clone()
     todo = list(range(B))  # chains still in power steps (on the host: no read needed)
     slow, starts = [], []  # chains handed to GMRES, and their last iterates
-    A_, p_ = A, p
+    p_ = p
     rows = A.sum(-1).double() if rows is None else rows
-    times = chunked_times(A_, rows)
+    times = chunked_times(A, rows)
     v = p_.unsqueeze(-2)  # (B, 1, n)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     handed = torch.zeros_like(finished)  # to GMRES
@@ -307,18 +330,20 @@ def auto_steady_state(A, p, alpha, direction, tol, max_iter, rows=None):
             break
         sel = index(keep, device)
         todo = [todo[i] for i in keep]
-        A_, p_, v, rows = A_[sel], p_[sel], v[sel], rows[sel]
+        p_, v = p_[sel], v[sel]
         finished, handed, steps_left = finished[sel], handed[sel], steps_left[sel]
         diffs = [d[sel] for d in diffs]
-        times = chunked_times(A_, rows)
+        times = by_runs(todo, lambda s: chunked_times(A[s], rows[s]))
     else:  # max_iter power steps: GMRES gets no bounces left, and warns
         slow.append(todo)
         starts.append(v[:, 0])
     slow = [i for ids in slow for i in ids]
-    if slow:
-        ids = index(slow, device)
-        out[ids] = krylov_steady_state(A[ids], p[ids].to(A.dtype), alpha, direction, tol,
-                                       max(1, max_iter - k), torch.cat(starts)).double()
+    if slow:  # GMRES for the slow chains, on views of A (by_runs: no copy of their matrices)
+        order = sorted(range(len(slow)), key=slow.__getitem__)
+        ids, starts = [slow[i] for i in order], torch.cat(starts)[index(order, device)]
+        solve = by_runs(ids, lambda s: lambda x0: krylov_steady_state(
+            A[s], p[s].to(A.dtype), alpha, direction, tol, max(1, max_iter - k), x0))
+        out[index(ids, device)] = solve(starts).double()
     return finite(out, "tokenrank").to(A.dtype)
 
 
@@ -444,10 +469,10 @@ def power_steady_state(A, p, alpha, direction, tol, max_iter):
             return finite(out, "tokenrank").to(A.dtype)
         sel = index(keep, device)
         todo = [todo[i] for i in keep]
-        A, p, v, x, xP, rows, done = A[sel], p[sel], v[sel], x[sel], xP[sel], rows[sel], done[sel]
+        p, v, x, xP, done = p[sel], v[sel], x[sel], xP[sel], done[sel]
         diffs = [d[sel] for d in diffs]
-        step = stepper(A, direction, False, rows, dangling)
-        exact = stepper(A, direction, True, rows, dangling)
+        step = by_runs(todo, lambda s: stepper(A[s], direction, False, rows[s], dangling))
+        exact = by_runs(todo, lambda s: stepper(A[s], direction, True, rows[s], dangling))
     warnings.warn(f"tokenrank did not reach tol={tol} in max_iter={max_iter} iterations for "
                   f"{len(todo)} chain(s) (alpha close to 1 on a slowly mixing chain?); "
                   "returning the last iterate", RuntimeWarning, stacklevel=3)
@@ -532,8 +557,8 @@ def _arnoldi(A, direction, tol, max_iter, krylov_dim, rows=None):
             if not keep.any():
                 return lam, near
             todo = ids[keep].tolist()
-            sel = index(np.flatnonzero(keep).tolist(), device)
-            V, H, step = V[sel], H[sel], step.subset(sel)
+            stay = np.flatnonzero(keep).tolist()
+            V, H, step = _to_front(V, stay), _to_front(H, stay), step.subset(stay)
             top, dist, Hk = top[keep], dist[keep], Hk[keep]
         spent += k - start
         if spent >= max_iter:
@@ -545,9 +570,10 @@ def _arnoldi(A, direction, tol, max_iter, krylov_dim, rows=None):
         start, check = k, k + _check_every(k, n)
 
 
-# Arnoldi steps before lambda2's first convergence check (12 against 8: 3 % less a call at
-# 12 x 197, where a check of all heads costs as much as five batched steps; 2 % at 12 x 1024)
-_FIRST_CHECK = 12
+# Arnoldi steps before lambda2's first convergence check (16 against 8: 7 % less a call at
+# 12 x 197, where a check of all heads costs as much as five batched steps; 1 x 4096, 4 x 4096
+# and 12 x 1024 within 2 %, the last one faster)
+_FIRST_CHECK = 16
 
 # lambda2's criterion is relative, residual <= tol * |theta|, down to |theta| = _RELATIVE_FLOOR
 # and absolute below (a chain with lambda_2 = 0 converges too)
@@ -562,18 +588,22 @@ _DEFLATE_MAX_N = 512
 class _ZeroSumBounce:
     """``V -> V P`` less its mean, ``(B, 1, n)`` zero-sum row vectors in and out (the mean is the
     component along the eigenvalue 1, which rounding leaks into), through ``stepper``: no copy
-    of ``A``. ``subset(sel)``: the same for the chains ``sel`` only."""
+    of ``A``. ``subset(keep)``: the same for the chains at the positions ``keep`` (a host list,
+    increasing) only, on views of ``A`` (``by_runs``). ``ids``: the chains of ``A`` in the batch."""
 
-    def __init__(self, A, direction, rows, dangling=None):
+    def __init__(self, A, direction, rows, dangling=None, ids=None):
         self.A, self.direction, self.rows = A, direction, rows
-        self.step = stepper(A, direction, rows=rows, dangling=dangling)
+        self.ids = list(range(A.shape[0])) if ids is None else ids
+        self.step = by_runs(self.ids, lambda s: stepper(A[s], direction, rows=rows[s],
+                                                        dangling=dangling))
 
     def __call__(self, V):
         y = self.step(V)
         return y - y.mean(-1, keepdim=True)
 
-    def subset(self, sel):
-        return _ZeroSumBounce(self.A[sel], self.direction, self.rows[sel], self.step.dangling)
+    def subset(self, keep):
+        return _ZeroSumBounce(self.A, self.direction, self.rows, self.step.dangling,
+                              [self.ids[i] for i in keep])
 
 
 class _DeflatedBounce:
@@ -581,21 +611,34 @@ class _DeflatedBounce:
     ``A``): for zero-sum ``V`` it is the bounce ``V P`` less its mean, in one product, as at
     small ``n`` a step costs its number of operations. ``P 1 = 1``, so the eigenvalues of
     ``P - J / n`` are those of ``P`` with the eigenvalue 1 replaced by 0, and every product is
-    zero-sum up to rounding. ``subset(sel)``: the same for the chains ``sel`` only."""
+    zero-sum up to rounding. ``subset(keep)``: the same for the chains at the positions ``keep``
+    (a host list, increasing) only; their matrices move to the front of the same memory (fresh
+    memory would cost its page faults)."""
 
     def __init__(self, A, direction, rows):
         R = A / rows.to(A.dtype).unsqueeze(-1)  # row-stochastic: the incoming chain
-        if direction == "outgoing":
-            R = outgoing_matrix(R)
-        self.D = R - 1.0 / A.shape[-1]
+        if direction == "outgoing":  # the transposed chain, made contiguous by the subtraction
+            self.D = outgoing_matrix(R) - 1.0 / A.shape[-1]
+        else:
+            self.D = R.sub_(1.0 / A.shape[-1])
 
     def __call__(self, V):
         return torch.bmm(V, self.D)
 
-    def subset(self, sel):
+    def subset(self, keep):
         out = copy.copy(self)
-        out.D = self.D[sel]
+        out.D = _to_front(self.D, keep)
         return out
+
+
+def _to_front(T: torch.Tensor, keep: list[int]) -> torch.Tensor:
+    """``T[keep]`` for positions ``keep`` (a host list, increasing) along the first dim, made by
+    moving those entries to the front of ``T`` itself: a view of ``T``, whose memory it changes.
+    For the solvers' own buffers, where fresh memory would cost its page faults."""
+    for j, i in enumerate(keep):  # i >= j: no entry is overwritten before it is read
+        if i != j:
+            T[j].copy_(T[i])
+    return T[: len(keep)]
 
 
 def _check_every(k: int, n: int) -> int:
