@@ -210,19 +210,22 @@ def test_a_converged_chain_stops_changing(monkeypatch):
 
 
 def test_by_runs_calls_each_run_of_consecutive_chains_once_in_order():
-    """by_runs([0, 2, 3, 5], make) builds one function per run (0; 2-3; 5) on slices and hands
-    each its rows of the block, in order."""
+    """On the CPU by_runs([0, 2, 3, 5], make) builds one function per run (0; 2-3; 5) on slices
+    and hands each its rows of the block, in order; elsewhere one function on an index tensor."""
     from chains_lite.core.solvers import by_runs
     built = []
 
     def make(s):
-        built.append((s.start, s.stop))
-        return lambda X: X + s.start  # tells which run a row went through
+        built.append((s.start, s.stop) if isinstance(s, slice) else tuple(s.shape))
+        return lambda X: X + (s.start if isinstance(s, slice) else 0)  # which run a row took
 
-    out = by_runs([0, 2, 3, 5], make)(torch.zeros(4, 3))
+    out = by_runs([0, 2, 3, 5], make, "cpu")(torch.zeros(4, 3))
     assert built == [(0, 1), (2, 4), (5, 6)]
     assert out[:, 0].tolist() == [0.0, 2.0, 2.0, 5.0]
-    assert by_runs([1, 2, 3], make)(torch.zeros(3, 1)).flatten().tolist() == [1.0] * 3
+    assert by_runs([1, 2, 3], make, "cpu")(torch.zeros(3, 1)).flatten().tolist() == [1.0] * 3
+    built.clear()
+    by_runs([0, 2, 3, 5], make, "meta")
+    assert built == [(4,)]  # a device other than the CPU: one gathered batch
 
 
 def watch_copies(monkeypatch, A):

@@ -146,23 +146,28 @@ def index(ids: list[int], device) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long, device=device)
 
 
-def by_runs(ids: list[int], make: Callable[[slice], Callable]) -> Callable:
+def by_runs(ids: list[int], make: Callable, device) -> Callable:
     """One function of row blocks ``X`` ``(len(ids), ...)`` for the chains ``ids`` (increasing
-    indices into a batch) from ``make(s)``, the function for the chains of a slice ``s``.
+    indices into a batch) from ``make(s)``, the function for the chains ``s`` of the batch (a
+    slice, or an index tensor).
 
-    ``make`` builds on views of the batch (``A[s]``), so when converged chains leave, the
-    matrices of those that stay are not copied: a copy of ``A[ids]`` costs about two bounces
-    per chain, most of it in faults on the fresh memory (a third of a lambda2 call at
-    12 x 1024). Each run of consecutive ``ids`` is one call; their outputs are concatenated.
+    On the CPU ``make`` gets slices, so it builds on views of the batch (``A[s]``) and when
+    converged chains leave, the matrices of those that stay are not copied: a copy of
+    ``A[ids]`` costs about two bounces per chain there, most of it in faults on the fresh memory
+    (a third of a lambda2 call at 12 x 1024). Each run of consecutive ``ids`` is one call; their
+    outputs are concatenated. On a GPU, where a copy is fast and each call launches kernels,
+    ``make`` gets the index tensor of all ``ids`` (one copy, one call).
     """
     runs, start = [], 0
     for i in range(1, len(ids) + 1):
         if i == len(ids) or ids[i] != ids[i - 1] + 1:
             runs.append(slice(ids[start], ids[i - 1] + 1))
             start = i
+    if len(runs) == 1:
+        return make(runs[0])
+    if torch.device(device).type != "cpu":
+        return make(index(ids, device))
     parts = [make(run) for run in runs]
-    if len(parts) == 1:
-        return parts[0]
     sizes = [run.stop - run.start for run in runs]
 
     def joined(X):
@@ -228,7 +233,7 @@ def krylov_steady_state(A, p, alpha, direction, tol, max_iter, x0=None):
 
     def subset(ids):  # the float32 operator for the systems ids (they leave as they converge)
         return by_runs(ids, lambda s: operator(
-            p[s], stepper(A[s], direction, rows=rows[s], dangling=dangling)))
+            p[s], stepper(A[s], direction, rows=rows[s], dangling=dangling)), A.device)
 
     # the error of x (and of x / sum(x)) is at most 3 |r|_1 / (1 - alpha) in L1: (I - alpha P)
     # has an inverse of L1 norm <= 1 / (1 - alpha), and sum(x) - 1 = -sum(r)
@@ -333,16 +338,16 @@ def auto_steady_state(A, p, alpha, direction, tol, max_iter, rows=None):
         p_, v = p_[sel], v[sel]
         finished, handed, steps_left = finished[sel], handed[sel], steps_left[sel]
         diffs = [d[sel] for d in diffs]
-        times = by_runs(todo, lambda s: chunked_times(A[s], rows[s]))
+        times = by_runs(todo, lambda s: chunked_times(A[s], rows[s]), device)
     else:  # max_iter power steps: GMRES gets no bounces left, and warns
         slow.append(todo)
         starts.append(v[:, 0])
     slow = [i for ids in slow for i in ids]
-    if slow:  # GMRES for the slow chains, on views of A (by_runs: no copy of their matrices)
+    if slow:  # GMRES for the slow chains (by_runs: on the CPU on views of A, no copies)
         order = sorted(range(len(slow)), key=slow.__getitem__)
         ids, starts = [slow[i] for i in order], torch.cat(starts)[index(order, device)]
         solve = by_runs(ids, lambda s: lambda x0: krylov_steady_state(
-            A[s], p[s].to(A.dtype), alpha, direction, tol, max(1, max_iter - k), x0))
+            A[s], p[s].to(A.dtype), alpha, direction, tol, max(1, max_iter - k), x0), device)
         out[index(ids, device)] = solve(starts).double()
     return finite(out, "tokenrank").to(A.dtype)
 
@@ -471,8 +476,8 @@ def power_steady_state(A, p, alpha, direction, tol, max_iter):
         todo = [todo[i] for i in keep]
         p, v, x, xP, done = p[sel], v[sel], x[sel], xP[sel], done[sel]
         diffs = [d[sel] for d in diffs]
-        step = by_runs(todo, lambda s: stepper(A[s], direction, False, rows[s], dangling))
-        exact = by_runs(todo, lambda s: stepper(A[s], direction, True, rows[s], dangling))
+        step = by_runs(todo, lambda s: stepper(A[s], direction, False, rows[s], dangling), device)
+        exact = by_runs(todo, lambda s: stepper(A[s], direction, True, rows[s], dangling), device)
     warnings.warn(f"tokenrank did not reach tol={tol} in max_iter={max_iter} iterations for "
                   f"{len(todo)} chain(s) (alpha close to 1 on a slowly mixing chain?); "
                   "returning the last iterate", RuntimeWarning, stacklevel=3)
@@ -589,13 +594,14 @@ class _ZeroSumBounce:
     """``V -> V P`` less its mean, ``(B, 1, n)`` zero-sum row vectors in and out (the mean is the
     component along the eigenvalue 1, which rounding leaks into), through ``stepper``: no copy
     of ``A``. ``subset(keep)``: the same for the chains at the positions ``keep`` (a host list,
-    increasing) only, on views of ``A`` (``by_runs``). ``ids``: the chains of ``A`` in the batch."""
+    increasing) only, on the CPU on views of ``A`` (``by_runs``). ``ids``: the chains of ``A`` in
+    the batch."""
 
     def __init__(self, A, direction, rows, dangling=None, ids=None):
         self.A, self.direction, self.rows = A, direction, rows
         self.ids = list(range(A.shape[0])) if ids is None else ids
         self.step = by_runs(self.ids, lambda s: stepper(A[s], direction, rows=rows[s],
-                                                        dangling=dangling))
+                                                        dangling=dangling), A.device)
 
     def __call__(self, V):
         y = self.step(V)
