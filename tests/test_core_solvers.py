@@ -308,6 +308,31 @@ def test_thick_restart_keeps_a_krylov_schur_relation():
         np.testing.assert_allclose(new[:kept], old[:kept], rtol=1e-10)
 
 
+def test_thick_restart_when_lapack_refuses_the_ordering(monkeypatch):
+    """An ordering LAPACK refuses (moduli at the cut too close) is retried with a lower cut; if
+    none succeeds, the chain goes on from the last Arnoldi vector alone."""
+    import scipy.linalg
+    from chains_lite.core import solvers
+    from chains_lite.core.krylov import arnoldi
+    A = attention_like(2, 80, seed=6).double()
+    P = A / A.sum(-1, keepdim=True)
+    v = torch.randn(2, 80, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    V, H = arnoldi(lambda x: (x.unsqueeze(-2) @ P).squeeze(-2), v - v.mean(-1, keepdim=True), 12)
+    schur, calls = scipy.linalg.schur, []
+
+    def refusing(*args, refuse=1, **kwargs):  # refuses the first ``refuse`` orderings
+        calls.append(1)
+        if len(calls) <= refuse:
+            raise np.linalg.LinAlgError("Leading eigenvalues do not satisfy sort condition.")
+        return schur(*args, **kwargs)
+    monkeypatch.setattr(scipy.linalg, "schur", refusing)
+    _, _, p = solvers._thick_restart(H.numpy(), V, H)
+    assert p >= 6 and len(calls) == 3  # chain 0 on its second try, chain 1 on its first
+    monkeypatch.setattr(scipy.linalg, "schur", lambda *a, **k: refusing(*a, refuse=99, **k))
+    V_new, H_new, p = solvers._thick_restart(H.numpy(), V, H)
+    assert p == 0 and torch.equal(V_new[:, 0], V[:, 12]) and not H_new.any()
+
+
 def test_top_ritz_residuals_match_eig(monkeypatch):
     """lambda2's check takes the top Ritz pair's residual from eigvals and one inverse-iteration
     solve: it equals |h_{k+1,k} s_k| for the unit eigenvector s of numpy's eig, and so does the

@@ -687,11 +687,20 @@ def _thick_restart(Hk: np.ndarray, V: torch.Tensor, H: torch.Tensor):
     sizes = []
     for b in range(B):
         square = Hk[b, :m, :m]
-        cut = np.sort(np.abs(np.linalg.eigvals(square)))[-keep] * (1 - 1e-9)
-        Tb, Zb, s = scipy.linalg.schur(square, output="real",
-                                       sort=lambda re, im: math.hypot(re, im) >= cut)
-        Z[b, :, :s], T[b, :s, :s] = Zb[:, :s], Tb[:s, :s]
-        last[b, :s] = Hk[b, m, m - 1] * Zb[m - 1, :s]
+        modulus = np.sort(np.abs(np.linalg.eigvals(square)))[-keep]
+        s = 0  # if no ordering succeeds: this chain goes on from the last vector alone
+        # LAPACK refuses an ordering whose eigenvalues, reordered, fall on the other side of
+        # the cut (moduli that close): a cut further below the boundary then
+        for margin in (1e-9, 1e-6, 1e-3):
+            cut = modulus * (1 - margin)
+            try:
+                Tb, Zb, s = scipy.linalg.schur(square, output="real",
+                                               sort=lambda re, im: math.hypot(re, im) >= cut)
+            except np.linalg.LinAlgError:
+                continue
+            Z[b, :, :s], T[b, :s, :s] = Zb[:, :s], Tb[:s, :s]
+            last[b, :s] = Hk[b, m, m - 1] * Zb[m - 1, :s]
+            break
         sizes.append(s)
     # a kept complex pair can fill a basis of 2 (krylov_dim=2): go on from the last vector alone
     p = max(sizes) if max(sizes) < m else 0
