@@ -97,8 +97,8 @@ def gmres(operator: Callable[[list[int]], Matvec], b: torch.Tensor, rtol: float 
 
     b: ``(B, n)``. ``operator(ids)`` returns the matvec ``x -> x M`` for the systems ``ids`` (a
     host list of their indices in ``b``, increasing); it is called again only when systems that
-    have converged leave the batch (at a restart). A system is done when ``|b - x M|_2 <= max(rtol * |b|_2, atol)``;
-    ``atol`` may be a ``(B,)`` tensor. A cycle ends early once half its systems are solved,
+    have converged leave the batch (at a restart). A system is done when
+    ``|b - x M|_2 <= max(rtol * |b|_2, atol)``; ``atol`` may be a ``(B,)`` tensor. A cycle ends early once half its systems are solved,
     checked every ``every`` steps (each check is a host read; the residuals at a cycle's start
     are read on the host only where the last check found systems solved, which then leave at
     once; otherwise the systems they find solved stay, as zeros, until the cycle's first check). Returns ``x`` ``(B, n)`` and the number of (batched) matvecs spent.
