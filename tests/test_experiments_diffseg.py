@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from chains_lite.experiments.diffseg import bootstrap, choose_threshold, score_chains
+from chains_lite.experiments.diffseg import bootstrap, choose_threshold, own_segment_mass, score_chains
 from references import block_chain, halves
 
 
@@ -31,6 +31,26 @@ def test_choose_threshold_takes_the_best_validation_score_of_the_strategy():
         choose_threshold({})
     with pytest.raises(ValueError, match="acc"):
         choose_threshold(sweep, metric="acc")
+
+
+def test_own_segment_mass_by_hand():
+    # a 2 x 2 token grid on a 4 x 4 image: token 0 is an object (class 3), the rest background
+    gt = torch.zeros(1, 4, 4, dtype=torch.long)
+    gt[0, :2, :2] = 3
+    A = torch.tensor([[[0.7, 0.1, 0.1, 0.1],      # the object token keeps 0.7 on itself
+                       [0.4, 0.2, 0.2, 0.2],      # background tokens: 0.6 on the background
+                       [0.1, 0.3, 0.3, 0.3],      # 0.9
+                       [0.0, 0.0, 0.0, 1.0]]])    # 1.0
+    out = own_segment_mass(A, gt)
+    assert out["object"] == pytest.approx({"mass": 0.7, "area": 0.25, "tokens": 1})
+    assert out["background"] == pytest.approx({"mass": (0.6 + 0.9 + 1.0) / 3, "area": 0.75, "tokens": 3})
+    # a uniform chain puts on each segment exactly its area
+    uniform = own_segment_mass(torch.full((1, 4, 4), 0.25), gt)
+    assert all(v["mass"] == pytest.approx(v["area"]) for v in uniform.values())
+    with pytest.raises(ValueError, match="square"):
+        own_segment_mass(torch.full((1, 3, 3), 1 / 3), gt)
+    with pytest.raises(ValueError, match="ground-truth"):
+        own_segment_mass(A, torch.cat([gt, gt]))
 
 
 def test_score_chains_counts_every_strategy_per_image():

@@ -74,6 +74,21 @@ def test_full_work_on_a_random_conditional_unet(cond_unet, sched, tmp_path):
     assert set(t["methods"]) == set(exp.METHODS) and t["n_samples"] == 3
 
 
+def test_sample_change_by_hand():
+    ref = torch.tensor([0.0, 1.0, 0.5]).reshape(3, 1, 1, 1).expand(3, 3, 2, 2)   # three seeds
+    moved = ref + torch.tensor([0.1, -0.2, 0.3]).reshape(3, 1, 1, 1)
+    change = exp.sample_change({("none", 0.0): ref, ("sag_tokenrank", 1.0): moved})
+    assert change["seeds"] == pytest.approx((1.0 + 0.5) / 2)              # |0 - 1|, |1 - 0.5|
+    assert change[("sag_tokenrank", 1.0)] == pytest.approx((0.1 + 0.2 + 0.3) / 3)
+    assert set(change) == {"seeds", ("sag_tokenrank", 1.0)}
+    with pytest.raises(ValueError, match="reference"):
+        exp.sample_change({("sag_tokenrank", 1.0): moved})
+    with pytest.raises(ValueError, match="B >= 2"):
+        exp.sample_change({("none", 0.0): ref[:1]})
+    with pytest.raises(ValueError, match="shape"):
+        exp.sample_change({("none", 0.0): ref, ("sag_tokenrank", 1.0): moved[:2]})
+
+
 def test_benchmark_refuses_bad_arguments_and_an_existing_out_before_work(tmp_path, capsys):
     import importlib.util
     from pathlib import Path

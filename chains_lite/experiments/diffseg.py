@@ -1,7 +1,8 @@
 """Chapter 5's tables: DiffSeg with uniform or TokenRank anchors scored on labelled images
 (paper Table 3): :func:`score_chains` (Hungarian-matched counts per image), :func:`bootstrap`
 (intervals over images, paired differences), :func:`choose_threshold` (the merging threshold from a
-validation sweep), :func:`anchor_stats` (where anchors lie), :func:`table_rows` (beside the paper's numbers).
+validation sweep), :func:`anchor_stats` (where anchors lie), :func:`own_segment_mass` (where a
+token's map lies), :func:`table_rows` (beside the paper's numbers).
 """
 from __future__ import annotations
 
@@ -97,7 +98,7 @@ def anchor_stats(chains: torch.Tensor, gt: torch.Tensor, strategy: str, **kw) ->
     size = int(round(chains.shape[-1] ** 0.5))
     rows, cols = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
     tokens = torch.stack([rows.flatten(), cols.flatten()], 1).float()
-    small = torch.nn.functional.interpolate(gt[:, None].float(), size=(size, size), mode="nearest")[:, 0].long()
+    small = _token_classes(gt, size)
     spread, covered, objects = [], 0, 0
     for A, g in zip(chains, small):
         pts = anchors(A, size, strategy, **kw)
@@ -107,6 +108,40 @@ def anchor_stats(chains: torch.Tensor, gt: torch.Tensor, strategy: str, **kw) ->
         covered += sum(c in on for c in classes)
         objects += len(classes)
     return {"spread": float(np.mean(spread)), "coverage": covered / objects if objects else float("nan")}
+
+
+def _token_classes(gt: torch.Tensor, size: int) -> torch.Tensor:
+    """Class maps ``(B, H, W)`` -> ``(B, size, size)`` on the token grid (nearest neighbours)."""
+    return torch.nn.functional.interpolate(gt[:, None].float(), size=(size, size), mode="nearest")[:, 0].long()
+
+
+def own_segment_mass(chains: torch.Tensor, gt: torch.Tensor) -> dict:
+    """Whether a token's map stays on its own segment, over chains ``(B, n, n)`` (``n = S^2``) with
+    class maps ``gt`` ``(B, H, W)`` (class 0: background; resampled to the token grid by nearest
+    neighbours).
+
+    For every token: ``mass``, the share of its row's mass on the tokens of its own class in its
+    image, and ``area``, the share of the image's tokens of that class (the mass a uniform row
+    would put there). Returns ``{"object": ..., "background": ...}``, each ``{"mass", "area"}``
+    averaged over the tokens of that kind in all images and ``"tokens"``, their number.
+    """
+    if chains.ndim != 3 or chains.shape[-1] != chains.shape[-2]:
+        raise ValueError(f"chains must be (B, n, n), got {tuple(chains.shape)}")
+    if len(chains) != len(gt):
+        raise ValueError(f"{len(chains)} chains but {len(gt)} ground-truth maps")
+    size = int(round(chains.shape[-1] ** 0.5))
+    if size * size != chains.shape[-1]:
+        raise ValueError(f"{chains.shape[-1]} tokens do not make a square grid")
+    labels = _token_classes(gt, size).flatten(1).to(chains.device)       # (B, n)
+    same = (labels[:, :, None] == labels[:, None, :]).to(chains.dtype)   # (B, n, n)
+    mass = (chains * same).sum(-1).double().cpu()                        # (B, n)
+    area = same.mean(-1).double().cpu()
+    out = {}
+    for kind, where in (("object", labels.cpu() != 0), ("background", labels.cpu() == 0)):
+        k = int(where.sum())
+        out[kind] = {"mass": mass[where].mean().item() if k else float("nan"),
+                     "area": area[where].mean().item() if k else float("nan"), "tokens": k}
+    return out
 
 
 def table_rows(res: dict, strategies, paper: bool = True) -> tuple[list[str], list[list]]:

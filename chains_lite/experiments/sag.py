@@ -85,6 +85,29 @@ def lite_images(indices, *, unet, scheduler, scales=(1.0,), steps: int = 20, see
     return out
 
 
+def sample_change(images: dict, reference=("none", 0.0)) -> dict:
+    """How far each method moves a sample from ``reference``'s sample of the same seed.
+
+    ``images``: ``{(method, scale): (B, C, H, W)}`` pixel values, the same B seeds in the same order
+    under every key (B >= 2). Returns ``{key: mean |x - x_ref|}`` over seeds and pixels for every
+    key other than ``reference``, and ``"seeds"``: the same mean between ``reference``'s samples of
+    consecutive seeds ``(i, i + 1)``, the difference of two samples that start from other noise.
+    """
+    if reference not in images:
+        raise ValueError(f"no samples of the reference {reference!r}; keys: {list(images)}")
+    ref = images[reference].double()
+    if ref.ndim != 4 or len(ref) < 2:
+        raise ValueError(f"samples must be (B, C, H, W) with B >= 2, got {tuple(ref.shape)}")
+    out = {"seeds": (ref[1:] - ref[:-1]).abs().mean().item()}
+    for key, x in images.items():
+        if key == reference:
+            continue
+        if x.shape != ref.shape:
+            raise ValueError(f"{key!r}: samples of shape {tuple(x.shape)}, the reference's {tuple(ref.shape)}")
+        out[key] = (x.double() - ref).abs().mean().item()
+    return out
+
+
 def lite_records(indices, images: dict, judge) -> list[dict]:
     """:func:`lite_images`' samples scored by the classifier ``judge`` (``shapes-vit``): one record
     per index, ``{"index", "runs": [{"method", "scale", "features" (D,), "probs" (C,),
