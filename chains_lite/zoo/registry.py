@@ -71,9 +71,10 @@ HISTORY = 5  # earlier checkpoints a card remembers
 
 
 def history(shipped: dict | None, keys) -> list:
-    """The ``history`` of a card that replaces ``shipped`` (a card, or None): the shipped card's
-    own history and one entry for the shipped card itself (date, total steps, wall time and its
-    validation numbers under ``keys``), the last :data:`HISTORY` of them."""
+    """The ``history`` of a new card after ``shipped`` (the card in ``--checkpoint-dir`` that a run
+    starts from with ``--init`` and is compared with, or None): that card's own history and one
+    entry for it (date, total steps, wall time and its validation numbers under ``keys``), the
+    last :data:`HISTORY` of them."""
     if shipped is None:
         return []
     return [*shipped.get("history", []), _history_entry(shipped, keys)][-HISTORY:]
@@ -100,7 +101,7 @@ def render_card(card: dict) -> str:
     fmt = lambda v: ", ".join(f"{k} {x}" for k, x in v.items()) if isinstance(v, dict) else v  # noqa: E731
     lines += [f"| {k} | {fmt(v)} |" for k, v in card["validation"].items()]
     if card.get("history"):
-        lines += ["", "## History", "", "The checkpoints this one replaced, oldest first, and this one:", ""]
+        lines += ["", "## History", "", "Earlier checkpoints of this model, oldest first, and this one:", ""]
         keys = list(dict.fromkeys(k for h in card["history"] for k in h["validation"]))
         lines += ["| date | steps | wall time | " + " | ".join(keys) + " |", "|---" * (3 + len(keys)) + "|"]
         now = _history_entry(card, keys)
