@@ -121,12 +121,16 @@ def reading(cards: dict) -> str:
            "A lite number says whether the paper's *ordering* (TokenRank above the column sum, the "
            "paper's method above its ablations) holds for a small model on images with exact ground "
            "truth. It is not an estimate of the paper's number, and the chapters never print them as one."]
-    vit = cards.get("shapes-vit")
+    vit, ssl = cards.get("shapes-vit"), cards.get("shapes-vit-ssl")
     if vit:
+        trained = ("a model trained to find the largest shape" if ssl is None else
+                   "a model trained to find the largest shape and of the same architecture trained "
+                   "without labels (`shapes-vit-ssl`, whose linear probe names the largest shape of "
+                   f"{pct(ssl['validation']['probe_test_accuracy'])} of test images)")
         out.append(f"* **Small chains.** `shapes-vit` attends over {tokens(vit)}, so its maps are "
                    f"coarse grids; it names the largest shape of "
                    f"{pct(vit['validation']['test_accuracy'])} of test images. Chapters 2 and 6 measure "
-                   "the attention of a model trained to find the largest shape, not of DINO or CLIP.")
+                   f"the attention of {trained}, not of DINO or CLIP.")
     flux = cards.get("shapes-flux")
     if flux:
         v = flux["validation"]
@@ -140,12 +144,13 @@ def reading(cards: dict) -> str:
     unet = cards.get("shapes-unet")
     if unet:
         v = unet["validation"]
-        out.append(f"* **The sampler behind chapters 4 and 5.** `shapes-unet`'s samples are judged "
-                   f"confidently {pct(v['confident_fraction'])} of the time (real images: "
+        out.append(f"* **The diffusion model behind chapters 4 and 5.** `shapes-unet`'s samples are "
+                   f"judged confidently {pct(v['confident_fraction'])} of the time (real images: "
                    f"{pct(v['confident_fraction_real'])}), at a Fréchet distance of "
                    f"{v['frechet_distance_vit']:g} from real images (real against real: "
-                   f"{v['frechet_distance_real_vs_real']:g}). Chapter 4's guidance results and "
-                   "chapter 5's segments are measured on this sampler, not on Stable Diffusion.")
+                   f"{v['frechet_distance_real_vs_real']:g}). Chapter 4's guidance results are "
+                   "measured on its samples and chapter 5's segments on its attention over real "
+                   "images, not on Stable Diffusion.")
     return "\n".join(out) + "\n"
 
 

@@ -45,6 +45,7 @@ def test_page_shows_each_card_and_its_numbers(cards):
     assert "12.3 % of 500 samples" in page and "distance of 12.5 from real" in page
     # the self-supervised ViT: its objective from the card, its linear probe's accuracy
     assert "Its objective: Contrastive CLS tokens" in page and "names the largest shape of 56.8 %" in page
+    assert "trained without labels (`shapes-vit-ssl`, whose linear probe names the largest shape of 56.8 %" in page
     # the vit stands in for the paper's DINO and CLIP models (from chains_lite.zoo.load)
     assert "`dino-vitb8` (DINOv1 ViT-B/8)" in page
     # the ViT's chain: 64 patches and the CLS token
