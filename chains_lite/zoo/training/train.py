@@ -202,6 +202,22 @@ def _gpu_budget(args) -> None:
     args.init = card_path(args.name, Path(args.checkpoint_dir)).exists()
 
 
+def _sampling_defaults(args, shipped: dict | None) -> None:
+    """Fill ``--cond-dropout`` and ``--guidance`` where the command line leaves them out: from the
+    ``shipped`` card when the run trains that checkpoint further (``--init``), so that the model
+    keeps learning the unconditional branch its classifier-free guidance needs and its card is
+    sampled at the scale of the card it is compared with; else 0 and 1. Prints what it took."""
+    taken = []
+    if args.cond_dropout is None:
+        args.cond_dropout = (shipped or {}).get("training", {}).get("cond_dropout", 0.0)
+        taken += [f"--cond-dropout {args.cond_dropout:g}"] if shipped else []
+    if args.guidance is None:
+        args.guidance = (shipped or {}).get("validation", {}).get("guidance_scale", 1.0)
+        taken += [f"--guidance {args.guidance:g}"] if shipped and args.guidance != 1 else []
+    if taken and spec(args.name).text_encoder:
+        print(f"{' and '.join(taken)}: the shipped card's, as the run trains its checkpoint further")
+
+
 def _initial_model(args):
     """Random weights (seeded), or with ``--init`` the shipped checkpoint, to train it further."""
     model = build(args.name, **args.config)
@@ -311,11 +327,13 @@ def main(argv=None):
     p.add_argument("--batch", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--pool", type=int, help="number of ShapeWorld training images")
-    p.add_argument("--cond-dropout", type=float, default=0.0,
+    p.add_argument("--cond-dropout", type=float,
                    help="shapes-flux: share of training captions replaced by the empty caption "
-                        "(teaches the unconditional branch of classifier-free guidance)")
-    p.add_argument("--guidance", type=float, default=1.0,
-                   help="shapes-flux: classifier-free guidance scale of the card's samples (1: none)")
+                        "(teaches the unconditional branch of classifier-free guidance; default: "
+                        "with --init the shipped card's, else 0)")
+    p.add_argument("--guidance", type=float,
+                   help="shapes-flux: classifier-free guidance scale of the card's samples (1: none; "
+                        "default: with --init the shipped card's, else 1)")
     p.add_argument("--minutes", type=float, default=0,
                    help="time budget of the training loop in minutes; the learning-rate schedule fits "
                         "into it (0: none, the run lasts --steps)")
@@ -357,8 +375,7 @@ def main(argv=None):
                    help="with --card-only: also recompute the card's validation numbers")
     args = p.parse_args(argv)
     if args.card_only:
-        return refresh_card(args.name, reevaluate=args.reevaluate, n=args.eval_n,
-                            guidance=args.guidance if args.guidance != 1 else None)
+        return refresh_card(args.name, reevaluate=args.reevaluate, n=args.eval_n, guidance=args.guidance)
     s, plan = spec(args.name), TRAINING[args.name]
     if args.gpu_budget is not None:
         _gpu_budget(args)
@@ -369,10 +386,11 @@ def main(argv=None):
     for k, v in asdict(plan.training).items():
         if getattr(args, k, None) is None:
             setattr(args, k, v)
+    previous = read_card(args.name, Path(args.checkpoint_dir)) if args.init else None
+    _sampling_defaults(args, previous)
     torch.manual_seed(args.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
 
-    previous = read_card(args.name, Path(args.checkpoint_dir)) if args.init else None
     model, stats, metrics = train_lite(args, device, state_dir=run_dir / STATE_DIR, resume=resume)
     card = {
         "name": args.name,
