@@ -51,3 +51,29 @@ def test_every_ship_rule_names_numbers_of_its_card():
         assert plan.ship_on and all(k in card and d in ("higher", "lower") for k, d in plan.ship_on), name
     with pytest.raises(ValueError, match="lower"):
         TrainingSpec(None, TrainingDefaults(steps=1), "x", None, "classify", ship_on=(("x", "smaller"),))
+
+
+def test_targets_name_numbers_of_the_cards_and_the_shipped_cards_carry_them():
+    from chains_lite.zoo.training.objectives import TRAINING, TrainingDefaults, TrainingSpec
+    for name, plan in TRAINING.items():
+        card = read_card(name)
+        assert plan.targets and all(k in card["validation"] for k, _, _ in plan.targets), name
+        assert card["targets"] == plan.card_targets(), f"{name}: re-render with --card-only"
+    assert TRAINING["shapes-unet"].card_targets() == {"frechet_distance_vit": ["<=", 10.0],
+                                                       "confident_fraction": [">=", 0.85]}
+    with pytest.raises(ValueError, match=">="):
+        TrainingSpec(None, TrainingDefaults(steps=1), "x", None, "classify", targets=(("x", ">", 1.0),))
+
+
+def test_a_card_shows_each_target_met_or_by_how_much_it_is_missed():
+    from chains_lite.zoo.registry import render_card, target_verdict
+    assert target_verdict(0.586, ">=", 0.9) == "0.586: missed by 0.314"
+    assert target_verdict(11.358, "<=", 10.0) == "11.358: missed by 1.36"
+    assert target_verdict(9.5, "<=", 10.0) == "9.5: met" and target_verdict(0.9, ">=", 0.9) == "0.9: met"
+    assert target_verdict(None, ">=", 0.9) == "not measured"
+    card = {"name": "m", "date": "d", "params": 1, "data": "x", "training": {}, "wall_time_s": 1.0,
+            "hardware": "cpu", "torch": "t", "config": {},
+            "validation": {"fd": 12.0, "conf": 0.9}, "targets": {"fd": ["<=", 10.0], "conf": [">=", 0.85]}}
+    md = render_card(card)
+    assert "## Targets" in md and "| fd | <= 10 | 12: missed by 2 |" in md and "| conf | >= 0.85 | 0.9: met |" in md
+    assert "## Targets" not in render_card({**card, "targets": {}})

@@ -88,6 +88,15 @@ def _history_entry(card: dict, keys) -> dict:
             "validation": {k: card["validation"][k] for k in keys if k in card["validation"]}}
 
 
+def target_verdict(value, op: str, bound: float) -> str:
+    """``"0.586: missed by 0.314"``, ``"11.4: met"``: a card number against its target
+    (``op`` ``">="`` or ``"<="``; ``value`` None: the card lacks the number)."""
+    if value is None:
+        return "not measured"
+    met = value >= bound if op == ">=" else value <= bound
+    return f"{value:g}: " + ("met" if met else f"missed by {abs(value - bound):.3g}")
+
+
 def render_card(card: dict) -> str:
     """The model card as Markdown."""
     lines = [f"# {card['name']}", "",
@@ -100,6 +109,11 @@ def render_card(card: dict) -> str:
              "| metric | value |", "|---|---|"]
     fmt = lambda v: ", ".join(f"{k} {x}" for k, x in v.items()) if isinstance(v, dict) else v  # noqa: E731
     lines += [f"| {k} | {fmt(v)} |" for k, v in card["validation"].items()]
+    if card.get("targets"):
+        lines += ["", "## Targets", "", "| number | target | this checkpoint |", "|---|---|---|"]
+        for key, (op, bound) in card["targets"].items():
+            value = card["validation"].get(key)
+            lines.append(f"| {key} | {op} {bound:g} | {target_verdict(value, op, bound)} |")
     if card.get("history"):
         lines += ["", "## History", "", "Earlier checkpoints of this model, oldest first, and this one:", ""]
         keys = list(dict.fromkeys(k for h in card["history"] for k in h["validation"]))

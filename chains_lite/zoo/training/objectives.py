@@ -130,6 +130,8 @@ class TrainingSpec:
     finish: Callable | None = None     # (trained, args, device) -> (model to ship, card's "head" record)
     # the card numbers a new run is judged on, each "higher" or "lower" is better (default: the headline)
     ship_on: tuple[tuple[str, str], ...] = ()
+    # what the model is trained to reach: (card number, ">=" or "<=", bound), shown on its card
+    targets: tuple[tuple[str, str, float], ...] = ()
 
     def __post_init__(self):
         if not self.ship_on:
@@ -137,21 +139,33 @@ class TrainingSpec:
         for key, better in self.ship_on:
             if better not in ("higher", "lower"):
                 raise ValueError(f"ship_on: {key!r} must be 'higher' or 'lower' is better, got {better!r}")
+        for key, op, _ in self.targets:
+            if op not in (">=", "<="):
+                raise ValueError(f"targets: {key!r} needs '>=' or '<=', got {op!r}")
+
+    def card_targets(self) -> dict:
+        """The targets as a card stores them: ``{number: [op, bound]}``."""
+        return {key: [op, bound] for key, op, bound in self.targets}
 
 
-_VIT = TrainingSpec(vit_objective, TrainingDefaults(steps=1500, size=64), "accuracy", evaluate.vit_card, "classify")
+_VIT = TrainingSpec(vit_objective, TrainingDefaults(steps=1500, size=64), "accuracy", evaluate.vit_card, "classify",
+                   targets=(("test_accuracy", ">=", 0.9),))
 
 TRAINING = {
     "shapes-vit": _VIT,
     "shapes-vit-reg": _VIT,
     "shapes-vit-ssl": TrainingSpec(ssl_objective, TrainingDefaults(steps=1500, lr=5e-4, size=64), "probe_accuracy",
-                                   evaluate.ssl_card, "classify", finish=ssl_finish),
+                                   evaluate.ssl_card, "classify", finish=ssl_finish,
+                                   targets=(("probe_accuracy", ">=", 0.9),)),
     "shapes-flux": TrainingSpec(flux_objective, TrainingDefaults(steps=600), "caption_match", evaluate.flux_card,
                                 "captions", ship_on=(("caption_match", "higher"), ("color_match", "higher"),
-                                                     ("frechet_distance_vit", "lower"))),
+                                                     ("frechet_distance_vit", "lower")),
+                                targets=(("caption_match_unguided", ">=", 0.8), ("color_match_unguided", ">=", 0.95),
+                                         ("frechet_distance_vit", "<=", 10.0))),
     "shapes-unet": TrainingSpec(unet_objective, TrainingDefaults(steps=700), "confident_fraction",
                                 evaluate.unet_card, "unconditional",
-                                ship_on=(("confident_fraction", "higher"), ("frechet_distance_vit", "lower"))),
+                                ship_on=(("confident_fraction", "higher"), ("frechet_distance_vit", "lower")),
+                                targets=(("frechet_distance_vit", "<=", 10.0), ("confident_fraction", ">=", 0.85))),
 }
 assert set(TRAINING) == set(LITE_SPECS)
 

@@ -304,15 +304,18 @@ def evaluate_model(name, model, n, encoder=None, guidance=1.0):
 
 
 def refresh_card(name, reevaluate=False, n=500, guidance=None):
-    """Re-render ``NAME.md`` and ``NAME-samples.png`` of the shipped checkpoint from its JSON card;
-    with ``reevaluate``, recompute its validation numbers first (after a change of the metrics).
-    ``guidance`` (shapes-flux) defaults to the scale the card was sampled with."""
+    """Re-render ``NAME.md`` and ``NAME-samples.png`` of the shipped checkpoint from its JSON card,
+    after writing the spec's targets into the card where they differ; with ``reevaluate``,
+    recompute its validation numbers first (after a change of the metrics). ``guidance``
+    (shapes-flux) defaults to the scale the card was sampled with."""
     loaded = load(name, mode="lite", device="cpu", verbose=False)
     card = read_card(name)
     if guidance is None:
         guidance = card["validation"].get("guidance_scale", 1.0)
     if reevaluate:
         card["validation"] = evaluate_model(name, loaded.model, n, loaded.text_encoder, guidance)
+    if reevaluate or card.get("targets") != TRAINING[name].card_targets():
+        card["targets"] = TRAINING[name].card_targets()
         card_path(name).write_text(json.dumps(card, indent=1) + "\n")
     save_sample_grid(name, loaded.model, CHECKPOINT_DIR / f"{name}-samples.png", encoder=loaded.text_encoder,
                      guidance=guidance)
@@ -370,7 +373,8 @@ def main(argv=None):
     p.add_argument("--force", action="store_true", help="install even if the card's number is worse")
     p.add_argument("--no-install", action="store_true", help="never replace the shipped checkpoint")
     p.add_argument("--card-only", action="store_true",
-                   help="no training: re-render the shipped card (Markdown) and sample grid")
+                   help="no training: re-render the shipped card (Markdown) and sample grid, with the "
+                        "spec's targets")
     p.add_argument("--reevaluate", action="store_true",
                    help="with --card-only: also recompute the card's validation numbers")
     args = p.parse_args(argv)
@@ -418,6 +422,7 @@ def main(argv=None):
                                                f"{torch.get_num_threads()} threads"),
         "torch": torch.__version__,
         "validation": metrics,
+        "targets": plan.card_targets(),
         "headline": plan.headline,
         "date": time.strftime("%Y-%m-%d"),
     }
