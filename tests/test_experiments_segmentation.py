@@ -233,3 +233,26 @@ def test_lite_tasks_share_the_passes_and_the_drift_table_reads_them():
     # lite latents decode back to the pixels they pack
     torch.testing.assert_close(decode_latents(loaded, pack(batch.images * 2 - 1), 32), batch.images,
                                atol=1e-6, rtol=0)
+
+
+def test_step_stability_by_hand():
+    """Maps built from orthogonal zero-mean patterns (rows of a Hadamard matrix), so that every
+    correlation is known: step s of image i is c_s f_i + sqrt(1 - c_s^2) o_i, whose correlation
+    with its final map f_i is c_s; the final maps of different images are orthogonal (0)."""
+    from scipy.linalg import hadamard
+    from chains_lite.experiments.segmentation import step_stability
+    h = torch.tensor(hadamard(16), dtype=torch.float64)          # rows 1.. are zero-mean, orthogonal
+    final, other = h[1:4].reshape(3, 4, 4), h[4:7].reshape(3, 4, 4)
+
+    def run(c):
+        c = torch.tensor(c, dtype=torch.float64)[:, None, None, None]
+        return step_stability(c * final + (1 - c ** 2).sqrt() * other)
+
+    early = run([0.6, 0.6, 0.9, 0.9, 1.0])
+    assert early["per_step"].tolist() == pytest.approx([0.6, 0.6, 0.9, 0.9, 1.0])
+    assert early["first"] == pytest.approx(0.6) and early["second"] == pytest.approx(0.9)
+    assert early["unrelated"] == pytest.approx(0.0, abs=1e-12) and early["verdict"] == "early"
+    assert run([0.2, 0.2, 0.9, 0.9, 1.0])["verdict"] == "later"   # above unrelated, below half of 0.9
+    assert run([-0.2, 0.0, 0.9, 0.9, 1.0])["verdict"] == "late"   # no more than unrelated maps share
+    with pytest.raises(ValueError, match="steps >= 3"):
+        step_stability(torch.zeros(2, 3, 4, 4))

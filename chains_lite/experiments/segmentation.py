@@ -339,3 +339,26 @@ def cross_image_correlation(maps: torch.Tensor) -> float:
     c = step_correlations(torch.as_tensor(maps)[:, None])[0]   # (B, B) with images as "steps"
     off = ~torch.eye(len(c), dtype=torch.bool)
     return float(c[off].mean())
+
+
+def step_stability(maps: torch.Tensor) -> dict:
+    """How early a generation's maps settle (the paper's Fig. 17): ``maps`` ``(steps, B, h, w)``,
+    steps >= 3, B >= 2 images.
+
+    Returns ``{"per_step"}``: ``(steps,)`` the mean over images of each step's Pearson correlation
+    with the image's last-step map (:func:`step_correlations`); ``"first"``: its mean over the first
+    half of the steps, ``"second"``: over the rest but the last; ``"unrelated"``: what the final
+    maps of different images share (:func:`cross_image_correlation`); and ``"verdict"``:
+    ``"late"`` when the first half shares no more than unrelated maps, ``"early"`` when it shares at
+    least half of what the second half shares, else ``"later"``."""
+    maps = torch.as_tensor(maps)
+    if maps.ndim != 4 or len(maps) < 3:
+        raise ValueError(f"maps must be (steps >= 3, B, h, w), got {tuple(maps.shape)}")
+    per_step = step_correlations(maps)[:, :, -1].mean(0)             # (steps,)
+    half = len(maps) // 2
+    first, second = float(per_step[:half].mean()), float(per_step[half:-1].mean())
+    unrelated = cross_image_correlation(maps[-1])
+    verdict = "late" if first <= unrelated else "early" if first >= second / 2 else "later"
+    return {"per_step": per_step, "first": first, "second": second, "unrelated": unrelated,
+            "verdict": verdict}
+
