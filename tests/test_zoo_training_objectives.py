@@ -77,3 +77,53 @@ def test_a_card_shows_each_target_met_or_by_how_much_it_is_missed():
     md = render_card(card)
     assert "## Targets" in md and "| fd | <= 10 | 12: missed by 2 |" in md and "| conf | >= 0.85 | 0.9: met |" in md
     assert "## Targets" not in render_card({**card, "targets": {}})
+
+
+def test_a_card_gives_each_targets_learning_curve_from_its_history():
+    from chains_lite.zoo.registry import render_card, target_trend
+    row = lambda steps, **v: {"date": "d", "total_steps": steps, "wall_time_s": 1.0, "validation": v}  # noqa: E731
+    card = {"name": "m", "date": "d", "params": 1, "data": "x", "wall_time_s": 1.0, "hardware": "cpu",
+            "torch": "t", "config": {}, "training": {"total_steps": 30_000},
+            "validation": {"fd": 12.0, "conf": 0.7, "acc": 0.95},
+            "targets": {"fd": ["<=", 10.0], "conf": [">=", 0.85], "acc": [">=", 0.9]},
+            "history": [row(10_000, fd=20.0, conf=0.5), row(20_000, fd=16.0, acc=0.5)]}
+    # fd: 16 -> 12 over 10,000 steps, 2 left to go at 4 per 10,000: 5,000 steps
+    assert target_trend(card, "fd", "<=", 10.0) == \
+        "-4 over the last 10,000 steps (-4 per 10,000); at that rate the target is 5,000 steps away"
+    # conf: the 20,000-step row did not measure it, so the curve runs from 10,000 steps:
+    # +0.2 over 20,000 steps, +0.1 per 10,000, 0.15 left: 15,000 steps
+    assert target_trend(card, "conf", ">=", 0.85) == \
+        "+0.2 over the last 20,000 steps (+0.1 per 10,000); at that rate the target is 15,000 steps away"
+    assert target_trend(card, "acc", ">=", 0.9) == "+0.45 over the last 10,000 steps (+0.45 per 10,000)"
+    worse = {**card, "validation": {**card["validation"], "fd": 17.0}}
+    assert target_trend(worse, "fd", "<=", 10.0).endswith("; not moving toward the target")
+    assert target_trend({**card, "history": []}, "fd", "<=", 10.0) == "one checkpoint: no learning curve yet"
+    md = render_card(card)
+    assert "| fd | <= 10 | 12: missed by 2 | -4 over the last 10,000 steps" in md
+
+
+def test_a_run_not_installed_is_recorded_on_the_card_and_extends_its_learning_curve():
+    from chains_lite.zoo.registry import record_run, render_card, target_trend
+    card = {"name": "m", "date": "d", "params": 1, "data": "x", "wall_time_s": 100.0, "hardware": "cpu",
+            "torch": "t", "config": {}, "training": {"total_steps": 20_000},
+            "validation": {"fd": 12.0, "conf": 0.7}, "targets": {"fd": ["<=", 10.0], "conf": [">=", 0.85]},
+            "history": [{"date": "d0", "total_steps": 10_000, "wall_time_s": 50.0,
+                         "validation": {"fd": 20.0, "conf": 0.5}}]}
+    run = {**card, "date": "d2", "wall_time_s": 150.0, "training": {"total_steps": 30_000},
+           "validation": {"fd": 9.0, "conf": 0.69, "other": 1.0}}
+    out = record_run(card, run, "worse: conf", ["conf", "fd"], source="a note")
+    assert "runs_not_installed" not in card                     # the input is not changed
+    assert out["runs_not_installed"] == [{"date": "d2", "total_steps": 30_000, "wall_time_s": 150.0,
+                                          "validation": {"conf": 0.69, "fd": 9.0}, "why": "worse: conf",
+                                          "source": "a note"}]
+    # conf: 0.7 at 20,000 steps -> 0.69 at 30,000 in the run not installed
+    assert target_trend(out, "conf", ">=", 0.85) == ("-0.01 over the last 10,000 steps (-0.01 per 10,000), "
+                                                     "in a run not installed (0.69 at 30,000 steps); "
+                                                     "not moving toward the target")
+    assert target_trend(out, "fd", "<=", 10.0) == ("-3 over the last 10,000 steps (-3 per 10,000), "
+                                                   "in a run not installed (9 at 30,000 steps)")
+    md = render_card(out)
+    assert "## Runs not installed" in md and "| d2 | 30000 | 150 s | 0.69 | 9.0 | worse: conf (a note) |" in md
+    for _ in range(7):
+        out = record_run(out, run, "again", ["fd"])
+    assert len(out["runs_not_installed"]) == 5

@@ -64,7 +64,9 @@ def test_tiny_run_installs_only_when_better(tmp_path, monkeypatch):
     ship = tmp_path / "ship"
     ship.mkdir()
     # a shipped card no run can beat
-    (ship / "shapes-vit-reg.json").write_text(json.dumps({"validation": {"accuracy": 2.0}}))
+    shipped = {"name": "shapes-vit-reg", "date": "d", "params": 1, "data": "x", "training": {"total_steps": 5},
+               "wall_time_s": 1.0, "hardware": "cpu", "torch": "t", "config": {}, "validation": {"accuracy": 2.0}}
+    (ship / "shapes-vit-reg.json").write_text(json.dumps(shipped))
     (ship / "shapes-vit-reg.safetensors").write_bytes(b"keep me")
     args = ["shapes-vit-reg", *TINY, "--out", str(tmp_path / "runs"), "--checkpoint-dir", str(ship)]
     train.main(args)
@@ -74,6 +76,12 @@ def test_tiny_run_installs_only_when_better(tmp_path, monkeypatch):
     assert (ship / "shapes-vit-reg.safetensors").read_bytes() == b"keep me"
     card = read_card("shapes-vit-reg", run)
     assert card["training"]["steps"] == 2 and 0 <= card["validation"]["accuracy"] <= 1
+    # the shipped card lists the run it kept out, with the reason
+    kept = read_card("shapes-vit-reg", ship)
+    assert kept["validation"] == {"accuracy": 2.0} and len(kept["runs_not_installed"]) == 1
+    assert kept["runs_not_installed"][0]["validation"]["accuracy"] == card["validation"]["accuracy"]
+    assert "accuracy" in kept["runs_not_installed"][0]["why"] and "## Runs not installed" in (
+        ship / "shapes-vit-reg.md").read_text()
     # --force installs, and the run is deterministic: same seed, same weights
     train.main([*args, "--force", "--out", str(tmp_path / "runs2")])
     assert (ship / "shapes-vit-reg.safetensors").read_bytes() == (run / "shapes-vit-reg.safetensors").read_bytes()

@@ -97,6 +97,40 @@ def target_verdict(value, op: str, bound: float) -> str:
     return f"{value:g}: " + ("met" if met else f"missed by {abs(value - bound):.3g}")
 
 
+def record_run(shipped: dict, run: dict, why: str, keys, source: str = "") -> dict:
+    """``shipped`` with ``run`` (a trained card that was not installed in its place) added to its
+    ``runs_not_installed`` (the last :data:`HISTORY`): the run's date, total steps, wall time, its
+    validation numbers under ``keys``, ``why`` it was not installed and where the record comes
+    from (``source``). The learning curves of the card's targets (:func:`target_trend`) read them."""
+    entry = {**_history_entry(run, keys), "why": why, **({"source": source} if source else {})}
+    return {**shipped, "runs_not_installed": [*shipped.get("runs_not_installed", []), entry][-HISTORY:]}
+
+
+def target_trend(card: dict, key: str, op: str, bound: float) -> str:
+    """The learning curve of one card number toward its target (``op`` ``">="`` or ``"<="``), from
+    the two checkpoints with the most training steps that measured it, among the card's history,
+    the card itself and its runs not installed (:func:`record_run`):
+    ``"+0.04 over the last 14,739 steps (+0.0271 per 10,000); at that rate the target is
+    115,701 steps away"``. A number that did not move toward an unmet target says so; a card
+    with one such checkpoint has no learning curve."""
+    rows = [*card.get("history", []), _history_entry(card, [key])]
+    runs = card.get("runs_not_installed", [])
+    points = sorted((h["total_steps"], h["validation"][key], h in runs) for h in [*rows, *runs]
+                    if h.get("total_steps") and h["validation"].get(key) is not None)
+    if len(points) < 2 or points[-1][0] == points[-2][0]:
+        return "one checkpoint: no learning curve yet"
+    (s0, v0, _), (s1, v1, late) = points[-2:]
+    rate = (v1 - v0) / (s1 - s0) * 10_000
+    text = f"{v1 - v0:+.3g} over the last {s1 - s0:,} steps ({rate:+.3g} per 10,000)"
+    if late:
+        text += f", in a run not installed ({v1:g} at {s1:,} steps)"
+    if (v1 >= bound) if op == ">=" else (v1 <= bound):
+        return text
+    if (rate > 0) != (op == ">=") or rate == 0:
+        return text + "; not moving toward the target"
+    return text + f"; at that rate the target is {abs(bound - v1) / abs(rate) * 10_000:,.0f} steps away"
+
+
 def render_card(card: dict) -> str:
     """The model card as Markdown."""
     lines = [f"# {card['name']}", "",
@@ -110,10 +144,13 @@ def render_card(card: dict) -> str:
     fmt = lambda v: ", ".join(f"{k} {x}" for k, x in v.items()) if isinstance(v, dict) else v  # noqa: E731
     lines += [f"| {k} | {fmt(v)} |" for k, v in card["validation"].items()]
     if card.get("targets"):
-        lines += ["", "## Targets", "", "| number | target | this checkpoint |", "|---|---|---|"]
+        lines += ["", "## Targets", "", "The learning curve compares the two checkpoints with the most training steps "
+                  "that measured the number: this one, those of its history and its runs not installed.", "",
+                  "| number | target | this checkpoint | learning curve |", "|---|---|---|---|"]
         for key, (op, bound) in card["targets"].items():
             value = card["validation"].get(key)
-            lines.append(f"| {key} | {op} {bound:g} | {target_verdict(value, op, bound)} |")
+            lines.append(f"| {key} | {op} {bound:g} | {target_verdict(value, op, bound)} | "
+                         f"{target_trend(card, key, op, bound)} |")
     if card.get("history"):
         lines += ["", "## History", "", "Earlier checkpoints of this model, oldest first, and this one:", ""]
         keys = list(dict.fromkeys(k for h in card["history"] for k in h["validation"]))
@@ -122,6 +159,15 @@ def render_card(card: dict) -> str:
         for h in [*card["history"], now]:
             lines.append(f"| {h['date']}{' (this)' if h is now else ''} | {h['total_steps']} | "
                          f"{h['wall_time_s']:.0f} s | " + " | ".join(str(h["validation"].get(k, "")) for k in keys) + " |")
+    if card.get("runs_not_installed"):
+        runs = card["runs_not_installed"]
+        keys = list(dict.fromkeys(k for h in runs for k in h["validation"]))
+        lines += ["", "## Runs not installed", "", "Runs trained further that did not replace the "
+                  "checkpoint, with the reason:", "",
+                  "| date | steps | wall time | " + " | ".join(keys) + " | why |", "|---" * (4 + len(keys)) + "|"]
+        lines += [f"| {h['date']} | {h['total_steps']} | {h['wall_time_s']:.0f} s | "
+                  + " | ".join(str(h["validation"].get(k, "")) for k in keys)
+                  + f" | {h['why']}{' (' + h['source'] + ')' if h.get('source') else ''} |" for h in runs]
     lines += ["", "## Samples", "", f"![{card['name']} samples]({card['name']}-samples.png)",
               "", "## Config", "", "```json", json.dumps(card["config"], indent=1), "```", ""]
     return "\n".join(lines)

@@ -3,7 +3,8 @@
 Deterministic for a given seed and device (CPU runs repeat bit for bit). Uses the GPU when
 present. The run is written to ``runs/NAME/`` (weights, card); it replaces the checkpoint shipped
 in the package only when it improves on the shipped card (``objectives.improves``: no number of
-its ``ship_on`` list worse, one better; or ``--force``), so a worse run never overwrites a better model.
+its ``ship_on`` list worse, one better; or ``--force``), so a worse run never overwrites a better model;
+a run that does not improve is listed under "Runs not installed" on the shipped card.
 
     python -m chains_lite.zoo.training shapes-vit --steps 1500
     python -m chains_lite.zoo.training shapes-flux --init --steps 1000   # train the shipped model further
@@ -34,7 +35,8 @@ from .. import generate
 from ..judge import classify
 from ..load import load
 from ..models import LITE_SPECS, build, spec
-from ..registry import CHECKPOINT_DIR, card_path, history, load_weights, read_card, render_card, save_checkpoint
+from ..registry import (CHECKPOINT_DIR, card_path, history, load_weights, read_card, record_run, render_card,
+                        save_checkpoint)
 from ..shapeworld import shapeworld
 from .fast import PRECISIONS, compiled_forward, optimizer, precision_context
 from .objectives import TRAINING, improves
@@ -440,6 +442,12 @@ def main(argv=None):
     better, why = improves(metrics, old, plan.ship_on)
     print(f"{'improves on' if better else 'does not improve on'} the shipped card: {why}")
     if args.no_install or not (better or args.force):
+        if not args.no_install and shipped.exists():
+            keys = list(dict.fromkeys([*(k for k, _ in plan.ship_on), *plan.card_targets()]))
+            recorded = record_run(json.loads(shipped.read_text()), card, why, keys, source=str(run_dir))
+            shipped.write_text(json.dumps(recorded, indent=1) + "\n")
+            (ship_dir / f"{args.name}.md").write_text(render_card(recorded))
+            print(f"recorded this run under 'Runs not installed' on the shipped card {shipped}")
         print(f"kept the shipped checkpoint; this run is in {run_dir}")
         return
     ship_dir.mkdir(parents=True, exist_ok=True)
