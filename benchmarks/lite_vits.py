@@ -15,7 +15,10 @@ For each model:
 * what its frozen CLS features hold: the val accuracy (500 images) of linear probes (``fit_probe``,
   fitted on the ``--probe-n`` training images) for four properties of each image: the largest
   object's shape (the class) and colour, the background kind and the number of objects. The same
-  probes on a ViT with random weights (seed 0) give the floor.
+  probes on a ViT with random weights (seed 0) give the floor;
+* the largest shape from richer readouts than the CLS token (``readout_features``: the mean
+  patch token, both, and DINO's linear-evaluation readout of the last four CLS tokens with the
+  mean patch token): whether the features or the CLS readout limit the probe.
 
 Measured 2026-12-06 (defaults, the shipped checkpoints; shapes-vit-ssl after 51,030 steps, the last
 36,730 with hue-turned views; val accuracy of each CLS probe):
@@ -49,7 +52,8 @@ from chains_lite.zoo.shapeworld import shapeworld
 from chains_lite.zoo.training.evaluate import vit_metrics
 from chains_lite.zoo.models import build
 from chains_lite.zoo.shapeworld import BACKGROUNDS, COLOR_NAMES
-from chains_lite.zoo.training.self_supervised import cls_features, fit_linear_head, fit_probe
+from chains_lite.zoo.training.self_supervised import (READOUTS, cls_features, fit_linear_head, fit_probe,
+                                                      readout_features)
 
 
 def properties(batch) -> dict:
@@ -70,6 +74,17 @@ def probe_properties(vit, train, val) -> dict:
     return out
 
 
+def probe_readouts(vit, train, val) -> dict:
+    """Val accuracy of a linear probe for the largest shape on each readout of ``vit``'s frozen
+    tokens (``readout_features``): does a richer readout than the CLS token find the shape?"""
+    out = {}
+    for readout in READOUTS:
+        f_train, f_val = (readout_features(vit.eval(), b.images, readout).double() for b in (train, val))
+        weight, bias, _ = fit_probe(f_train, train.labels, len(train.class_names))
+        out[readout] = ((f_val @ weight.T + bias).argmax(-1) == val.labels).double().mean().item()
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["shapes-vit", "shapes-vit-ssl"])
@@ -81,7 +96,7 @@ def main(argv=None):
     noise = torch.rand(images.shape, generator=torch.Generator().manual_seed(args.seed))
     probe = shapeworld(args.probe_n, seed=args.seed, split="train")
     val = shapeworld(500, seed=args.seed, split="val")
-    rows, layers, encodes = [], [], []
+    rows, layers, encodes, readouts = [], [], [], []
     for name in args.models:
         loaded = zoo.load(name, mode="lite", device="cpu", verbose=False)
         lam_img, lam_noise = head_lambda2(loaded.model, images), head_lambda2(loaded.model, noise)
@@ -95,6 +110,7 @@ def main(argv=None):
                      f"{vit_metrics(loaded.model, 'val', 500)['accuracy']:.3f}",
                      str(t["steps"]), f"{card['wall_time_s'] / 60:.1f} min", f"{t['final_loss']:.4f}"])
         encodes.append((name, probe_properties(loaded.model, probe, val)))
+        readouts.append((name, probe_readouts(loaded.model, probe, val)))
         layers.append((name, lam_img.flatten(1).median(1).values, lam_noise.flatten(1).median(1).values))
         print(f"{name}: {card['hardware']}; objective: {t.get('objective', '(not on the card)')}; "
               f"loss curve (10 equal parts): {t.get('loss_curve', '(not on the card)')}")
@@ -106,7 +122,9 @@ def main(argv=None):
     for r in rows:
         print("| " + " | ".join(r) + " |")
     torch.manual_seed(args.seed)
-    encodes.append(("random weights", probe_properties(build("shapes-vit"), probe, val)))
+    random_vit = build("shapes-vit")
+    encodes.append(("random weights", probe_properties(random_vit, probe, val)))
+    readouts.append(("random weights", probe_readouts(random_vit, probe, val)))
     keys = list(encodes[0][1])
     print(f"\nwhat the CLS token holds: val accuracy of a linear probe per property (the most frequent "
           "value's share: " + ", ".join(f"{k} {torch.bincount(v).max() / len(v):.2f}"
@@ -114,6 +132,11 @@ def main(argv=None):
     print("| model | " + " | ".join(keys) + " |\n|" + "---|" * (len(keys) + 1))
     for name, acc in encodes:
         print(f"| {name} | " + " | ".join(f"{acc[k]:.3f}" for k in keys) + " |")
+    print("\nthe largest shape from richer readouts: val accuracy of a linear probe on each readout of "
+          "the frozen tokens (readout_features)\n")
+    print("| model | " + " | ".join(READOUTS) + " |\n|" + "---|" * (len(READOUTS) + 1))
+    for name, acc in readouts:
+        print(f"| {name} | " + " | ".join(f"{acc[k]:.3f}" for k in READOUTS) + " |")
     print("\nmedian |λ2| per layer (images / noise)\n")
     for name, a, b in layers:
         print(f"{name:16s} " + "  ".join(f"L{i}: {x:.3f}/{y:.3f}" for i, (x, y) in enumerate(zip(a, b))))

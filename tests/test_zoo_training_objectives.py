@@ -127,3 +127,28 @@ def test_a_run_not_installed_is_recorded_on_the_card_and_extends_its_learning_cu
     for _ in range(7):
         out = record_run(out, run, "again", ["fd"])
     assert len(out["runs_not_installed"]) == 5
+
+
+def test_a_finding_on_what_limits_a_target_is_written_on_the_card(tmp_path):
+    import json
+    from chains_lite.zoo.registry import render_card, with_limit
+    from chains_lite.zoo.training import train
+    card = {"name": "m", "date": "d", "params": 1, "data": "x", "wall_time_s": 1.0, "hardware": "cpu",
+            "torch": "t", "config": {}, "training": {}, "validation": {"fd": 12.0},
+            "targets": {"fd": ["<=", 10.0]}}
+    out = with_limit(card, "fd", " the sampler: 100 steps give 9 ", "bench.py", "2026-12-07")
+    assert "limits" not in card and out["limits"] == {
+        "fd": {"text": "the sampler: 100 steps give 9", "source": "bench.py", "date": "2026-12-07"}}
+    assert "## What limits the targets\n\n* **fd** (2026-12-07, `bench.py`): the sampler: 100 steps give 9" \
+        in render_card(out)
+    assert with_limit(out, "fd", "compute", "b2", "e")["limits"]["fd"]["text"] == "compute"  # replaced
+    with pytest.raises(ValueError, match="not one of the card's targets"):
+        with_limit(card, "conf", "x", "y", "d")
+    with pytest.raises(ValueError, match="needs its text and the source"):
+        with_limit(card, "fd", "x", " ", "d")
+    (tmp_path / "shapes-vit.json").write_text(json.dumps({**card, "name": "shapes-vit"}))
+    train.main(["shapes-vit", "--limit", "fd", "compute", "--limit-source", "s.py", "--checkpoint-dir", str(tmp_path)])
+    assert json.loads((tmp_path / "shapes-vit.json").read_text())["limits"]["fd"]["source"] == "s.py"
+    assert "* **fd** (" in (tmp_path / "shapes-vit.md").read_text()
+    with pytest.raises(ValueError, match="needs its text and the source"):
+        train.main(["shapes-vit", "--limit", "fd", "compute", "--checkpoint-dir", str(tmp_path)])

@@ -178,3 +178,28 @@ def test_linear_head_is_the_logistic_regression_of_sklearn():
         fit_linear_head(vit, data.images[:4], torch.tensor([0, 1, 2, 6]))
     with pytest.raises(ValueError, match="4 images but 3 labels"):
         fit_linear_head(vit, data.images[:4], data.labels[:3])
+
+
+def test_readouts_are_the_cls_token_the_mean_patch_token_and_the_last_four_cls_tokens():
+    """readout_features against the ViT's own forward: "cls" is the pre-logit feature of its head,
+    "avg" the mean of the final patch tokens, and the last-four readout the final norm applied to
+    the CLS token after each of the last four blocks (hooked on the blocks)."""
+    from chains_lite.zoo.training.self_supervised import READOUTS, cls_features, readout_features
+    torch.manual_seed(0)
+    vit = build("shapes-vit-ssl", depth=5, embed_dim=32, num_heads=2).eval()
+    images = shapeworld(6, seed=0).images
+    seen = []
+    hooks = [b.register_forward_hook(lambda m, i, o: seen.append(o)) for b in vit.blocks]
+    with torch.no_grad():
+        tokens = vit.forward_features(images)
+    for h in hooks:
+        h.remove()
+    feats = {r: readout_features(vit, images, r, batch=4) for r in READOUTS}
+    assert torch.allclose(feats["cls"], cls_features(vit, images), atol=1e-5)
+    assert torch.allclose(feats["avg"], tokens[:, 1:].mean(1), atol=1e-5)
+    assert torch.allclose(feats["cls+avg"], torch.cat([tokens[:, 0], tokens[:, 1:].mean(1)], 1), atol=1e-5)
+    last4 = torch.cat([vit.norm(o)[:, 0] for o in seen[-4:]], 1)
+    assert feats["cls_last4+avg"].shape == (6, 5 * 32)
+    assert torch.allclose(feats["cls_last4+avg"], torch.cat([last4, feats["avg"]], 1), atol=1e-5)
+    with pytest.raises(ValueError, match="readout must be one of"):
+        readout_features(vit, images, "mean")

@@ -106,6 +106,18 @@ def record_run(shipped: dict, run: dict, why: str, keys, source: str = "") -> di
     return {**shipped, "runs_not_installed": [*shipped.get("runs_not_installed", []), entry][-HISTORY:]}
 
 
+def with_limit(card: dict, key: str, text: str, source: str, date: str) -> dict:
+    """``card`` with a finding on what limits its number ``key`` (one of its targets) toward the
+    target: ``text``, measured by ``source`` (a command or script) on ``date``. Shown under "What
+    limits the targets"; a later finding on the same number replaces it."""
+    if key not in card.get("targets", {}):
+        raise ValueError(f"{key!r} is not one of the card's targets {sorted(card.get('targets', {}))}")
+    if not text.strip() or not source.strip():
+        raise ValueError("a finding needs its text and the source that measured it")
+    limits = {**card.get("limits", {}), key: {"text": text.strip(), "source": source.strip(), "date": date}}
+    return {**card, "limits": limits}
+
+
 def target_trend(card: dict, key: str, op: str, bound: float) -> str:
     """The learning curve of one card number toward its target (``op`` ``">="`` or ``"<="``), from
     the two checkpoints with the most training steps that measured it, among the card's history,
@@ -151,6 +163,9 @@ def render_card(card: dict) -> str:
             value = card["validation"].get(key)
             lines.append(f"| {key} | {op} {bound:g} | {target_verdict(value, op, bound)} | "
                          f"{target_trend(card, key, op, bound)} |")
+    if card.get("limits"):
+        lines += ["", "## What limits the targets", ""]
+        lines += [f"* **{key}** ({f['date']}, `{f['source']}`): {f['text']}" for key, f in card["limits"].items()]
     if card.get("history"):
         lines += ["", "## History", "", "Earlier checkpoints of this model, oldest first, and this one:", ""]
         keys = list(dict.fromkeys(k for h in card["history"] for k in h["validation"]))

@@ -187,6 +187,38 @@ def cls_features(vit: nn.Module, images: torch.Tensor, batch: int = 256) -> torc
                       for x in images.split(batch)])
 
 
+READOUTS = ("cls", "avg", "cls+avg", "cls_last4+avg")
+
+
+@torch.no_grad()
+def readout_features(vit: nn.Module, images: torch.Tensor, readout: str = "cls", batch: int = 256) -> torch.Tensor:
+    """``(N, 3, H, W)`` -> ``(N, k D)`` float32 frozen features of a timm ViT with a CLS token, read
+    out as a linear probe sees them:
+
+    * ``"cls"``: the final normed CLS token (``D``; what :func:`cls_features` returns);
+    * ``"avg"``: the mean of the final normed patch tokens (``D``);
+    * ``"cls+avg"``: both (``2 D``);
+    * ``"cls_last4+avg"``: the normed CLS tokens of the last four blocks and the mean patch token
+      (``5 D``; DINO's linear evaluation reads the last four CLS tokens, Caron et al. 2021).
+    """
+    if readout not in READOUTS:
+        raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
+    device, p = next(vit.parameters()).device, vit.num_prefix_tokens
+    out = []
+    for x in images.split(batch):
+        h = vit.norm_pre(vit._pos_embed(vit.patch_embed(x.to(device))))
+        blocks = []
+        for blk in vit.blocks:
+            h = blk(h)
+            blocks.append(h)
+        last = vit.norm(h)
+        cls, avg = last[:, 0], last[:, p:].mean(1)
+        parts = {"cls": [cls], "avg": [avg], "cls+avg": [cls, avg],
+                 "cls_last4+avg": [*(vit.norm(b)[:, 0] for b in blocks[-4:]), avg]}[readout]
+        out.append(torch.cat(parts, 1).float().cpu())
+    return torch.cat(out)
+
+
 def fit_probe(features: torch.Tensor, labels: torch.Tensor, classes: int, weight_decay: float = 1e-3):
     """Multinomial logistic regression on ``features`` ``(N, D)`` for ``labels`` ``(N,)`` in
     ``[0, classes)``: standardised features, an L2 penalty ``weight_decay * |W|^2``, full batch,

@@ -36,7 +36,7 @@ from ..judge import classify
 from ..load import load
 from ..models import LITE_SPECS, build, spec
 from ..registry import (CHECKPOINT_DIR, card_path, history, load_weights, read_card, record_run, render_card,
-                        save_checkpoint)
+                        save_checkpoint, with_limit)
 from ..shapeworld import shapeworld
 from .fast import PRECISIONS, compiled_forward, optimizer, precision_context
 from .objectives import TRAINING, improves
@@ -325,6 +325,15 @@ def refresh_card(name, reevaluate=False, n=500, guidance=None):
     print(f"re-rendered the card and sample grid of {name} in {CHECKPOINT_DIR}")
 
 
+def set_limit(name, key, text, source, folder=CHECKPOINT_DIR):
+    """Write a finding on what limits card number ``key`` toward its target into the card of
+    ``name`` in ``folder`` (``registry.with_limit``, dated today) and re-render its Markdown."""
+    card = with_limit(read_card(name, folder), key, text, source, time.strftime("%Y-%m-%d"))
+    card_path(name, folder).write_text(json.dumps(card, indent=1) + "\n")
+    (folder / f"{name}.md").write_text(render_card(card))
+    print(f"wrote the finding on {key} into {card_path(name, folder)}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", choices=sorted(LITE_SPECS))
@@ -377,9 +386,15 @@ def main(argv=None):
     p.add_argument("--card-only", action="store_true",
                    help="no training: re-render the shipped card (Markdown) and sample grid, with the "
                         "spec's targets")
+    p.add_argument("--limit", nargs=2, metavar=("NUMBER", "TEXT"),
+                   help="write a finding on what limits the card's target NUMBER into the shipped card "
+                        "(with --limit-source; nothing is trained)")
+    p.add_argument("--limit-source", metavar="SOURCE", help="the command or script that measured --limit's finding")
     p.add_argument("--reevaluate", action="store_true",
                    help="with --card-only: also recompute the card's validation numbers")
     args = p.parse_args(argv)
+    if args.limit:
+        return set_limit(args.name, *args.limit, source=args.limit_source or "", folder=Path(args.checkpoint_dir))
     if args.card_only:
         return refresh_card(args.name, reevaluate=args.reevaluate, n=args.eval_n, guidance=args.guidance)
     s, plan = spec(args.name), TRAINING[args.name]
