@@ -95,7 +95,7 @@ def test_init_continues_from_the_shipped_checkpoint(tmp_path, monkeypatch):
     assert first["training"]["init"] == "random" and first["training"]["total_steps"] == 2
     train.main([*common, "--init", "--no-install", "--out", str(tmp_path / "b")])
     second = read_card("shapes-vit", tmp_path / "b" / "shapes-vit")
-    assert second["training"]["init"] == "the shipped checkpoint" and second["training"]["total_steps"] == 4
+    assert second["training"]["init"] == "the checkpoint of the history's last row (2 steps)" and second["training"]["total_steps"] == 4
     assert second["wall_time_s"] >= first["wall_time_s"]
     # the card remembers the checkpoint it would replace, and its Markdown shows both
     assert first["history"] == [] and second["history"] == [

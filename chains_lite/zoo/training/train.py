@@ -413,6 +413,7 @@ def main(argv=None):
     torch.use_deterministic_algorithms(True, warn_only=True)
 
     model, stats, metrics = train_lite(args, device, state_dir=run_dir / STATE_DIR, resume=resume)
+    start_steps = previous["training"].get("total_steps", previous["training"]["steps"]) if previous else 0
     card = {
         "name": args.name,
         "config": {k: (list(v) if isinstance(v, tuple) else v)
@@ -421,9 +422,8 @@ def main(argv=None):
         "data": f"ShapeWorld split=train seed={args.seed}: a pool of {args.pool} images of "
                 f"{args.size}x{args.size}, batches drawn with replacement",
         "training": {"steps": stats["steps_done"], "batch": args.batch, "lr": args.lr,
-                     "total_steps": stats["steps_done"] + (previous["training"].get("total_steps", previous[
-                         "training"]["steps"]) if previous else 0),
-                     "init": "the shipped checkpoint" if previous else "random",
+                     "total_steps": stats["steps_done"] + start_steps,
+                     "init": f"the checkpoint of the history's last row ({start_steps} steps)" if previous else "random",
                      "optimizer": optimizer_description(),
                      "objective": plan.objective.__doc__.splitlines()[0],
                      "final_loss": round(stats["final_loss"], 5), "loss_curve": stats["loss_curve"],
