@@ -46,6 +46,18 @@ same attention as plain matrix products gains with the rest. channels_last weigh
 made the bf16 shapes-unet step slower in a profiling run, so the loop does not use them; nor did
 compiling the whole loss (model, noise and loss) beat compiling the model's forward.
 
+The speed-ups need the CPU's bf16 units. On a 2-core AVX-512 CPU without AVX-512 BF16 or AMX
+(2026-12-07, torch 2.14.1, one thread pinned to one core, a one-thread job on the other core;
+shapes-unet only, min of 3), bf16 autocast is emulated, and the step is three times slower:
+
+==============  ===============  ===============  ===============  ===============  ===============
+model           fp32 AdamW       fp32             bf16             bf16 + compile   fp32 + compile
+==============  ===============  ===============  ===============  ===============  ===============
+shapes-unet     1.320 (1.00x)    1.404 (0.94x)    4.144 (0.32x)    4.158 (0.32x)    1.358 (0.97x)
+==============  ===============  ===============  ===============  ===============  ===============
+
+The trainer warns when ``--precision bf16`` meets such a CPU (``training.fast.native_bf16``).
+
 The 2026-11-25 cards of shapes-unet (the first row of its card's history) and shapes-flux gave
 1.7 s and 5.7 s per step: their wall time divided by their steps (1159 s / 700 and 13579 s / 2400),
 float32 on 2 threads, on the machine as it was loaded then.

@@ -107,3 +107,25 @@ def test_gpu_budget_on_the_cpu_runs_bf16_compiled_and_resumes_an_unfinished_run(
                 "--checkpoint-dir", str(tmp_path / "ship")])
     again = json.loads((run / "shapes-vit.json").read_text())
     assert again["training"]["steps"] == 3 and again["training"]["batch"] == 4
+
+
+def test_native_bf16_reads_the_cpu_flags_and_a_bf16_run_without_them_is_warned(tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+    from chains_lite.zoo.training import fast, train
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists() and " avx512f" in cpuinfo.read_text():   # an x86 Linux machine: its flags decide
+        flags = set(cpuinfo.read_text().split())
+        assert fast.native_bf16(torch.device("cpu")) == bool(flags & {"avx512_bf16", "amx_bf16", "amx_tile"})
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert fast.native_bf16(torch.device("cpu"))
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert not fast.native_bf16(torch.device("cpu"))
+    pytest.importorskip("timm")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    tiny = ["shapes-vit", "--steps", "1", "--batch", "4", "--pool", "8", "--eval-n", "8", "--no-install",
+            "--checkpoint-dir", str(tmp_path / "ship")]
+    train.main([*tiny, "--precision", "bf16", "--out", str(tmp_path / "a")])
+    assert "bf16 autocast is emulated and slower than float32" in capsys.readouterr().out
+    train.main([*tiny, "--out", str(tmp_path / "b")])
+    assert "emulated" not in capsys.readouterr().out

@@ -32,6 +32,18 @@ def check_precision(precision: str) -> str:
     return precision
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` runs bf16 matrix products in hardware: a CUDA GPU that supports bf16,
+    or a CPU with AVX-512 BF16 or AMX. Elsewhere autocast emulates bf16, and a step is slower
+    than in float32 (shapes-unet: 3x, on an AVX-512 CPU without BF16; benchmarks/bench_training.py)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        probes = [getattr(torch.cpu, f, None) for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+        return any(f() for f in probes if f is not None) or all(f is None for f in probes)
+    return True
+
+
 def _matmul_attention(original):
     """``scaled_dot_product_attention`` as ``softmax(scale q k^T + mask) v`` in plain operations
     (the float32 softmax is autocast's rule); with dropout or grouped-query heads, ``original``."""

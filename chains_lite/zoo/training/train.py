@@ -38,7 +38,7 @@ from ..models import LITE_SPECS, build, spec
 from ..registry import (CHECKPOINT_DIR, card_path, history, load_weights, read_card, record_run, render_card,
                         save_checkpoint, with_limit)
 from ..shapeworld import shapeworld
-from .fast import PRECISIONS, compiled_forward, optimizer, precision_context
+from .fast import PRECISIONS, compiled_forward, native_bf16, optimizer, precision_context
 from .objectives import TRAINING, improves
 from .resume import load_state, save_state
 
@@ -94,6 +94,9 @@ def _loop(model, loss_fn, pool_size, args, device, state_dir=None, resume=None):
     generators, step, EMA and losses, so it takes the same steps as a run that never stopped
     (with ``--minutes``, the clock's share depends on the time each part took).
     """
+    if args.precision == "bf16" and not native_bf16(device):
+        print(f"warning: this {device.type} has no bf16 units (AVX-512 BF16 or AMX on a CPU): bf16 autocast is "
+              "emulated and slower than float32 here; --precision fp32 is the faster choice")
     opt = optimizer(model.parameters(), lr=args.lr, weight_decay=WEIGHT_DECAY)
     params = [p for p in model.parameters()]
     ema = [p.detach().clone() for p in params] if args.ema else None
@@ -360,7 +363,8 @@ def main(argv=None):
                         "from LITE_CONFIGS, so a checkpoint with another config ships with that edit)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="bf16: each step's forward under bf16 autocast (weights and optimiser stay float32; "
-                        "on the CPU attention as plain matrix products), see zoo/training/fast.py")
+                        "on the CPU attention as plain matrix products; faster only where the CPU has AVX-512 BF16 or AMX, "
+                        "or on a GPU), see zoo/training/fast.py")
     p.add_argument("--compile", action="store_true",
                    help="run the model's forward through torch.compile during the loop")
     p.add_argument("--gpu-budget", type=float, metavar="MIN",
