@@ -87,6 +87,26 @@ def test_tiny_run_installs_only_when_better(tmp_path, monkeypatch):
     assert (ship / "shapes-vit-reg.safetensors").read_bytes() == (run / "shapes-vit-reg.safetensors").read_bytes()
 
 
+def test_a_run_kept_out_with_no_install_is_installed_later_by_the_same_rule(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ship = tmp_path / "ship"
+    train.main(["shapes-vit-reg", *TINY, "--no-install", "--out", str(tmp_path / "runs"),
+                "--checkpoint-dir", str(ship)])
+    run = tmp_path / "runs" / "shapes-vit-reg"
+    assert not ship.exists()                                   # --no-install: nothing written there
+    assert train.main(["shapes-vit-reg", "--install", str(run), "--checkpoint-dir", str(ship)])  # nothing shipped
+    assert (ship / "shapes-vit-reg.safetensors").read_bytes() == (run / "shapes-vit-reg.safetensors").read_bytes()
+    assert not (ship / "state").exists()                       # the resumable state stays in the run
+    card = read_card("shapes-vit-reg", ship)
+    (ship / "shapes-vit-reg.json").write_text(json.dumps({**card, "validation": {"accuracy": 2.0}}))
+    (ship / "shapes-vit-reg.safetensors").write_bytes(b"keep me")
+    assert not train.install_run("shapes-vit-reg", run, ship)  # worse than the shipped card: listed, kept
+    assert (ship / "shapes-vit-reg.safetensors").read_bytes() == b"keep me"
+    assert read_card("shapes-vit-reg", ship)["runs_not_installed"][0]["source"] == str(run)
+    assert train.install_run("shapes-vit-reg", run, ship, force=True)
+    assert read_card("shapes-vit-reg", ship)["validation"] == card["validation"]
+
+
 def test_init_continues_from_the_shipped_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     ship, common = tmp_path / "ship", ["shapes-vit", *TINY, "--checkpoint-dir", str(tmp_path / "ship")]

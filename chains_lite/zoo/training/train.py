@@ -11,6 +11,7 @@ a run that does not improve is listed under "Runs not installed" on the shipped 
     python -m chains_lite.zoo.training shapes-vit-ssl --resume           # continue runs/shapes-vit-ssl/
     python -m chains_lite.zoo.training shapes-unet --precision bf16 --compile   # the fast CPU step
     python -m chains_lite.zoo.training shapes-unet --gpu-budget 10       # 10 minutes of a lent GPU
+    python -m chains_lite.zoo.training shapes-unet --install runs/shapes-unet   # a --no-install run, by the rule
 
 Every few minutes (``--save-minutes``) and after the last step the run saves its resumable state
 in ``runs/NAME/state/`` (weights, optimiser moments, generator states, step, losses; files under
@@ -390,6 +391,9 @@ def main(argv=None):
     p.add_argument("--card-only", action="store_true",
                    help="no training: re-render the shipped card (Markdown) and sample grid, with the "
                         "spec's targets")
+    p.add_argument("--install", metavar="RUN_DIR",
+                   help="install the run in RUN_DIR (trained with --no-install) by the same rule as a run's end, "
+                        "or list it on the shipped card as not installed; nothing is trained")
     p.add_argument("--limit", nargs=2, metavar=("NUMBER", "TEXT"),
                    help="write a finding on what limits the card's target NUMBER into the shipped card "
                         "(with --limit-source; nothing is trained)")
@@ -397,6 +401,8 @@ def main(argv=None):
     p.add_argument("--reevaluate", action="store_true",
                    help="with --card-only: also recompute the card's validation numbers")
     args = p.parse_args(argv)
+    if args.install:
+        return install_run(args.name, Path(args.install), Path(args.checkpoint_dir), force=args.force)
     if args.limit:
         return set_limit(args.name, *args.limit, source=args.limit_source or "", folder=Path(args.checkpoint_dir))
     if args.card_only:
@@ -456,24 +462,36 @@ def main(argv=None):
                      guidance=args.guidance)
     print(json.dumps(card["validation"], indent=1))
 
-    ship_dir = Path(args.checkpoint_dir)
-    old = json.loads(shipped.read_text())["validation"] if shipped.exists() else None
-    better, why = improves(metrics, old, plan.ship_on)
-    print(f"{'improves on' if better else 'does not improve on'} the shipped card: {why}")
-    if args.no_install or not (better or args.force):
-        if not args.no_install and shipped.exists():
-            keys = list(dict.fromkeys([*(k for k, _ in plan.ship_on), *plan.card_targets()]))
-            recorded = record_run(json.loads(shipped.read_text()), card, why, keys, source=str(run_dir))
-            shipped.write_text(json.dumps(recorded, indent=1) + "\n")
-            (ship_dir / f"{args.name}.md").write_text(render_card(recorded))
-            print(f"recorded this run under 'Runs not installed' on the shipped card {shipped}")
-        print(f"kept the shipped checkpoint; this run is in {run_dir}")
+    if args.no_install:
+        print(f"kept the shipped checkpoint (--no-install); this run is in {run_dir}")
         return
+    install_run(args.name, run_dir, Path(args.checkpoint_dir), force=args.force)
+
+
+def install_run(name: str, run_dir: Path, ship_dir: Path = CHECKPOINT_DIR, force: bool = False) -> bool:
+    """Install the trained checkpoint in ``run_dir`` (weights, card, sample grid) into ``ship_dir``
+    when it improves on the card there (``objectives.improves`` over the spec's ``ship_on``), or
+    with ``force``; else list it under "Runs not installed" on that card (``registry.record_run``)
+    and keep the shipped files. Returns whether it was installed."""
+    run_dir, ship_dir = Path(run_dir), Path(ship_dir)
+    plan, shipped = TRAINING[name], card_path(name, ship_dir)
+    card = read_card(name, run_dir)
+    old = read_card(name, ship_dir) if shipped.exists() else None
+    better, why = improves(card["validation"], old["validation"] if old else None, plan.ship_on)
+    print(f"{'improves on' if better else 'does not improve on'} the shipped card: {why}")
+    if not (better or force):
+        keys = list(dict.fromkeys([*(k for k, _ in plan.ship_on), *plan.card_targets()]))
+        recorded = record_run(old, card, why, keys, source=str(run_dir))
+        shipped.write_text(json.dumps(recorded, indent=1) + "\n")
+        (ship_dir / f"{name}.md").write_text(render_card(recorded))
+        print(f"kept the shipped checkpoint and listed this run under 'Runs not installed' on {shipped}")
+        return False
     ship_dir.mkdir(parents=True, exist_ok=True)
     for f in run_dir.iterdir():
         if f.is_file():  # not the resumable state
             shutil.copy2(f, ship_dir / f.name)
-    print(f"installed {args.name} into {ship_dir}")
+    print(f"installed {name} into {ship_dir}")
+    return True
 
 
 if __name__ == "__main__":
