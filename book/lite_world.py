@@ -91,6 +91,21 @@ def tokens(card: dict) -> str:
     return "self-attention over " + " and ".join(f"{s} x {s} = {s * s}" for s in sides) + " tokens"
 
 
+def targets(card: dict) -> list[str]:
+    """The card's targets, each met or missed by how much with its learning curve, and the
+    card's findings on what limits them (``chains_lite.zoo.registry``)."""
+    from chains_lite.zoo.registry import target_trend, target_verdict
+    if not card.get("targets"):
+        return []
+    out = ["* **Targets:** " + "; ".join(
+        f"`{key}` {op} {bound:g}: {target_verdict(card['validation'].get(key), op, bound)} "
+        f"(learning curve: {target_trend(card, key, op, bound)})" for key, (op, bound) in card["targets"].items())
+        + "."]
+    out += [f"* **What limits `{key}`** ({f['date']}, `{f['source']}`): {f['text']}"
+            for key, f in card.get("limits", {}).items()]
+    return out
+
+
 def section(card: dict, image: str | None) -> str:
     t = card["training"]
     config = ", ".join(f"{k} = {v}" for k, v in card["config"].items() if k != "class")
@@ -106,7 +121,8 @@ def section(card: dict, image: str | None) -> str:
               + f", {t['optimizer']}, final loss "
               f"{t['final_loss']:g}; {card['wall_time_s'] / 60:.0f} min on {card['hardware']} "
               f"(torch {card['torch']}, {card['date']}).",
-              f"* **What it learned:** {learned(card)}", ""]
+              f"* **What it learned:** {learned(card)}"]
+    lines += targets(card) + [""]
     if image:
         lines += [f"```{{figure}} {image}", f":alt: sample grid of {card['name']}", "",
                   f"Samples from the card of `{card['name']}`.", "```", ""]
