@@ -12,8 +12,42 @@ the same ``--n`` seeds and captions (``evaluate.unet_metrics``, ``evaluate.flux_
 * ``shapes-flux``: the share of samples of the captioned shape and colour, and the Fréchet
   distance, per number of Euler steps, without guidance and at the card's guidance scale.
 
-Fewer samples than the cards (500) make the numbers noisier: compare rows of one table, not a row
-with a card.
+Fewer samples than the cards (500) make the numbers noisier, and the Fréchet distance larger:
+compare rows of one table, not a row with a card.
+
+Measured 2026-12-07 (defaults; the shipped checkpoints: shapes-unet after 23,410 training steps,
+shapes-flux after 15,327; one thread, fp32):
+
+============  ==================  ================
+DDIM steps    confident fraction  Fréchet distance
+============  ==================  ================
+25            0.74                18.0
+50            0.745               13.6
+100           0.76                11.6
+200           0.755               8.52
+============  ==================  ================
+
+(real images: confident 0.965, Fréchet distance real vs real 1.24.)
+
+========  ===========  ===========  ============  ================
+guidance  Euler steps  shape match  colour match  Fréchet distance
+========  ===========  ===========  ============  ================
+1         5            0.315        0.99          23.8
+1         10           0.31         0.99          25.5
+1         20           0.30         0.985         26.1
+1         50           0.305        0.975         24.4
+8         5            0.285        0.97          43.4
+8         10           0.425        0.995         24.2
+8         20           0.445        0.995         19.9
+8         50           0.47         0.995         21.2
+========  ===========  ===========  ============  ================
+
+(real images: shape 0.98, colour 1.0; chance 0.167 each.)
+
+The sampler does not hold back the shape numbers: shapes-unet's confident fraction stays at
+0.74-0.76 from 25 to 200 steps, and shapes-flux's unguided shape match at 0.30-0.315 from 5 to 50
+steps; guidance lifts the shape match to 0.445-0.47. shapes-unet's Fréchet distance falls with
+the sampler's steps (13.6 at the card's 50, 8.52 at 200).
 """
 from __future__ import annotations
 
