@@ -115,12 +115,14 @@ def test_init_continues_from_the_shipped_checkpoint(tmp_path, monkeypatch):
     assert first["training"]["init"] == "random" and first["training"]["total_steps"] == 2
     train.main([*common, "--init", "--no-install", "--out", str(tmp_path / "b")])
     second = read_card("shapes-vit", tmp_path / "b" / "shapes-vit")
-    assert second["training"]["init"] == "the checkpoint of the history's last row (2 steps)" and second["training"]["total_steps"] == 4
+    assert second["training"]["init"] == "the checkpoint of the history's last row (2 steps)"
+    assert second["training"]["total_steps"] == 4
     assert second["wall_time_s"] >= first["wall_time_s"]
     # the card remembers the checkpoint it would replace, and its Markdown shows both
     assert first["history"] == [] and second["history"] == [
         {"date": first["date"], "total_steps": 2, "wall_time_s": first["wall_time_s"],
-         "validation": {"accuracy": first["validation"]["accuracy"]}}]
+         "validation": {"accuracy": first["validation"]["accuracy"],            # judged on (ship_on)
+                        "test_accuracy": first["validation"]["test_accuracy"]}}]  # its target
     md = (tmp_path / "b" / "shapes-vit" / "shapes-vit.md").read_text()
     assert "## History" in md and md.count(f"| {first['date']}") == 2  # the old row and "(this)"
     a = load_weights(build("shapes-vit"), "shapes-vit", ship).state_dict()

@@ -455,7 +455,7 @@ def main(argv=None):
     }
     shipped = card_path(args.name, Path(args.checkpoint_dir))
     card["history"] = history(json.loads(shipped.read_text()) if shipped.exists() else None,
-                              [k for k, _ in plan.ship_on])
+                              list(dict.fromkeys([*(k for k, _ in plan.ship_on), *plan.card_targets()])))
     save_checkpoint(model, card, run_dir)
     encoder = generate.TextEncoder(device=device) if s.text_encoder else None
     save_sample_grid(args.name, model, run_dir / f"{args.name}-samples.png", encoder=encoder,
