@@ -92,17 +92,22 @@ def tokens(card: dict) -> str:
 
 
 def targets(card: dict) -> list[str]:
-    """The card's targets, each met or missed by how much with its learning curve, and the
-    card's findings on what limits them (``chains_lite.zoo.registry``)."""
+    """The card's targets, one sub-item each: met or missed by how much, its learning curve where
+    the card has two checkpoints that measured it, and the card's finding on what limits it
+    (``chains_lite.zoo.registry``)."""
     from chains_lite.zoo.registry import target_trend, target_verdict
     if not card.get("targets"):
         return []
-    out = ["* **Targets:** " + "; ".join(
-        f"`{key}` {op} {bound:g}: {target_verdict(card['validation'].get(key), op, bound)} "
-        f"(learning curve: {target_trend(card, key, op, bound)})" for key, (op, bound) in card["targets"].items())
-        + "."]
-    out += [f"* **What limits `{key}`** ({f['date']}, `{f['source']}`): {f['text']}"
-            for key, f in card.get("limits", {}).items()]
+    out = ["* **Targets:**"]
+    for key, (op, bound) in card["targets"].items():
+        line = f"  * `{key}` {op} {bound:g}: {target_verdict(card['validation'].get(key), op, bound)}."
+        trend = target_trend(card, key, op, bound)
+        if not trend.startswith("one checkpoint"):
+            line += f" Learning curve: {trend}."
+        finding = card.get("limits", {}).get(key)
+        if finding:
+            line += f" What limits it ({finding['date']}, `{finding['source']}`): {finding['text']}"
+        out.append(line)
     return out
 
 

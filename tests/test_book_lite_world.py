@@ -49,12 +49,13 @@ def test_page_shows_each_card_and_its_numbers(cards):
     # the vit stands in for the paper's DINO and CLIP models (from chains_lite.zoo.load)
     assert "`dino-vitb8` (DINOv1 ViT-B/8)" in page
     # the targets: met or missed by how much, with the learning curve, and findings on the limits
-    assert "`test_accuracy` >= 0.9: 0.4321: missed by 0.468 (learning curve: " in page
+    assert "  * `test_accuracy` >= 0.9: 0.4321: missed by 0.468.\n" in page        # no second checkpoint
+    assert "  * `frechet_distance_vit` <= 10: 12.5: missed by 2.5. Learning curve: " in page
     unet = json.loads((ckpt / "shapes-unet.json").read_text())
     unet["limits"] = {"confident_fraction": {"text": "the sampler", "source": "b.py", "date": "2026-12-07"}}
     (ckpt / "shapes-unet.json").write_text(json.dumps(unet))
     page = lite_world.render(ckpt, book).read_text()
-    assert "* **What limits `confident_fraction`** (2026-12-07, `b.py`): the sampler" in page
+    assert "What limits it (2026-12-07, `b.py`): the sampler" in page
     # the ViT's chain: 64 patches and the CLS token
     assert "65 tokens (8 x 8 patches" in page
 
