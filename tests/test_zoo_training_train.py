@@ -236,3 +236,28 @@ def test_resume_keeps_the_runs_options_and_needs_a_state(tmp_path, monkeypatch):
     train.main(["shapes-vit", "--resume", "--steps", "2", *out])  # the same value is no change
     card = read_card("shapes-vit", tmp_path / "shapes-vit")
     assert card["training"]["steps"] == 2 and card["training"]["batch"] == 4  # the run's options
+
+
+def test_ssl_keeps_its_projector_and_decoder_beside_the_weights_and_init_starts_from_them(tmp_path, monkeypatch,
+                                                                                          capsys):
+    import types
+    from safetensors.torch import load_file
+    from chains_lite.zoo.registry import objective_path
+    from chains_lite.zoo.training import objectives
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = {"depth": 2, "embed_dim": 32, "num_heads": 2}
+    ship = tmp_path / "ship"
+    train.main(["shapes-vit-ssl", "--steps", "2", "--batch", "4", "--pool", "8", "--eval-n", "8",
+                "--config", json.dumps(config), "--checkpoint-dir", str(ship), "--out", str(tmp_path / "a")])
+    heads = objective_path("shapes-vit-ssl", ship)                    # installed with the weights
+    assert heads.exists() and objective_path("shapes-vit-ssl", tmp_path / "a" / "shapes-vit-ssl").exists()
+    stored = load_file(str(heads))
+    assert {k.split(".")[0] for k in stored} == {"projector", "decoder"}
+    args = types.SimpleNamespace(name="shapes-vit-ssl", pool=4, seed=0, size=64, checkpoint_dir=str(ship))
+    make = lambda: build("shapes-vit-ssl", **config)  # noqa: E731
+    for init in (False, True):
+        torch.manual_seed(1)
+        model, _, _ = objectives.ssl_objective(types.SimpleNamespace(**vars(args), init=init), torch.device("cpu"), make)
+        same = [torch.equal(v, stored[k].float()) for k, v in model.heads().state_dict().items()]
+        assert all(same) if init else not any(same)                   # --init: the shipped ones; else fresh
+    assert "projector and decoder from" in capsys.readouterr().out

@@ -20,24 +20,39 @@ def weights_path(name: str, folder: Path = CHECKPOINT_DIR) -> Path:
     return Path(folder) / f"{name}.safetensors"
 
 
-def save_checkpoint(model: nn.Module, card: dict, folder: Path) -> None:
-    """Write ``NAME.safetensors`` (fp16, to keep the repository small), ``NAME.json`` and ``NAME.md``."""
+def objective_path(name: str, folder: Path = CHECKPOINT_DIR) -> Path:
+    """Where the training objective's own trained modules (``shapes-vit-ssl``: its projector and
+    decoder) are kept beside the weights, so that training further starts from them too."""
+    return Path(folder) / f"{name}-objective.safetensors"
+
+
+def _save_fp16(module: nn.Module, path: Path, name: str) -> None:
     from safetensors.torch import save_file
 
+    state = {k: (v.detach().to("cpu", torch.float16) if v.is_floating_point() else v.detach().cpu()).contiguous()
+             for k, v in module.state_dict().items()}
+    save_file(state, str(path), metadata={"name": name})
+
+
+def save_checkpoint(model: nn.Module, card: dict, folder: Path, objective: nn.Module | None = None) -> None:
+    """Write ``NAME.safetensors`` (fp16, to keep the repository small), ``NAME.json`` and ``NAME.md``;
+    with ``objective`` (modules of the training objective that the shipped model does not hold),
+    also ``NAME-objective.safetensors`` (:func:`objective_path`)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: (v.detach().to("cpu", torch.float16) if v.is_floating_point() else v.detach().cpu()).contiguous()
-             for k, v in model.state_dict().items()}
-    save_file(state, str(weights_path(card["name"], folder)), metadata={"name": card["name"]})
+    _save_fp16(model, weights_path(card["name"], folder), card["name"])
+    if objective is not None:
+        _save_fp16(objective, objective_path(card["name"], folder), card["name"])
     card_path(card["name"], folder).write_text(json.dumps(card, indent=1) + "\n")
     (folder / f"{card['name']}.md").write_text(render_card(card))
 
 
-def load_weights(model: nn.Module, name: str, folder: Path = CHECKPOINT_DIR) -> nn.Module:
-    """Load ``NAME.safetensors`` into ``model`` (cast to the model's float32 parameters)."""
+def load_weights(model: nn.Module, name: str, folder: Path = CHECKPOINT_DIR, path: Path | None = None) -> nn.Module:
+    """Load ``NAME.safetensors`` (or the file ``path``) into ``model`` (cast to the model's float32
+    parameters)."""
     from safetensors.torch import load_file
 
-    path = weights_path(name, folder)
+    path = weights_path(name, folder) if path is None else Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint {path}; train it with `python -m chains_lite.zoo.training {name}`")
     state = load_file(str(path))

@@ -16,7 +16,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from pathlib import Path
+
 from ..generate import TextEncoder, unet_scheduler
+from ..registry import load_weights, objective_path
 from ..models import FLUX_PACK, GEN_SIZE, LITE_SPECS, image_ids, pack
 from ..shapeworld import shapeworld
 from . import evaluate
@@ -42,6 +45,10 @@ def ssl_objective(args, device, make_model):
     """Contrastive CLS tokens of two views, hues turned (SimCLR) + pixels of masked patches from their tokens (SimMIM), no labels."""
     images = shapeworld(args.pool, seed=args.seed, split="train", size=args.size).images.to(device)
     model = ContrastiveMIM(make_model()).to(device)
+    heads = objective_path(args.name, Path(args.checkpoint_dir)) if getattr(args, "init", False) else None
+    if heads is not None and heads.exists():  # training further: the projector and decoder go on too
+        load_weights(model.heads(), args.name, path=heads)
+        print(f"projector and decoder from {heads}")
 
     def loss_fn(idx, gen):
         return model.loss(images[idx], gen)["loss"]
@@ -128,6 +135,8 @@ class TrainingSpec:
     evaluator: Callable[..., dict]     # (model, n, encoder=None, guidance=1.0) -> card numbers
     samples: str                       # sample grid: "classify", "captions" or "unconditional"
     finish: Callable | None = None     # (trained, args, device) -> (model to ship, card's "head" record)
+    # trained -> the objective's own modules, saved beside the weights (registry.objective_path)
+    objective_modules: Callable | None = None
     # the card numbers a new run is judged on, each "higher" or "lower" is better (default: the headline)
     ship_on: tuple[tuple[str, str], ...] = ()
     # what the model is trained to reach: (card number, ">=" or "<=", bound), shown on its card
@@ -156,6 +165,7 @@ TRAINING = {
     "shapes-vit-reg": _VIT,
     "shapes-vit-ssl": TrainingSpec(ssl_objective, TrainingDefaults(steps=1500, lr=5e-4, size=64), "probe_accuracy",
                                    evaluate.ssl_card, "classify", finish=ssl_finish,
+                                   objective_modules=ContrastiveMIM.heads,
                                    targets=(("probe_accuracy", ">=", 0.9),)),
     "shapes-flux": TrainingSpec(flux_objective, TrainingDefaults(steps=600), "caption_match", evaluate.flux_card,
                                 "captions", ship_on=(("caption_match", "higher"), ("color_match", "higher"),

@@ -153,6 +153,11 @@ class ContrastiveMIM(nn.Module):
         self.projector = nn.Sequential(nn.Linear(dim, 256), nn.GELU(), nn.Linear(256, proj_dim))
         self.decoder = nn.Linear(dim, 3 * self.patch ** 2)  # a patch token -> its pixels (SimMIM)
 
+    def heads(self) -> nn.ModuleDict:
+        """The objective's own modules (projector and decoder): what the shipped ViT does not hold,
+        kept beside it so that training further starts from them."""
+        return nn.ModuleDict({"projector": self.projector, "decoder": self.decoder})
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` -> the ViT's tokens ``(B, prefix + N, D)`` (what :meth:`loss` reads;
         the module a training loop compiles)."""

@@ -240,6 +240,8 @@ def train_lite(args, device, state_dir=None, resume=None):
     model, loss_fn, encoder = plan.objective(args, device, lambda: _initial_model(args).to(device).train())
     stats = _loop(model, loss_fn, args.pool, args, device, state_dir=state_dir, resume=resume)
     model.eval()
+    if plan.objective_modules is not None:
+        stats["objective"] = plan.objective_modules(model)
     if plan.finish is not None:
         model, stats["head"] = plan.finish(model, args, device)
     return model, stats, evaluate_model(args.name, model, args.eval_n, encoder, args.guidance)
@@ -456,7 +458,7 @@ def main(argv=None):
     shipped = card_path(args.name, Path(args.checkpoint_dir))
     card["history"] = history(json.loads(shipped.read_text()) if shipped.exists() else None,
                               list(dict.fromkeys([*(k for k, _ in plan.ship_on), *plan.card_targets()])))
-    save_checkpoint(model, card, run_dir)
+    save_checkpoint(model, card, run_dir, objective=stats.get("objective"))
     encoder = generate.TextEncoder(device=device) if s.text_encoder else None
     save_sample_grid(args.name, model, run_dir / f"{args.name}-samples.png", encoder=encoder,
                      guidance=args.guidance)
