@@ -483,7 +483,10 @@ def install_run(name: str, run_dir: Path, ship_dir: Path = CHECKPOINT_DIR, force
     print(f"{'improves on' if better else 'does not improve on'} the shipped card: {why}")
     if not (better or force):
         keys = list(dict.fromkeys([*(k for k, _ in plan.ship_on), *plan.card_targets()]))
-        recorded = record_run(old, card, why, keys, source=str(run_dir))
+        t = card["training"]
+        trained = (f"{t['steps']:,} steps at lr {t['lr']:g}, {t.get('precision', 'fp32')}, "
+                   f"{card['wall_time_s'] - old.get('wall_time_s', 0):.0f} s on {card['hardware']}; run folder {run_dir}")
+        recorded = record_run(old, card, why, keys, source=trained)
         shipped.write_text(json.dumps(recorded, indent=1) + "\n")
         (ship_dir / f"{name}.md").write_text(render_card(recorded))
         print(f"kept the shipped checkpoint and listed this run under 'Runs not installed' on {shipped}")
