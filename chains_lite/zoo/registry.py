@@ -43,8 +43,13 @@ def save_checkpoint(model: nn.Module, card: dict, folder: Path, objective: nn.Mo
     _save_fp16(model, weights_path(card["name"], folder), card["name"])
     if objective is not None:
         _save_fp16(objective, objective_path(card["name"], folder), card["name"])
+    write_card(card, folder)
+
+
+def write_card(card: dict, folder: Path = CHECKPOINT_DIR) -> None:
+    """Write ``NAME.json`` and its rendered ``NAME.md`` into ``folder``."""
     card_path(card["name"], folder).write_text(json.dumps(card, indent=1) + "\n")
-    (folder / f"{card['name']}.md").write_text(render_card(card))
+    (Path(folder) / f"{card['name']}.md").write_text(render_card(card))
 
 
 def load_weights(model: nn.Module, name: str, folder: Path = CHECKPOINT_DIR, path: Path | None = None) -> nn.Module:

@@ -152,6 +152,10 @@ class TrainingSpec:
             if op not in (">=", "<="):
                 raise ValueError(f"targets: {key!r} needs '>=' or '<=', got {op!r}")
 
+    def card_keys(self) -> list:
+        """The card numbers a history row or a run not installed keeps: the judged ones, then the targets'."""
+        return list(dict.fromkeys([*(k for k, _ in self.ship_on), *self.card_targets()]))
+
     def card_targets(self) -> dict:
         """The targets as a card stores them: ``{number: [op, bound]}``."""
         return {key: [op, bound] for key, op, bound in self.targets}

@@ -37,7 +37,7 @@ from ..judge import classify
 from ..load import load
 from ..models import LITE_SPECS, build, spec
 from ..registry import (CHECKPOINT_DIR, card_path, history, load_weights, read_card, record_run, render_card,
-                        save_checkpoint, with_limit)
+                        save_checkpoint, with_limit, write_card)
 from ..shapeworld import shapeworld
 from .fast import PRECISIONS, compiled_forward, native_bf16, optimizer, precision_context
 from .objectives import TRAINING, improves
@@ -334,9 +334,7 @@ def refresh_card(name, reevaluate=False, n=500, guidance=None):
 def set_limit(name, key, text, source, folder=CHECKPOINT_DIR):
     """Write a finding on what limits card number ``key`` toward its target into the card of
     ``name`` in ``folder`` (``registry.with_limit``, dated today) and re-render its Markdown."""
-    card = with_limit(read_card(name, folder), key, text, source, time.strftime("%Y-%m-%d"))
-    card_path(name, folder).write_text(json.dumps(card, indent=1) + "\n")
-    (folder / f"{name}.md").write_text(render_card(card))
+    write_card(with_limit(read_card(name, folder), key, text, source, time.strftime("%Y-%m-%d")), folder)
     print(f"wrote the finding on {key} into {card_path(name, folder)}")
 
 
@@ -457,7 +455,7 @@ def main(argv=None):
     }
     shipped = card_path(args.name, Path(args.checkpoint_dir))
     card["history"] = history(json.loads(shipped.read_text()) if shipped.exists() else None,
-                              list(dict.fromkeys([*(k for k, _ in plan.ship_on), *plan.card_targets()])))
+                              plan.card_keys())
     save_checkpoint(model, card, run_dir, objective=stats.get("objective"))
     encoder = generate.TextEncoder(device=device) if s.text_encoder else None
     save_sample_grid(args.name, model, run_dir / f"{args.name}-samples.png", encoder=encoder,
@@ -482,13 +480,10 @@ def install_run(name: str, run_dir: Path, ship_dir: Path = CHECKPOINT_DIR, force
     better, why = improves(card["validation"], old["validation"] if old else None, plan.ship_on)
     print(f"{'improves on' if better else 'does not improve on'} the shipped card: {why}")
     if not (better or force):
-        keys = list(dict.fromkeys([*(k for k, _ in plan.ship_on), *plan.card_targets()]))
         t = card["training"]
         trained = (f"{t['steps']:,} steps at lr {t['lr']:g}, {t.get('precision', 'fp32')}, "
                    f"{card['wall_time_s'] - old.get('wall_time_s', 0):.0f} s on {card['hardware']}; run folder {run_dir}")
-        recorded = record_run(old, card, why, keys, source=trained)
-        shipped.write_text(json.dumps(recorded, indent=1) + "\n")
-        (ship_dir / f"{name}.md").write_text(render_card(recorded))
+        write_card(record_run(old, card, why, plan.card_keys(), source=trained), ship_dir)
         print(f"kept the shipped checkpoint and listed this run under 'Runs not installed' on {shipped}")
         return False
     ship_dir.mkdir(parents=True, exist_ok=True)
